@@ -1,0 +1,1 @@
+"""Benchmark harness: tasks, runner, results store, report."""

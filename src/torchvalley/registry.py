@@ -1,0 +1,313 @@
+"""The optimizer registry: name -> factory + a declared capability record.
+
+Every optimizer torchvalley ships registers itself here with one call to
+:func:`register_optimizer`; the conformance suite (``tests/conformance``), the benchmark harness,
+the step benchmark and the CLI all iterate over the registry, so a new optimizer is tested,
+benchmarked and listed as soon as it is registered.
+
+Example:
+    >>> import torch, torchvalley
+    >>> model = torch.nn.Linear(3, 1)
+    >>> opt = torchvalley.create_optimizer("sgd", model.parameters(), lr=0.1, momentum=0.9)
+    >>> type(opt).__name__
+    'SGD'
+    >>> "adam" in torchvalley.list_optimizers()
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+
+from torchvalley.validation import CHECKS
+
+__all__ = [
+    "Capabilities",
+    "Hyperparameter",
+    "OptimizerEntry",
+    "create_optimizer",
+    "get_optimizer_entry",
+    "list_optimizers",
+    "optimizer_entries",
+    "register_optimizer",
+    "resolve_base_optimizer",
+    "validate_hyperparameters",
+]
+
+# Keys of a param-group dict that are not hyperparameters.
+_GROUP_STRUCTURE_KEYS = frozenset({"params", "param_names", "name"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What an optimizer needs and does, declared once and used by generic tests and tools.
+
+    Attributes:
+        needs_closure: ``step()`` must be given a closure that re-evaluates the loss
+            (and runs backward); calling it without one raises.
+        passes_per_step: forward+backward passes one ``step`` costs (SAM: 2).
+        noisy: injects noise (Langevin-type samplers); its noise state is in ``state_dict``.
+        manifold_aware: honours :class:`~torchvalley.ManifoldParameter` geometry.
+        second_order: uses curvature (Hessian/Fisher/Gauss-Newton products); like timm's
+            ``is_second_order`` a training loop may have to ``backward(create_graph=True)``.
+        wraps_base: wraps a base optimizer given as ``base_optimizer`` (a registry name or an
+            optimizer class) plus the base's hyperparameters.
+        supports_param_groups: accepts several param groups with different hyperparameters.
+        foreach: has a multi-tensor and a per-tensor path selected by a ``foreach`` flag, which
+            must give the same numbers.
+        separable: the update of a parameter depends only on its own gradient, state and its
+            group's hyperparameters (false for, e.g., SAM, whose ascent uses the global norm).
+    """
+
+    needs_closure: bool = False
+    passes_per_step: int = 1
+    noisy: bool = False
+    manifold_aware: bool = False
+    second_order: bool = False
+    wraps_base: bool = False
+    supports_param_groups: bool = True
+    foreach: bool = False
+    separable: bool = True
+
+    def flags(self) -> list[str]:
+        """Short names of the capabilities that are on (for tables)."""
+        names = {
+            "needs_closure": "closure",
+            "noisy": "noisy",
+            "manifold_aware": "manifold",
+            "second_order": "2nd-order",
+            "wraps_base": "wrapper",
+            "foreach": "foreach",
+        }
+        return [short for field, short in names.items() if getattr(self, field)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameter:
+    """A documented hyperparameter: its name, the kind of value it takes and its default.
+
+    ``kind`` is a key of :data:`torchvalley.validation.CHECKS` (``"non_negative"``,
+    ``"unit_interval_open"``, ``"betas"``, ``"bool"``, ...) or ``"optimizer"`` for a wrapper's
+    ``base_optimizer``.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHECKS and self.kind != "optimizer":
+            raise ValueError(f"Invalid kind for hyperparameter {self.name!r}: {self.kind!r}")
+
+    def check(self, value: Any) -> Any:
+        """Validate ``value``; raise ``ValueError`` naming this hyperparameter if it is bad."""
+        if self.kind == "optimizer":
+            resolve_base_optimizer(value, name=self.name)
+            return value
+        return CHECKS[self.kind](self.name, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerEntry:
+    """One registry entry.
+
+    Attributes:
+        name: registry name (lower case, e.g. ``"sam"``).
+        factory: ``factory(params, **hyperparameters) -> torch.optim.Optimizer``.
+        capabilities: the declared :class:`Capabilities`.
+        hyperparameters: the documented hyperparameters, validated by :func:`create_optimizer`.
+        summary: one line for ``torchvalley list`` and the README table.
+        family: ``"baseline"``, ``"sharpness-aware"``, ``"langevin"``, ``"riemannian"``, ...
+        paper: the paper (authors, title, venue) the method comes from.
+        example: hyperparameters for a typical small run; the conformance suite, the step
+            benchmark and the demo start from them.
+        group_example: hyperparameters that differ from ``example`` and are set on a second
+            param group by the conformance suite (each must change the update).
+    """
+
+    name: str
+    factory: Callable[..., torch.optim.Optimizer]
+    capabilities: Capabilities
+    hyperparameters: tuple[Hyperparameter, ...]
+    summary: str
+    family: str
+    paper: str = ""
+    example: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    group_example: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def hyperparameter(self, name: str) -> Hyperparameter | None:
+        """The documented hyperparameter called ``name``, or ``None``."""
+        for hyperparameter in self.hyperparameters:
+            if hyperparameter.name == name:
+                return hyperparameter
+        return None
+
+
+_REGISTRY: dict[str, OptimizerEntry] = {}
+
+
+def register_optimizer(
+    name: str,
+    factory: Callable[..., torch.optim.Optimizer],
+    *,
+    capabilities: Capabilities,
+    hyperparameters: Iterable[Hyperparameter],
+    summary: str,
+    family: str,
+    paper: str = "",
+    example: Mapping[str, Any] | None = None,
+    group_example: Mapping[str, Any] | None = None,
+    replace: bool = False,
+) -> OptimizerEntry:
+    """Add an optimizer to the registry and return its entry.
+
+    Raises:
+        ValueError: if ``name`` is taken (pass ``replace=True`` to override on purpose), or if
+            ``example``/``group_example`` name undocumented or invalid hyperparameters.
+    """
+    key = name.lower()
+    if key in _REGISTRY and not replace:
+        raise ValueError(f"optimizer {key!r} is already registered")
+    entry = OptimizerEntry(
+        name=key,
+        factory=factory,
+        capabilities=capabilities,
+        hyperparameters=tuple(hyperparameters),
+        summary=summary,
+        family=family,
+        paper=paper,
+        example=dict(example or {}),
+        group_example=dict(group_example or {}),
+    )
+    names = [h.name for h in entry.hyperparameters]
+    if len(set(names)) != len(names):
+        raise ValueError(f"optimizer {key!r} documents a hyperparameter twice: {names}")
+    _REGISTRY[key] = entry
+    try:
+        validate_hyperparameters(key, {**entry.example, **entry.group_example})
+    except ValueError:
+        del _REGISTRY[key]
+        raise
+    return entry
+
+
+def get_optimizer_entry(name: str) -> OptimizerEntry:
+    """The registry entry for ``name``.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"Invalid optimizer name: expected a string, got {name!r}")
+    try:
+        return _REGISTRY[name.lower()]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown optimizer {name!r}; registered: {known}") from None
+
+
+def list_optimizers(family: str | None = None) -> list[str]:
+    """Registered optimizer names, sorted (optionally only those of one ``family``)."""
+    return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
+
+
+def optimizer_entries() -> list[OptimizerEntry]:
+    """All registry entries, sorted by name."""
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def resolve_base_optimizer(
+    base: Any, *, name: str = "base_optimizer"
+) -> Callable[..., torch.optim.Optimizer]:
+    """Turn a base-optimizer spec into a factory ``f(params, **hyperparameters)``.
+
+    ``base`` may be a registry name (``"sgd"``), a ``torch.optim.Optimizer`` subclass, or any
+    callable returning an optimizer.
+    """
+    if isinstance(base, str):
+        try:
+            entry = get_optimizer_entry(base)
+        except ValueError as error:
+            raise ValueError(f"Invalid {name}: {error}") from None
+        return entry.factory
+    if isinstance(base, type) and issubclass(base, torch.optim.Optimizer):
+        return base
+    if callable(base) and not isinstance(base, torch.optim.Optimizer):
+        return base
+    raise ValueError(
+        f"Invalid {name}: expected a registry name or an optimizer class, got {base!r}"
+    )
+
+
+def validate_hyperparameters(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Check hyperparameters for optimizer ``name`` without building it.
+
+    Documented hyperparameters are checked by kind. For a wrapper, the remaining keys are the
+    base optimizer's: they are checked against the base's entry when the base is a registered
+    name, and passed through to the base's own constructor when it is a class. Any other key is
+    an error, so a misspelt hyperparameter is never silently dropped.
+
+    Returns:
+        The (possibly normalised) hyperparameters.
+
+    Raises:
+        ValueError: naming the offending hyperparameter.
+    """
+    entry = get_optimizer_entry(name)
+    checked: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in hyperparameters.items():
+        spec = entry.hyperparameter(key)
+        if spec is not None:
+            checked[key] = spec.check(value)
+        else:
+            rest[key] = value
+    if not rest:
+        return checked
+    if entry.capabilities.wraps_base:
+        base_spec = entry.hyperparameter("base_optimizer")
+        base = hyperparameters.get("base_optimizer", base_spec.default if base_spec else None)
+        if isinstance(base, str):
+            rest = validate_hyperparameters(base, rest)
+        checked.update(rest)
+        return checked
+    documented = ", ".join(h.name for h in entry.hyperparameters)
+    unknown = ", ".join(repr(k) for k in rest)
+    raise ValueError(
+        f"Unknown hyperparameter {unknown} for optimizer {entry.name!r}; documented: {documented}"
+    )
+
+
+def create_optimizer(name: str, params: Any, **hyperparameters: Any) -> torch.optim.Optimizer:
+    """Build the registered optimizer ``name`` over ``params``.
+
+    ``params`` is anything ``torch.optim`` accepts: an iterable of tensors, of
+    ``(name, tensor)`` pairs, or of param-group dicts. Hyperparameters given here and those set
+    per param group are validated first (see :func:`validate_hyperparameters`).
+
+    Example:
+        >>> import torch, torchvalley
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> torchvalley.create_optimizer("adam", [w], lr=float("nan"))
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid lr: nan (must be finite)
+    """
+    entry = get_optimizer_entry(name)
+    hyperparameters = validate_hyperparameters(entry.name, hyperparameters)
+    params = list(params)
+    for group in params:
+        if isinstance(group, Mapping):
+            overrides = {k: v for k, v in group.items() if k not in _GROUP_STRUCTURE_KEYS}
+            validate_hyperparameters(entry.name, overrides)
+    if (
+        not entry.capabilities.supports_param_groups
+        and sum(isinstance(g, Mapping) for g in params) > 1
+    ):
+        raise ValueError(f"optimizer {entry.name!r} does not support several param groups")
+    return entry.factory(params, **hyperparameters)
