@@ -1,0 +1,54 @@
+# torchvalley — the README's two commands are `make demo` and `make test`.
+# Every target creates .venv when it is missing and installs the project into it,
+# pinned by constraints.txt (CPU torch==2.13.0 from this workplace's local wheel).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The install is redone when pyproject.toml or constraints.txt change.
+STAMP := $(VENV)/.torchvalley-installed
+PYTEST_WORKERS ?= 2
+DEMO_OUT ?= reports/demo
+
+.PHONY: help install demo test test-slow bench lint format clean
+
+help:
+	@echo "make demo       set up and run the demo suite (MNIST-1D CNN, every optimizer family, 3 seeds)"
+	@echo "make test       set up and run the test suite (fast; slow statistical checks excluded)"
+	@echo "make test-slow  the slow statistical / benchmark checks (marker: slow)"
+	@echo "make bench      the optimizer step-overhead benchmark (~11M parameters)"
+	@echo "make lint       ruff check + format check"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m torchvalley demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/step_overhead.py --out reports/step_overhead.md --json reports/step_overhead.json
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format src tests benchmarks
+	$(PY) -m ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache .ruff_cache build dist src/*.egg-info
