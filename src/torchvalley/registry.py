@@ -29,12 +29,14 @@ __all__ = [
     "Capabilities",
     "Hyperparameter",
     "OptimizerEntry",
+    "build_from_entry",
     "create_optimizer",
     "get_optimizer_entry",
     "list_optimizers",
     "optimizer_entries",
     "register_optimizer",
     "resolve_base_optimizer",
+    "validate_entry_hyperparameters",
     "validate_hyperparameters",
 ]
 
@@ -244,8 +246,10 @@ def resolve_base_optimizer(
     )
 
 
-def validate_hyperparameters(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
-    """Check hyperparameters for optimizer ``name`` without building it.
+def validate_entry_hyperparameters(
+    entry: OptimizerEntry, hyperparameters: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Check hyperparameters for ``entry`` (registered or not) without building it.
 
     Documented hyperparameters are checked by kind. For a wrapper, the remaining keys are the
     base optimizer's: they are checked against the base's entry when the base is a registered
@@ -258,7 +262,6 @@ def validate_hyperparameters(name: str, hyperparameters: Mapping[str, Any]) -> d
     Raises:
         ValueError: naming the offending hyperparameter.
     """
-    entry = get_optimizer_entry(name)
     checked: dict[str, Any] = {}
     rest: dict[str, Any] = {}
     for key, value in hyperparameters.items():
@@ -283,12 +286,37 @@ def validate_hyperparameters(name: str, hyperparameters: Mapping[str, Any]) -> d
     )
 
 
+def validate_hyperparameters(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`validate_entry_hyperparameters` for the registered optimizer ``name``."""
+    return validate_entry_hyperparameters(get_optimizer_entry(name), hyperparameters)
+
+
+def build_from_entry(entry: OptimizerEntry, params: Any, **hyperparameters: Any):
+    """Validate hyperparameters (given here and per param group) and build ``entry``'s optimizer.
+
+    Works for entries that are not registered (a third party's optimizer run through the
+    conformance suite); :func:`create_optimizer` is this for a registered name.
+    """
+    hyperparameters = validate_entry_hyperparameters(entry, hyperparameters)
+    params = list(params)
+    for group in params:
+        if isinstance(group, Mapping):
+            overrides = {k: v for k, v in group.items() if k not in _GROUP_STRUCTURE_KEYS}
+            validate_entry_hyperparameters(entry, overrides)
+    if (
+        not entry.capabilities.supports_param_groups
+        and sum(isinstance(g, Mapping) for g in params) > 1
+    ):
+        raise ValueError(f"optimizer {entry.name!r} does not support several param groups")
+    return entry.factory(params, **hyperparameters)
+
+
 def create_optimizer(name: str, params: Any, **hyperparameters: Any) -> torch.optim.Optimizer:
     """Build the registered optimizer ``name`` over ``params``.
 
     ``params`` is anything ``torch.optim`` accepts: an iterable of tensors, of
     ``(name, tensor)`` pairs, or of param-group dicts. Hyperparameters given here and those set
-    per param group are validated first (see :func:`validate_hyperparameters`).
+    per param group are validated first (see :func:`validate_entry_hyperparameters`).
 
     Example:
         >>> import torch, torchvalley
@@ -298,16 +326,4 @@ def create_optimizer(name: str, params: Any, **hyperparameters: Any) -> torch.op
         ...
         ValueError: Invalid lr: nan (must be finite)
     """
-    entry = get_optimizer_entry(name)
-    hyperparameters = validate_hyperparameters(entry.name, hyperparameters)
-    params = list(params)
-    for group in params:
-        if isinstance(group, Mapping):
-            overrides = {k: v for k, v in group.items() if k not in _GROUP_STRUCTURE_KEYS}
-            validate_hyperparameters(entry.name, overrides)
-    if (
-        not entry.capabilities.supports_param_groups
-        and sum(isinstance(g, Mapping) for g in params) > 1
-    ):
-        raise ValueError(f"optimizer {entry.name!r} does not support several param groups")
-    return entry.factory(params, **hyperparameters)
+    return build_from_entry(get_optimizer_entry(name), params, **hyperparameters)
