@@ -1,0 +1,160 @@
+"""Smoke test of ``benchmarks/step_overhead.py`` in a tiny configuration (no timing asserts)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+import torchvalley
+from torchvalley.registry import (
+    Capabilities,
+    Hyperparameter,
+    OptimizerEntry,
+    resolve_base_optimizer,
+)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_overhead.py"
+# ~45k parameters in 62 tensors, 1 warm-up step, 2 repeats x 2 steps, one thread
+TINY = ["--width", "4", "--warmup", "1", "--repeats", "2", "--steps", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def script() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("step_overhead_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def _table(markdown: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Header cells and {first cell: cells} of the markdown table."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells
+    return header, rows
+
+
+def test_resnet18_shapes(script: ModuleType) -> None:
+    shapes = script.resnet18_shapes()
+    assert len(shapes) == 62
+    assert sum(torch.Size(s).numel() for s in shapes) == 11_173_962
+
+
+def test_every_registered_optimizer_gets_a_row(script: ModuleType, tmp_path: Path) -> None:
+    out, raw = tmp_path / "step.md", tmp_path / "step.json"
+    threads = torch.get_num_threads()
+    assert script.main([*TINY, "--out", str(out), "--json", str(raw)]) == 0
+    assert torch.get_num_threads() == threads
+
+    header, rows = _table(out.read_text())
+    assert header[0] == "optimizer"
+    assert script.RATIO_COLUMN in header
+    assert script.REFERENCE_LABEL in rows
+    for name in torchvalley.list_optimizers():
+        assert name in rows, name
+        assert rows[name][header.index(script.RATIO_COLUMN)] != "—"
+
+    data = json.loads(raw.read_text())
+    assert data["machine"]["tensor_count"] == 62
+    assert 40_000 < data["machine"]["param_count"] < 60_000
+    for row in data["rows"]:
+        assert row["status"] == "ok", row
+        assert len(row["ms_per_step"]) == 2
+        assert row["ratio"] > 0
+
+
+class _TwoPass(torch.optim.Optimizer):
+    """SAM-shaped stand-in: perturb along the gradient, call the closure, restore, base step."""
+
+    def __init__(self, params: Any, base_optimizer: str = "sgd", rho: float = 0.05, **base: Any):
+        super().__init__(params, {"rho": rho})
+        self.base = resolve_base_optimizer(base_optimizer)(self.param_groups, **base)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        if closure is None:
+            raise RuntimeError("this optimizer needs a closure")
+        saved = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    saved.append((p, p.clone()))
+                    p.add_(p.grad, alpha=group["rho"])
+        self.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = closure()
+        for p, old in saved:
+            p.copy_(old)
+        self.base.step()
+        return loss
+
+
+def test_closure_and_future_anchor_rows(script: ModuleType, tmp_path: Path) -> None:
+    """Unregistered stand-ins named like future methods exercise the closure and anchor paths."""
+    fake_sam = OptimizerEntry(
+        name="sam",
+        factory=_TwoPass,
+        capabilities=Capabilities(needs_closure=True, passes_per_step=2, wraps_base=True),
+        hyperparameters=(
+            Hyperparameter("base_optimizer", "optimizer", "sgd"),
+            Hyperparameter("rho", "non_negative", 0.05),
+        ),
+        summary="stand-in",
+        family="sharpness-aware",
+        example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05},
+    )
+    fake_sgld = OptimizerEntry(
+        name="sgld",
+        factory=torch.optim.SGD,
+        capabilities=Capabilities(noisy=True),
+        hyperparameters=(Hyperparameter("lr", "non_negative", 1e-3),),
+        summary="stand-in",
+        family="langevin",
+        example={"lr": 1e-4},
+    )
+    raw = tmp_path / "step.json"
+    code = script.main(
+        [*TINY, "--foreach", "true", "--json", str(raw)], entries=[fake_sam, fake_sgld]
+    )
+    assert code == 0
+    rows = {row["label"]: row for row in json.loads(raw.read_text())["rows"]}
+    assert rows["sam"]["closure_calls_per_step"] == 1
+    assert "closure alone (re-set preset gradients)" in rows
+    expected = {
+        "pytorch_optimizer": "pytorch_optimizer:SAM (comparable to sam)",
+        "posteriors": "posteriors:sgmcmc.sgld (comparable to sgld)",
+    }
+    for library, label in expected.items():
+        if script.library_version(library) is not None:
+            assert rows[label]["status"] == "ok", rows[label]
+    for row in rows.values():
+        assert row["status"] == "ok", row
+
+
+def test_missing_anchor_library_is_a_note(
+    script: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(script, "library_version", lambda name: None)
+    out = tmp_path / "step.md"
+    assert script.main([*TINY, "--out", str(out)], entries=[]) == 0
+    text = out.read_text()
+    for library in script.ANCHOR_LIBRARIES:
+        assert f"{library} not installed" in text
+    _, rows = _table(text)
+    assert list(rows) == [script.REFERENCE_LABEL]
