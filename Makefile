@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev]"
 	@touch $(STAMP)
 
+# The step benchmark's comparison libraries (the `anchors` extra), installed only for `make bench`.
+ANCHORS_STAMP := $(VENV)/.torchvalley-anchors
+$(ANCHORS_STAMP): $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev,anchors]"
+	@touch $(ANCHORS_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -39,7 +45,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP)
+bench: $(ANCHORS_STAMP)
 	$(PY) benchmarks/step_overhead.py --out reports/step_overhead.md --json reports/step_overhead.json
 
 lint: $(STAMP)

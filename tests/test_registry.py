@@ -70,22 +70,32 @@ def test_tensor_lr_accepted():
 
 
 def test_unknown_name_lists_registered():
-    with pytest.raises(ValueError, match="unknown optimizer 'nope'.*sgd"):
+    with pytest.raises(ValueError, match=r"unknown optimizer 'nope'.*sgd"):
         torchvalley.create_optimizer("nope", _params())
 
 
 def test_duplicate_registration_rejected(scratch_registry):
     with pytest.raises(ValueError, match="already registered"):
-        register_optimizer("sgd", torch.optim.SGD, capabilities=Capabilities(),
-                           hyperparameters=(), summary="", family="baseline")
+        register_optimizer(
+            "sgd",
+            torch.optim.SGD,
+            capabilities=Capabilities(),
+            hyperparameters=(),
+            summary="",
+            family="baseline",
+        )
 
 
 def test_registration_validates_examples(scratch_registry):
     with pytest.raises(ValueError, match="Invalid lr"):
         register_optimizer(
-            "bad_example", torch.optim.SGD, capabilities=Capabilities(),
+            "bad_example",
+            torch.optim.SGD,
+            capabilities=Capabilities(),
             hyperparameters=(Hyperparameter("lr", "non_negative", 0.1),),
-            summary="", family="test", example={"lr": -1.0},
+            summary="",
+            family="test",
+            example={"lr": -1.0},
         )
     assert "bad_example" not in scratch_registry
 
@@ -102,20 +112,28 @@ class _Wrapper(torch.optim.Optimizer):
 
 def test_wrapper_base_given_by_name_or_class(scratch_registry):
     register_optimizer(
-        "toy_wrapper", _Wrapper, capabilities=Capabilities(wraps_base=True, separable=False),
-        hyperparameters=(Hyperparameter("base_optimizer", "optimizer", "sgd"),
-                         Hyperparameter("scale", "positive", 1.0)),
-        summary="", family="test", example={"base_optimizer": "sgd", "lr": 0.1},
+        "toy_wrapper",
+        _Wrapper,
+        capabilities=Capabilities(wraps_base=True, separable=False),
+        hyperparameters=(
+            Hyperparameter("base_optimizer", "optimizer", "sgd"),
+            Hyperparameter("scale", "positive", 1.0),
+        ),
+        summary="",
+        family="test",
+        example={"base_optimizer": "sgd", "lr": 0.1},
     )
     by_name = torchvalley.create_optimizer("toy_wrapper", _params(), base_optimizer="adam", lr=0.1)
     assert type(by_name.base) is torch.optim.Adam
-    by_class = torchvalley.create_optimizer("toy_wrapper", _params(),
-                                            base_optimizer=torch.optim.Adam, lr=0.1)
+    by_class = torchvalley.create_optimizer(
+        "toy_wrapper", _params(), base_optimizer=torch.optim.Adam, lr=0.1
+    )
     assert type(by_class.base) is torch.optim.Adam
     # The base's hyperparameters are validated against the base's registry entry.
     with pytest.raises(ValueError, match="Invalid betas"):
-        torchvalley.create_optimizer("toy_wrapper", _params(), base_optimizer="adam",
-                                     betas=(0.9, 2.0))
+        torchvalley.create_optimizer(
+            "toy_wrapper", _params(), base_optimizer="adam", betas=(0.9, 2.0)
+        )
     with pytest.raises(ValueError, match="Unknown hyperparameter 'momentum'"):
         torchvalley.create_optimizer("toy_wrapper", _params(), base_optimizer="adam", momentum=0.9)
     with pytest.raises(ValueError, match="Invalid base_optimizer"):

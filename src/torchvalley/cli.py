@@ -18,8 +18,8 @@ import argparse
 import json
 import os
 import sys
-import traceback
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,20 +40,22 @@ def _optimizer_rows() -> list[dict]:
     rows = []
     for entry in optimizer_entries():
         capabilities = entry.capabilities
-        rows.append({
-            "name": entry.name,
-            "family": entry.family,
-            "capabilities": capabilities.flags(),
-            "passes_per_step": capabilities.passes_per_step,
-            "needs_closure": capabilities.needs_closure,
-            "noisy": capabilities.noisy,
-            "manifold_aware": capabilities.manifold_aware,
-            "second_order": capabilities.second_order,
-            "wraps_base": capabilities.wraps_base,
-            "hyperparameters": {h.name: repr(h.default) for h in entry.hyperparameters},
-            "summary": entry.summary,
-            "paper": entry.paper,
-        })
+        rows.append(
+            {
+                "name": entry.name,
+                "family": entry.family,
+                "capabilities": capabilities.flags(),
+                "passes_per_step": capabilities.passes_per_step,
+                "needs_closure": capabilities.needs_closure,
+                "noisy": capabilities.noisy,
+                "manifold_aware": capabilities.manifold_aware,
+                "second_order": capabilities.second_order,
+                "wraps_base": capabilities.wraps_base,
+                "hyperparameters": {h.name: repr(h.default) for h in entry.hyperparameters},
+                "summary": entry.summary,
+                "paper": entry.paper,
+            }
+        )
     return rows
 
 
@@ -86,18 +88,47 @@ def _command_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if args.tasks:
-        print(_markdown(
-            ["task", "model", "metric", "target", "batch", "epochs", "description"],
-            [[r["name"], r["model"], r["metric"], r["target"], r["batch_size"],
-              r["default_epochs"], r["description"]] for r in rows],
-        ))
+        print(
+            _markdown(
+                ["task", "model", "metric", "target", "batch", "epochs", "description"],
+                [
+                    [
+                        r["name"],
+                        r["model"],
+                        r["metric"],
+                        r["target"],
+                        r["batch_size"],
+                        r["default_epochs"],
+                        r["description"],
+                    ]
+                    for r in rows
+                ],
+            )
+        )
     else:
-        print(_markdown(
-            ["optimizer", "family", "capabilities", "passes/step", "hyperparameters", "summary"],
-            [[r["name"], r["family"], ", ".join(r["capabilities"]) or "-", r["passes_per_step"],
-              ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items()), r["summary"]]
-             for r in rows],
-        ))
+        print(
+            _markdown(
+                [
+                    "optimizer",
+                    "family",
+                    "capabilities",
+                    "passes/step",
+                    "hyperparameters",
+                    "summary",
+                ],
+                [
+                    [
+                        r["name"],
+                        r["family"],
+                        ", ".join(r["capabilities"]) or "-",
+                        r["passes_per_step"],
+                        ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items()),
+                        r["summary"],
+                    ]
+                    for r in rows
+                ],
+            )
+        )
     return 0
 
 
@@ -142,11 +173,19 @@ def _sweep(args: argparse.Namespace, tasks: list[str], specs: list, title: str) 
     started = time.perf_counter()
     with Store(args.store) as store:
         run_sweep(
-            tasks, specs, args.seeds, epochs=args.epochs, data_seed=args.data_seed,
-            batch_size=args.batch_size, store=store, progress=not args.no_progress,
+            tasks,
+            specs,
+            args.seeds,
+            epochs=args.epochs,
+            data_seed=args.data_seed,
+            batch_size=args.batch_size,
+            store=store,
+            progress=not args.no_progress,
         )
-        print(f"sweep finished in {time.perf_counter() - started:.1f} s; store: {args.store}",
-              file=sys.stderr)
+        print(
+            f"sweep finished in {time.perf_counter() - started:.1f} s; store: {args.store}",
+            file=sys.stderr,
+        )
         if args.report is not None:
             _write_report(store, Path(args.report), tasks, title)
     return 0
@@ -205,25 +244,45 @@ def _build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_command_list)
 
     def add_run_options(sub: argparse.ArgumentParser, seeds_default: list[int] | None) -> None:
-        sub.add_argument("--seeds", type=int, nargs="+", default=seeds_default,
-                         help="model-init / data-order seeds")
-        sub.add_argument("--epochs", type=int, default=None,
-                         help="epochs per run (default: the task's)")
+        sub.add_argument(
+            "--seeds",
+            type=int,
+            nargs="+",
+            default=seeds_default,
+            help="model-init / data-order seeds",
+        )
+        sub.add_argument(
+            "--epochs", type=int, default=None, help="epochs per run (default: the task's)"
+        )
         sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     bench = commands.add_parser("bench", help="run tasks x optimizer specs x seeds into a store")
-    bench.add_argument("--task", action="append", required=True,
-                       help="task name (repeatable); see `torchvalley list --tasks`")
-    bench.add_argument("--optimizer", "-o", action="append", required=True,
-                       help="spec like 'sam:base_optimizer=sgd,lr=0.1,rho=0.05' (repeatable)")
+    bench.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        help="task name (repeatable); see `torchvalley list --tasks`",
+    )
+    bench.add_argument(
+        "--optimizer",
+        "-o",
+        action="append",
+        required=True,
+        help="spec like 'sam:base_optimizer=sgd,lr=0.1,rho=0.05' (repeatable)",
+    )
     add_run_options(bench, [0])
-    bench.add_argument("--data-seed", type=int, default=None,
-                       help="data-generation seed (default: the task's)")
-    bench.add_argument("--batch-size", type=int, default=None,
-                       help="batch size (default: the task's)")
-    bench.add_argument("--store", default="results/torchvalley.db",
-                       help="sqlite results store; finished runs in it are skipped")
+    bench.add_argument(
+        "--data-seed", type=int, default=None, help="data-generation seed (default: the task's)"
+    )
+    bench.add_argument(
+        "--batch-size", type=int, default=None, help="batch size (default: the task's)"
+    )
+    bench.add_argument(
+        "--store",
+        default="results/torchvalley.db",
+        help="sqlite results store; finished runs in it are skipped",
+    )
     bench.add_argument("--report", default=None, help="also write a report to this folder")
     bench.set_defaults(handler=_command_bench)
 

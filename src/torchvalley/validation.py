@@ -34,14 +34,17 @@ def _as_real(name: str, value: Any) -> float:
     """Return ``value`` as a finite Python float, or raise a ValueError naming ``name``."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise ValueError(f"Invalid {name}: a tensor {name} must have one element, got shape "
-                             f"{tuple(value.shape)}")
+            raise ValueError(
+                f"Invalid {name}: a tensor {name} must have one element, got shape "
+                f"{tuple(value.shape)}"
+            )
         if value.dtype.is_complex:
             raise ValueError(f"Invalid {name}: expected a real number, got a complex tensor")
         value = value.detach().cpu().item()
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"Invalid {name}: expected a real number, got {type(value).__name__} "
-                         f"{value!r}")
+        raise ValueError(
+            f"Invalid {name}: expected a real number, got {type(value).__name__} {value!r}"
+        )
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"Invalid {name}: {value} (must be finite)")
@@ -90,8 +93,9 @@ def check_betas(name: str, value: Any) -> tuple:
 def check_bool(name: str, value: Any) -> bool:
     """A real ``bool`` (``0``/``1`` or strings are refused: they hide typos)."""
     if not isinstance(value, bool):
-        raise ValueError(f"Invalid {name}: expected True or False, got {type(value).__name__} "
-                         f"{value!r}")
+        raise ValueError(
+            f"Invalid {name}: expected True or False, got {type(value).__name__} {value!r}"
+        )
     return value
 
 

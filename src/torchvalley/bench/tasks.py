@@ -104,7 +104,9 @@ def get_task(name: str) -> Task:
     try:
         return _TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; registered: {', '.join(sorted(_TASKS))}") from None
+        raise ValueError(
+            f"unknown task {name!r}; registered: {', '.join(sorted(_TASKS))}"
+        ) from None
 
 
 def list_tasks() -> list[str]:

@@ -10,8 +10,12 @@ from torchvalley.registry import Capabilities, Hyperparameter, register_optimize
 
 _COMMON_FLAGS = (
     Hyperparameter("maximize", "bool", False, "maximize the objective instead of minimizing"),
-    Hyperparameter("foreach", "optional_bool", None,
-                   "multi-tensor (True) or per-tensor (False) path; None lets torch choose"),
+    Hyperparameter(
+        "foreach",
+        "optional_bool",
+        None,
+        "multi-tensor (True) or per-tensor (False) path; None lets torch choose",
+    ),
 )
 
 _BASELINE = Capabilities(foreach=True, separable=True)

@@ -1,0 +1,644 @@
+"""The benchmark runner: train one (task, optimizer spec, seed) run, or a resumable sweep of them.
+
+How a run trains (so that its numbers can be recomputed by hand):
+
+* ``model = task.model(seed)``; the data is ``task.data(data_seed)``.
+* The training set is shuffled every epoch with ``torch.randperm`` drawn from one
+  ``torch.Generator`` seeded with :func:`shuffle_seed` ``(seed)`` at the start of the run, a seed
+  derived from ``seed`` but different from it, so that the shuffling stream is not the stream
+  that initialised the model. The last, smaller batch of an epoch is kept.
+* The global torch RNG (dropout, noise-injecting optimizers) is forked for the run and seeded
+  with :func:`global_seed` ``(seed)``; the caller's RNG state is restored afterwards.
+* Each step builds a closure (zero grads, forward, loss, backward; it counts its own calls) and
+  calls ``optimizer.step(closure)`` if the optimizer's registry entry ``needs_closure``, else
+  ``closure(); optimizer.step()``. Forward/backward passes are counted closure calls.
+* An epoch's ``train_loss`` is the mean over its steps of the loss of the *first* closure
+  evaluation of each step (the loss at the point the step starts from). ``train_metric`` is the
+  metric over the whole training set evaluated in ``model.eval()`` at the end of the epoch
+  (exact rather than a running average over a moving model). Epoch 0 is the evaluation of the
+  initial model; it has no steps, so its ``train_loss`` is the eval-mode loss over the whole
+  training set.
+* Evaluation runs under ``torch.no_grad()`` in ``model.eval()`` in chunks of
+  :data:`EVAL_CHUNK_SIZE` whose outputs are concatenated, so the loss and metric are over the
+  whole set; then ``model.train()``. Evaluation time is excluded from ``train_time_s`` and
+  included in ``wall_time_s``. Both, like steps and passes, are cumulative since the start.
+* Time to target: ``train_time_s`` at the end of the first epoch whose test metric
+  ``task.reached(...)`` (0 if the initial model already does), with its steps and epoch.
+* A non-finite training loss stops the run: status ``diverged``. An exception raised while
+  training (model, optimizer, loss, ...) makes it ``failed``, with the traceback stored. A
+  ``KeyboardInterrupt`` propagates and leaves the run ``running`` in the store, which the next
+  sweep redoes from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from torchvalley.bench.specs import OptimizerSpec
+from torchvalley.bench.store import Store, make_run_key
+from torchvalley.bench.tasks import Task, TaskData, get_task
+from torchvalley.registry import create_optimizer, get_optimizer_entry
+
+__all__ = [
+    "EVAL_CHUNK_SIZE",
+    "EpochRecord",
+    "RunResult",
+    "global_seed",
+    "run_one",
+    "run_sweep",
+    "shuffle_seed",
+    "warm_up",
+]
+
+#: Samples per forward pass during evaluation (bounds memory; results do not depend on it).
+EVAL_CHUNK_SIZE = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochRecord:
+    """The numbers recorded at the end of one epoch (epoch 0: before training).
+
+    Times, steps and passes are cumulative since the start of the run.
+    """
+
+    epoch: int
+    train_loss: float
+    train_metric: float
+    test_loss: float
+    test_metric: float
+    train_time_s: float
+    wall_time_s: float
+    steps: int
+    forward_passes: int
+    backward_passes: int
+
+
+@dataclasses.dataclass
+class RunResult:
+    """The outcome of one run.
+
+    Attributes:
+        status: ``"finished"``, ``"diverged"``, ``"failed"``, or ``"skipped"`` when the store
+            already held the run as done (its recorded numbers are then filled in from the
+            store and ``recorded_status`` says whether it had finished or diverged).
+        history: the recorded epochs, epoch 0 first.
+        train_loss: the last epoch's mean training loss (the non-finite one if it diverged).
+        test_loss, test_metric: after the last epoch; ``None`` if it diverged or failed.
+        best_test_metric: the best test metric of any evaluated epoch (epoch 0 included).
+        time_to_target_s, steps_to_target, epoch_to_target: ``None`` if the target was never
+            reached.
+        run_id: the row id in the store, or ``None`` without a store.
+        error: the traceback of a failed run.
+    """
+
+    task: str
+    spec_label: str
+    optimizer: str
+    seed: int
+    data_seed: int
+    epochs: int
+    batch_size: int
+    metric_name: str
+    status: str
+    history: list[EpochRecord] = dataclasses.field(default_factory=list)
+    train_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    steps: int = 0
+    forward_passes: int = 0
+    backward_passes: int = 0
+    train_loss: float | None = None
+    test_loss: float | None = None
+    test_metric: float | None = None
+    best_test_metric: float | None = None
+    time_to_target_s: float | None = None
+    steps_to_target: int | None = None
+    epoch_to_target: int | None = None
+    run_id: int | None = None
+    error: str | None = None
+    recorded_status: str | None = None
+
+
+def _derived_seed(purpose: str, seed: int) -> int:
+    digest = hashlib.sha256(f"torchvalley-{purpose}-{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def shuffle_seed(seed: int) -> int:
+    """The seed of the ``torch.Generator`` that shuffles the training set of run ``seed``."""
+    return _derived_seed("shuffle", seed)
+
+
+def global_seed(seed: int) -> int:
+    """The seed the (forked, restored afterwards) global torch RNG gets for run ``seed``."""
+    return _derived_seed("global", seed)
+
+
+def _resolve_task(task: Task | str) -> Task:
+    return task if isinstance(task, Task) else get_task(task)
+
+
+def _settings(
+    task: Task, epochs: int | None, data_seed: int | None, batch_size: int | None
+) -> tuple[int, int, int]:
+    """(epochs, data_seed, batch_size) with the task's defaults filled in, checked."""
+    epochs = task.default_epochs if epochs is None else int(epochs)
+    data_seed = task.default_data_seed if data_seed is None else int(data_seed)
+    batch_size = task.batch_size if batch_size is None else int(batch_size)
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs} and {batch_size}")
+    return epochs, data_seed, batch_size
+
+
+def warm_up(
+    task: Task | str, *, data_seed: int | None = None, batch_size: int | None = None, steps: int = 3
+) -> None:
+    """Take a few untimed training steps and one evaluation on a throw-away model.
+
+    The first forward and backward passes in a process pay one-off costs (allocator growth,
+    kernel selection, lazy initialisation) that would otherwise be charged to whichever run
+    comes first. The model, the optimizer (plain SGD with ``lr=0``) and the RNG state are all
+    discarded; errors are ignored, since the real run will report them.
+    """
+    task = _resolve_task(task)
+    _, data_seed, batch_size = _settings(task, 0, data_seed, batch_size)
+    # Errors are the real run's to report.
+    with contextlib.suppress(Exception), torch.random.fork_rng(devices=[]):
+        data = _task_data(task, data_seed)
+        inputs, targets = data.train
+        model = task.model(0)
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            task.loss_fn(model(inputs[:batch_size]), targets[:batch_size]).backward()
+            optimizer.step()
+        _evaluate(model, task, *data.test)
+
+
+def _resolve_spec(spec: OptimizerSpec | str) -> OptimizerSpec:
+    return spec if isinstance(spec, OptimizerSpec) else OptimizerSpec.parse(spec)
+
+
+def _task_data(task: Task, data_seed: int) -> TaskData:
+    # Task.data caches by task *name*; use it only when this very object is the registered one,
+    # so an unregistered (or shadowed) Task object still gets its own data.
+    try:
+        registered = get_task(task.name)
+    except ValueError:
+        registered = None
+    return task.data(data_seed) if registered is task else task.load_data(data_seed)
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module, task: Task, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[float, float]:
+    """(mean loss, metric) over a whole set, in eval mode; leaves the model in train mode."""
+    model.eval()
+    try:
+        outputs = torch.cat([model(chunk) for chunk in torch.split(inputs, EVAL_CHUNK_SIZE)], dim=0)
+        loss = float(task.loss_fn(outputs, targets))
+        metric = float(task.metric_fn(outputs, targets))
+    finally:
+        model.train()
+    return loss, metric
+
+
+@contextlib.contextmanager
+def _num_threads(num_threads: int | None) -> Iterator[None]:
+    if num_threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _Counters:
+    """Steps and closure calls (forward and backward passes) so far."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.forward = 0
+        self.backward = 0
+
+
+class _Diverged(Exception):
+    """Raised inside the training loop when the training loss is not finite."""
+
+    def __init__(self, loss: float) -> None:
+        super().__init__(f"non-finite training loss {loss}")
+        self.loss = loss
+
+
+def _store_row_to_result(row: dict[str, Any], store: Store) -> RunResult:
+    history = [
+        EpochRecord(**{field.name: record[field.name] for field in dataclasses.fields(EpochRecord)})
+        for record in store.epochs(row["id"])
+    ]
+    return RunResult(
+        task=row["task"],
+        spec_label=row["spec_label"],
+        optimizer=row["optimizer"],
+        seed=row["seed"],
+        data_seed=row["data_seed"],
+        epochs=row["epochs"],
+        batch_size=row["batch_size"],
+        metric_name=row["metric_name"],
+        status="skipped",
+        recorded_status=row["status"],
+        history=history,
+        train_time_s=row["train_time_s"] or 0.0,
+        wall_time_s=row["wall_time_s"] or 0.0,
+        steps=row["steps"] or 0,
+        forward_passes=row["forward_passes"] or 0,
+        backward_passes=row["backward_passes"] or 0,
+        train_loss=row["train_loss"],
+        test_loss=row["test_loss"],
+        test_metric=row["test_metric"],
+        best_test_metric=row["best_test_metric"],
+        time_to_target_s=row["time_to_target_s"],
+        steps_to_target=row["steps_to_target"],
+        epoch_to_target=row["epoch_to_target"],
+        run_id=row["id"],
+        error=row["error"],
+    )
+
+
+def run_one(
+    task: Task | str,
+    spec: OptimizerSpec | str,
+    seed: int,
+    *,
+    epochs: int | None = None,
+    data_seed: int | None = None,
+    batch_size: int | None = None,
+    store: Store | None = None,
+    progress: bool | None = None,
+    raise_errors: bool | None = None,
+    num_threads: int | None = None,
+) -> RunResult:
+    """Train one run and (with a store) record it epoch by epoch.
+
+    Args:
+        task: a :class:`Task` or a registered task name.
+        spec: an :class:`OptimizerSpec` or its text (``"sgd:lr=0.1,momentum=0.9"``).
+        seed: model-initialisation seed; the shuffling and global-RNG seeds derive from it.
+        epochs: default ``task.default_epochs``.
+        data_seed: default ``task.default_data_seed``.
+        batch_size: default ``task.batch_size``.
+        store: where to record the run. If it already holds this run as finished or
+            diverged, nothing is trained and the result has status ``"skipped"``.
+        progress: show a per-run epoch bar on stderr; ``None`` shows it only on a terminal.
+        raise_errors: re-raise an exception from training after recording the failure.
+            Default: re-raise only when there is no store (nothing else would keep it); with
+            a store the failure is recorded and returned as status ``"failed"``.
+        num_threads: ``torch.set_num_threads`` for the run (restored afterwards); default:
+            leave it as it is.
+
+    Returns:
+        The :class:`RunResult`.
+    """
+    task = _resolve_task(task)
+    spec = _resolve_spec(spec)
+    epochs, data_seed, batch_size = _settings(task, epochs, data_seed, batch_size)
+    if raise_errors is None:
+        raise_errors = store is None
+
+    result = RunResult(
+        task=task.name,
+        spec_label=spec.label,
+        optimizer=spec.name,
+        seed=int(seed),
+        data_seed=data_seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        metric_name=task.metric_name,
+        status="running",
+    )
+    if store is not None:
+        run_id = store.begin_run(
+            task=task.name,
+            optimizer=spec.name,
+            spec_label=spec.label,
+            hyperparameters=spec.hyperparameters,
+            seed=int(seed),
+            data_seed=data_seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            metric_name=task.metric_name,
+            higher_is_better=task.higher_is_better,
+            target=task.target,
+        )
+        if run_id is None:
+            key = make_run_key(task.name, spec.label, int(seed), data_seed, epochs, batch_size)
+            row = store.run_by_key(key)
+            assert row is not None  # begin_run just saw it
+            return _store_row_to_result(row, store)
+        result.run_id = run_id
+
+    def record(epoch_record: EpochRecord) -> None:
+        result.history.append(epoch_record)
+        if store is not None and result.run_id is not None:
+            store.record_epoch(
+                result.run_id,
+                epoch_record.epoch,
+                **{k: v for k, v in dataclasses.asdict(epoch_record).items() if k != "epoch"},
+            )
+
+    bar = tqdm(
+        total=epochs,
+        desc=f"{task.name} {spec.label} seed={seed}",
+        unit="epoch",
+        leave=False,
+        disable=None if progress is None else not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    counters = _Counters()
+    wall_start = time.perf_counter()
+    try:
+        with _num_threads(num_threads), torch.random.fork_rng(devices=[]), bar:
+            torch.manual_seed(global_seed(seed))
+            _train(
+                task,
+                spec,
+                int(seed),
+                epochs,
+                data_seed,
+                batch_size,
+                counters,
+                result,
+                record,
+                wall_start,
+                bar,
+            )
+        result.status = "finished"
+    except _Diverged as diverged:
+        result.status = "diverged"
+        result.train_loss = diverged.loss
+    except Exception as error:
+        result.status = "failed"
+        result.error = "".join(traceback.format_exception(error)).rstrip()
+        if not raise_errors and progress is not False:
+            tqdm.write(
+                f"run failed: {task.name} {spec.label} seed={seed}: "
+                f"{type(error).__name__}: {error}",
+                file=sys.stderr,
+            )
+        _finish(store, result, counters, wall_start, task.higher_is_better)
+        if raise_errors:
+            raise
+        return result
+    _finish(store, result, counters, wall_start, task.higher_is_better)
+    return result
+
+
+def _finish(
+    store: Store | None,
+    result: RunResult,
+    counters: _Counters,
+    wall_start: float,
+    higher_is_better: bool,
+) -> None:
+    """Fill in the run's totals and final numbers, and write them to the store."""
+    result.wall_time_s = time.perf_counter() - wall_start
+    result.steps = counters.steps
+    result.forward_passes = counters.forward
+    result.backward_passes = counters.backward
+    evaluated = [record.test_metric for record in result.history]
+    if evaluated:
+        result.best_test_metric = _best(evaluated, higher_is_better)
+    if result.status == "finished" and result.history:
+        last = result.history[-1]
+        result.train_loss = last.train_loss
+        result.test_loss = last.test_loss
+        result.test_metric = last.test_metric
+    elif result.status == "failed" and result.history:
+        result.train_loss = result.history[-1].train_loss
+    if store is None or result.run_id is None:
+        return
+    store.finish_run(
+        result.run_id,
+        result.status,
+        train_time_s=result.train_time_s,
+        wall_time_s=result.wall_time_s,
+        steps=result.steps,
+        forward_passes=result.forward_passes,
+        backward_passes=result.backward_passes,
+        time_to_target_s=result.time_to_target_s,
+        steps_to_target=result.steps_to_target,
+        epoch_to_target=result.epoch_to_target,
+        train_loss=result.train_loss,
+        test_loss=result.test_loss,
+        test_metric=result.test_metric,
+        best_test_metric=result.best_test_metric,
+        error=result.error,
+    )
+
+
+def _best(values: Sequence[float], higher_is_better: bool) -> float | None:
+    finite = [value for value in values if value is not None and not math.isnan(value)]
+    if not finite:
+        return None
+    return max(finite) if higher_is_better else min(finite)
+
+
+def _train(
+    task: Task,
+    spec: OptimizerSpec,
+    seed: int,
+    epochs: int,
+    data_seed: int,
+    batch_size: int,
+    counters: _Counters,
+    result: RunResult,
+    record: Callable[[EpochRecord], None],
+    wall_start: float,
+    bar: tqdm,
+) -> None:
+    """The training loop; fills ``result`` and calls ``record`` once per evaluated epoch."""
+    data = _task_data(task, data_seed)
+    train_inputs, train_targets = data.train
+    test_inputs, test_targets = data.test
+    model = task.model(seed)
+    model.train()
+    optimizer = create_optimizer(spec.name, model.parameters(), **spec.hyperparameters)
+    needs_closure = get_optimizer_entry(spec.name).capabilities.needs_closure
+    generator = torch.Generator().manual_seed(shuffle_seed(seed))
+    n_train = train_inputs.shape[0]
+
+    def evaluate_and_record(epoch: int, train_loss: float | None) -> None:
+        eval_train_loss, train_metric = _evaluate(model, task, train_inputs, train_targets)
+        test_loss, test_metric = _evaluate(model, task, test_inputs, test_targets)
+        epoch_record = EpochRecord(
+            epoch=epoch,
+            train_loss=eval_train_loss if train_loss is None else train_loss,
+            train_metric=train_metric,
+            test_loss=test_loss,
+            test_metric=test_metric,
+            train_time_s=result.train_time_s,
+            wall_time_s=time.perf_counter() - wall_start,
+            steps=counters.steps,
+            forward_passes=counters.forward,
+            backward_passes=counters.backward,
+        )
+        record(epoch_record)
+        if result.epoch_to_target is None and task.reached(test_metric):
+            result.time_to_target_s = result.train_time_s
+            result.steps_to_target = counters.steps
+            result.epoch_to_target = epoch
+        bar.set_postfix(
+            {
+                task.metric_name: f"{test_metric:.4g}",
+                "train_loss": f"{epoch_record.train_loss:.4g}",
+            },
+            refresh=False,
+        )
+
+    evaluate_and_record(0, None)
+    for epoch in range(1, epochs + 1):
+        loss_sum = 0.0
+        epoch_steps = 0
+        epoch_start = time.perf_counter()
+        try:
+            permutation = torch.randperm(n_train, generator=generator)
+            for start in range(0, n_train, batch_size):
+                index = permutation[start : start + batch_size]
+                inputs, targets = train_inputs[index], train_targets[index]
+                first_loss: list[torch.Tensor] = []
+
+                def closure(
+                    inputs: torch.Tensor = inputs,
+                    targets: torch.Tensor = targets,
+                    first_loss: list[torch.Tensor] = first_loss,
+                ) -> torch.Tensor:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = task.loss_fn(model(inputs), targets)
+                    loss.backward()
+                    counters.forward += 1
+                    counters.backward += 1
+                    if not first_loss:
+                        first_loss.append(loss.detach())
+                    return loss
+
+                if needs_closure:
+                    optimizer.step(closure)
+                else:
+                    closure()
+                    optimizer.step()
+                counters.steps += 1
+                epoch_steps += 1
+                loss_value = float(first_loss[0]) if first_loss else math.nan
+                if not math.isfinite(loss_value):
+                    raise _Diverged(loss_value)
+                loss_sum += loss_value
+        finally:
+            result.train_time_s += time.perf_counter() - epoch_start
+        evaluate_and_record(epoch, loss_sum / max(epoch_steps, 1))
+        bar.update(1)
+
+
+def run_sweep(
+    tasks: Iterable[Task | str],
+    specs: Iterable[OptimizerSpec | str],
+    seeds: Iterable[int],
+    *,
+    epochs: int | None = None,
+    data_seed: int | None = None,
+    batch_size: int | None = None,
+    store: Store | str | Path,
+    progress: bool | None = True,
+    num_threads: int | None = None,
+    warmup: bool = True,
+) -> list[RunResult]:
+    """Run every (task, spec, seed) combination, recording into ``store``; resumable.
+
+    Runs already finished or diverged in the store are not trained again and come back with
+    status ``"skipped"``; killed (``running``) or ``failed`` ones are redone from scratch. A
+    run that fails is recorded and the sweep goes on. Specs are parsed and validated before
+    anything runs, so a typo fails at once.
+
+    Args:
+        tasks: :class:`Task` objects or registered task names.
+        specs: :class:`OptimizerSpec` objects or spec strings.
+        seeds: model seeds; each (task, spec) pair runs once per seed.
+        epochs, data_seed, batch_size: overrides of the tasks' defaults (see :func:`run_one`).
+        store: a :class:`Store`, or a path to open one at (closed again at the end).
+        progress: bars over runs and over each run's epochs on stderr; ``None``: only on a
+            terminal; ``False``: none.
+        num_threads: ``torch.set_num_threads`` for the sweep (restored afterwards).
+        warmup: before the first run of a task that is not skipped, take a few untimed steps
+            on a throw-away model (see :func:`warm_up`), so that the first timed run does not
+            pay the process's one-off costs and look slower than the others.
+
+    Returns:
+        One :class:`RunResult` per combination, in order task, then spec, then seed.
+    """
+    task_list = [_resolve_task(task) for task in tasks]
+    spec_list = [_resolve_spec(spec) for spec in specs]
+    seed_list = [int(seed) for seed in seeds]
+    owns_store = not isinstance(store, Store)
+    opened = Store(store) if owns_store else store
+    total = len(task_list) * len(spec_list) * len(seed_list)
+    disable = None if progress is None else not progress
+    results: list[RunResult] = []
+    try:
+        with (
+            _num_threads(num_threads),
+            tqdm(
+                total=total,
+                desc="runs",
+                unit="run",
+                disable=disable,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            ) as bar,
+        ):
+            for task in task_list:
+                warmed_up = not warmup
+                run_epochs, run_data_seed, run_batch_size = _settings(
+                    task, epochs, data_seed, batch_size
+                )
+                for spec in spec_list:
+                    for seed in seed_list:
+                        bar.set_postfix_str(f"{task.name} {spec.label} seed={seed}", refresh=True)
+                        key = make_run_key(
+                            task.name, spec.label, seed, run_data_seed, run_epochs, run_batch_size
+                        )
+                        if not warmed_up and not opened.is_finished(key):
+                            warm_up(task, data_seed=run_data_seed, batch_size=run_batch_size)
+                            warmed_up = True
+                        result = run_one(
+                            task,
+                            spec,
+                            seed,
+                            epochs=epochs,
+                            data_seed=data_seed,
+                            batch_size=batch_size,
+                            store=opened,
+                            progress=progress,
+                            raise_errors=False,
+                        )
+                        results.append(result)
+                        bar.update(1)
+    finally:
+        if owns_store:
+            opened.close()
+    return results
