@@ -145,9 +145,9 @@ def _summarize_group(
         "ms_per_step": _stat(
             _per_step(run["train_time_s"], run["steps"], 1000.0) for run in finished
         ),
+        # One pass = one forward and one backward (a closure call): SGD 1, SAM 2.
         "passes_per_step": _stat(
-            _per_step((run["forward_passes"] or 0) + (run["backward_passes"] or 0), run["steps"])
-            for run in finished
+            _per_step(run["forward_passes"] or 0, run["steps"]) for run in finished
         ),
         "train_time_s": _stat(run["train_time_s"] for run in finished),
         "wall_time_s": _stat(run["wall_time_s"] for run in finished),
@@ -281,7 +281,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
     Columns: method, seeds (finished, plus diverged/failed/running counts), final and best test
     metric, final train loss, time to target over the seeds that reached it and how many did,
-    milliseconds and forward+backward passes per step, training time per run. Cells are
+    milliseconds and passes (forward+backward pairs) per step, training time per run. Cells are
     ``mean ± std``; a footnote marks single-seed cells.
     """
     if not rows:
@@ -296,7 +296,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "time to target (s)",
         "reached",
         "ms / step",
-        "passes / step",
+        "fwd+bwd passes / step",
         "train time (s)",
     ]
     lines = [
