@@ -46,7 +46,7 @@ def test_list_tasks(capsys):
 )
 def test_bad_specs_print_one_line_and_exit_2(capsys, tmp_path, spec, message):
     store = tmp_path / "r.db"
-    status, out, err = _run(
+    status, _, err = _run(
         capsys, "bench", "--task", "quadratic", "-o", spec, "--store", str(store)
     )
     assert status == 2
