@@ -46,9 +46,7 @@ def test_list_tasks(capsys):
 )
 def test_bad_specs_print_one_line_and_exit_2(capsys, tmp_path, spec, message):
     store = tmp_path / "r.db"
-    status, _, err = _run(
-        capsys, "bench", "--task", "quadratic", "-o", spec, "--store", str(store)
-    )
+    status, _, err = _run(capsys, "bench", "--task", "quadratic", "-o", spec, "--store", str(store))
     assert status == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("torchvalley: error:")
