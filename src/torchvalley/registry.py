@@ -63,6 +63,9 @@ class Capabilities:
             must give the same numbers.
         separable: the update of a parameter depends only on its own gradient, state and its
             group's hyperparameters (false for, e.g., SAM, whose ascent uses the global norm).
+        accepts_model: the factory takes an optional ``model=`` (the ``nn.Module`` being
+            trained) for module-aware behaviour (BatchNorm statistics, normalization-layer
+            selection, DDP ``no_sync``); the runner and the conformance suite pass it.
     """
 
     needs_closure: bool = False
@@ -74,6 +77,7 @@ class Capabilities:
     supports_param_groups: bool = True
     foreach: bool = False
     separable: bool = True
+    accepts_model: bool = False
 
     def flags(self) -> list[str]:
         """Short names of the capabilities that are on (for tables)."""
@@ -84,6 +88,7 @@ class Capabilities:
             "second_order": "2nd-order",
             "wraps_base": "wrapper",
             "foreach": "foreach",
+            "accepts_model": "model",
         }
         return [short for field, short in names.items() if getattr(self, field)]
 
@@ -93,23 +98,31 @@ class Hyperparameter:
     """A documented hyperparameter: its name, the kind of value it takes and its default.
 
     ``kind`` is a key of :data:`torchvalley.validation.CHECKS` (``"non_negative"``,
-    ``"unit_interval_open"``, ``"betas"``, ``"bool"``, ...) or ``"optimizer"`` for a wrapper's
-    ``base_optimizer``.
+    ``"unit_interval_open"``, ``"betas"``, ``"bool"``, ...), ``"optimizer"`` for a wrapper's
+    ``base_optimizer``, or ``"choice"`` for one of ``choices``.
     """
 
     name: str
     kind: str
     default: Any
     doc: str = ""
+    choices: tuple = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in CHECKS and self.kind != "optimizer":
+        if self.kind not in CHECKS and self.kind not in ("optimizer", "choice"):
             raise ValueError(f"Invalid kind for hyperparameter {self.name!r}: {self.kind!r}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"hyperparameter {self.name!r}: choices go with kind 'choice'")
 
     def check(self, value: Any) -> Any:
         """Validate ``value``; raise ``ValueError`` naming this hyperparameter if it is bad."""
         if self.kind == "optimizer":
             resolve_base_optimizer(value, name=self.name)
+            return value
+        if self.kind == "choice":
+            if not isinstance(value, str) or value not in self.choices:
+                options = ", ".join(map(repr, self.choices))
+                raise ValueError(f"Invalid {self.name}: {value!r} (one of {options})")
             return value
         return CHECKS[self.kind](self.name, value)
 

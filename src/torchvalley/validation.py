@@ -23,6 +23,7 @@ __all__ = [
     "check_betas",
     "check_bool",
     "check_non_negative",
+    "check_optional_positive",
     "check_positive",
     "check_positive_int",
     "check_unit_interval",
@@ -104,6 +105,16 @@ def check_optional_bool(name: str, value: Any) -> bool | None:
     return None if value is None else check_bool(name, value)
 
 
+def check_optional_positive(name: str, value: Any) -> Any:
+    """``None`` (off) or a finite real number ``> 0`` (e.g. a clipping norm)."""
+    return None if value is None else check_positive(name, value)
+
+
+def check_any(name: str, value: Any) -> Any:
+    """No check here: the optimizer's own constructor validates (e.g. a model, a predicate)."""
+    return value
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """An ``int`` ``>= 1``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -121,6 +132,8 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "bool": check_bool,
     "optional_bool": check_optional_bool,
     "positive_int": check_positive_int,
+    "optional_positive": check_optional_positive,
+    "any": check_any,
 }
 
 #: kind name -> values every check of that kind must reject (the conformance suite uses them).
@@ -133,4 +146,8 @@ INVALID_EXAMPLES: dict[str, tuple] = {
     "bool": ("yes", 1, 0.0, None),
     "optional_bool": ("yes", 1, 0.0),
     "positive_int": (0, -3, 1.5, "2", True),
+    "optional_positive": (0.0, -1.0, float("nan"), "1"),
+    "any": (),  # validated by the optimizer itself
+    # a Hyperparameter of kind "choice" also rejects anything not in its ``choices``
+    "choice": ("no_such_choice", 3, None),
 }

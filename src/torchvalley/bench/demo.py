@@ -22,6 +22,14 @@ DEMO_SPECS: dict[str, tuple[str, ...]] = {
         "adam:lr=0.001",
         "adamw:lr=0.001,weight_decay=0.01",
     ),
+    # Same base as the SGD baseline, so the rows isolate the ascent.
+    "sharpness-aware": (
+        "sam:base_optimizer=sgd,lr=0.05,momentum=0.9,rho=0.05",
+        "asam:base_optimizer=sgd,lr=0.05,momentum=0.9,rho=0.5",
+        "fisher_sam:base_optimizer=sgd,lr=0.05,momentum=0.9,rho=0.1",
+        "sam_on:base_optimizer=sgd,lr=0.05,momentum=0.9,rho=0.5",
+        "monge_sam:base_optimizer=sgd,lr=0.05,momentum=0.9,rho=0.05",
+    ),
 }
 
 

@@ -479,8 +479,13 @@ def _train(
     test_inputs, test_targets = data.test
     model = task.model(seed)
     model.train()
-    optimizer = create_optimizer(spec.name, model.parameters(), **spec.hyperparameters)
-    needs_closure = get_optimizer_entry(spec.name).capabilities.needs_closure
+    capabilities = get_optimizer_entry(spec.name).capabilities
+    hyperparameters = dict(spec.hyperparameters)
+    if capabilities.accepts_model:
+        # Module-aware optimizers (SAM: BatchNorm statistics, SAM-ON's norm layers) get the model.
+        hyperparameters.setdefault("model", model)
+    optimizer = create_optimizer(spec.name, model.parameters(), **hyperparameters)
+    needs_closure = capabilities.needs_closure
     generator = torch.Generator().manual_seed(shuffle_seed(seed))
     n_train = train_inputs.shape[0]
 

@@ -142,7 +142,8 @@ class ProblemFactory(Protocol):
 
 
 class _TinyMLP(torch.nn.Module):
-    """Linear(6, 5) -> tanh -> Linear(5, 3), plus an optional parameter the forward ignores."""
+    """Linear(6, 5) -> tanh -> LayerNorm(5) -> Linear(5, 3), plus an optional parameter the
+    forward ignores."""
 
     def __init__(self, dtype: torch.dtype, with_unused: bool, generator: torch.Generator):
         super().__init__()
@@ -156,13 +157,19 @@ class _TinyMLP(torch.nn.Module):
 
         self.w1 = draw(5, 6, scale=0.5)
         self.b1 = draw(5, scale=0.1)
+        # A LayerNorm with affine parameters, so optimizers that treat normalization layers
+        # specially (SAM-ON) have some; found by module type, hence a real nn.LayerNorm.
+        self.norm = torch.nn.LayerNorm(5, dtype=dtype)
+        with torch.no_grad():
+            self.norm.weight.copy_(1.0 + draw(5, scale=0.1))
+            self.norm.bias.copy_(draw(5, scale=0.1))
         self.w2 = draw(3, 5, scale=0.5)
         self.b2 = draw(3, scale=0.1)
         # Drawn last so that the other parameters do not depend on ``with_unused``.
         self.unused = draw(4, scale=1.0) if with_unused else None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(inputs @ self.w1.T + self.b1)
+        hidden = self.norm(torch.tanh(inputs @ self.w1.T + self.b1))
         return hidden @ self.w2.T + self.b2
 
 
@@ -189,21 +196,33 @@ def default_problem(dtype: torch.dtype = torch.float32, *, with_unused: bool = F
 # --------------------------------------------------------------------------------------------
 
 
-def build_optimizer(entry: OptimizerEntry, params: Any, **hyperparameters: Any) -> Any:
+def build_optimizer(
+    entry: OptimizerEntry,
+    params: Any,
+    *,
+    problem_model: torch.nn.Module | None = None,
+    **hyperparameters: Any,
+) -> Any:
     """Build ``entry``'s optimizer as :func:`~torchvalley.create_optimizer` does.
 
     The registry's own validation and construction (:func:`build_from_entry`) work for
     registered and unregistered entries alike (a third party's optimizer, a meta-test's broken
-    one), so users and the suite take the same path.
+    one), so users and the suite take the same path. ``problem_model`` is passed on as
+    ``model=`` (as the harness does) only to entries whose capabilities say ``accepts_model``,
+    unless the hyperparameters set a ``model`` themselves.
     """
+    if entry.capabilities.accepts_model and hyperparameters.get("model") is None:
+        hyperparameters["model"] = problem_model
     return build_from_entry(entry, params, **hyperparameters)
 
 
-def _new_optimizer(entry: OptimizerEntry, params: Any, **hyperparameters: Any) -> Any:
+def _new_optimizer(
+    entry: OptimizerEntry, params: Any, model: torch.nn.Module, **hyperparameters: Any
+) -> Any:
     # Reseed first: a noisy optimizer may seed its own generator from the global RNG at
     # construction, and the runs a check compares must see the same noise.
     torch.manual_seed(SEED)
-    return build_optimizer(entry, params, **hyperparameters)
+    return build_optimizer(entry, params, problem_model=model, **hyperparameters)
 
 
 def _make_closure(optimizer: Any, problem: Problem) -> Callable[[], torch.Tensor]:
@@ -243,6 +262,7 @@ def _run(
     optimizer = _new_optimizer(
         entry,
         problem.parameters() if params is None else params(problem),
+        problem.model,
         **{**entry.example, **hyperparameters},
     )
     _drive(entry, optimizer, problem, steps)
@@ -455,8 +475,10 @@ def check_param_groups(
         problem = make_problem(dtype)
         first, second = problem.split()
         optimizers = [
-            _new_optimizer(entry, first, **entry.example),
-            _new_optimizer(entry, second, **{**entry.example, **entry.group_example}),
+            _new_optimizer(entry, first, problem.model, **entry.example),
+            _new_optimizer(
+                entry, second, problem.model, **{**entry.example, **entry.group_example}
+            ),
         ]
         for _ in range(STEPS):
             problem.model.zero_grad(set_to_none=True)
@@ -543,7 +565,9 @@ def check_state_dict_round_trip(
             f"{type(error).__name__}: {_first_line(error)}",
         )
     pristine = copy.deepcopy(loaded)
-    resumed = _new_optimizer(entry, resumed_problem.parameters(), **entry.example)
+    resumed = _new_optimizer(
+        entry, resumed_problem.parameters(), resumed_problem.model, **entry.example
+    )
     resumed.load_state_dict(loaded)
     diffs = _differences(loaded, pristine, "state_dict")
     if diffs:
@@ -622,7 +646,7 @@ def check_lr_scheduler(
             group["lr"] = group["lr"] * 0.5 if scheduler == "step" else lr * _lambda_schedule(done)
 
     problem = make_problem(dtype)
-    optimizer = _new_optimizer(entry, problem.parameters(), **entry.example)
+    optimizer = _new_optimizer(entry, problem.parameters(), problem.model, **entry.example)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
@@ -642,7 +666,7 @@ def check_lr_scheduler(
     scheduled = problem.snapshot()
 
     problem = make_problem(dtype)
-    optimizer = _new_optimizer(entry, problem.parameters(), **entry.example)
+    optimizer = _new_optimizer(entry, problem.parameters(), problem.model, **entry.example)
     initial = [group["lr"] for group in optimizer.param_groups]
     for done in range(STEPS):
         _step(entry, optimizer, problem)
@@ -690,7 +714,7 @@ def check_zero_grad(
         _fail(entry, "zero_grad: make_problem(with_unused=True) returned no unused parameter")
     used_before = [p.detach().clone() for p in used]
     unused_before = [p.detach().clone() for p in unused]
-    optimizer = _new_optimizer(entry, problem.parameters(), **entry.example)
+    optimizer = _new_optimizer(entry, problem.parameters(), problem.model, **entry.example)
     _drive(entry, optimizer, problem)
     if any(p.grad is not None for p in unused):
         _fail(entry, "zero_grad: a parameter the loss does not use got a gradient")
@@ -860,7 +884,7 @@ def check_closure(
 
     if needs_closure:
         problem = make_problem(dtype)
-        optimizer = _new_optimizer(entry, problem.parameters(), **entry.example)
+        optimizer = _new_optimizer(entry, problem.parameters(), problem.model, **entry.example)
         _make_closure(optimizer, problem)()  # gradients are there; only the closure is missing
         try:
             optimizer.step()
@@ -884,7 +908,7 @@ def check_closure(
             )
 
     problem = make_problem(dtype)
-    optimizer = _new_optimizer(entry, problem.parameters(), **entry.example)
+    optimizer = _new_optimizer(entry, problem.parameters(), problem.model, **entry.example)
     inner = _make_closure(optimizer, problem)
     returned: list[torch.Tensor] = []
 
@@ -908,7 +932,7 @@ def check_closure(
     if not needs_closure:
         called_first = _run(entry, make_problem, dtype)[0]
         problem = make_problem(dtype)
-        optimizer = _new_optimizer(entry, problem.parameters(), **entry.example)
+        optimizer = _new_optimizer(entry, problem.parameters(), problem.model, **entry.example)
         for _ in range(STEPS):
             optimizer.step(_make_closure(optimizer, problem))
         _assert_identical(
@@ -964,14 +988,16 @@ def check_invalid_hyperparameters(
     failures: list[str] = []
 
     def in_constructor(name: str, value: Any) -> Callable[[], Any]:
-        return lambda: build_optimizer(entry, params, **{**example, name: value})
+        return lambda: build_optimizer(
+            entry, params, problem_model=problem.model, **{**example, name: value}
+        )
 
     def in_group(name: str, value: Any) -> Callable[[], Any]:
         if entry.capabilities.supports_param_groups:
             groups = [{"params": first}, {"params": second, name: value}]
         else:
             groups = [{"params": params, name: value}]
-        return lambda: build_optimizer(entry, groups, **example)
+        return lambda: build_optimizer(entry, groups, problem_model=problem.model, **example)
 
     def expect_refused(name: str, values: Sequence[Any], *, group: bool = True) -> None:
         for value in values:
@@ -1006,7 +1032,7 @@ def check_invalid_hyperparameters(
     candidates.append(("all documented defaults together", defaults))
     for what, hyperparameters in candidates:
         try:
-            build_optimizer(entry, params, **hyperparameters)
+            build_optimizer(entry, params, problem_model=problem.model, **hyperparameters)
         except Exception as error:
             failures.append(f"{what}: refused with {type(error).__name__}: {error}")
 

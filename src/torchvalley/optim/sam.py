@@ -1,0 +1,744 @@
+r"""Sharpness-aware minimization: one wrapper, pluggable ascent geometries, any base optimizer.
+
+Every method here solves, to first order, the inner problem of
+
+.. math::
+
+    \min_w \max_{\epsilon^\top M \epsilon \le \rho^2} L(w + \epsilon)
+    \quad\Rightarrow\quad
+    \hat\epsilon = \rho\, \frac{M^{-1} g}{\sqrt{g^\top M^{-1} g}}, \qquad g = \nabla L(w),
+
+and then lets the base optimizer step with :math:`\nabla L(w + \hat\epsilon)` at the original
+weights. The *ascent rule* chooses the metric :math:`M`:
+
+- ``sam``: :math:`M = I`, so :math:`\epsilon = \rho\, g / \lVert g\rVert`;
+- ``asam``: :math:`M = T_w^{-2}` with :math:`T_w = |w| + \eta`, so
+  :math:`\epsilon = \rho\, T^2 g / \lVert T g\rVert`;
+- ``fisher``: :math:`M = F = \mathrm{diag}(1 + \eta_F g^2)`, so
+  :math:`\epsilon = \gamma F^{-1} g / \sqrt{g^\top F^{-1} g}`;
+- ``monge``: :math:`M = I + g g^\top`, so
+  :math:`\epsilon = \rho\, g / (\lVert g\rVert \sqrt{1 + \lVert g\rVert^2})`.
+
+Papers: Foret et al., *Sharpness-Aware Minimization*, ICLR 2021 (sam); Kwon et al., *ASAM*,
+ICML 2021 (asam: the official element-wise operator, :math:`T=|w|+\eta` on weights and
+:math:`T=1` on biases; ``normalize_bias=True, eta=0`` gives the widely used davda54 variant);
+Kim et al., *Fisher SAM*, ICML 2022 (fisher: the ellipsoid normalisation, so
+:math:`\epsilon^\top F \epsilon = \gamma^2` exactly, with the diagonal empirical Fisher
+:math:`1 + \eta_F g^2` of the minibatch gradient); Jacobsen & Arvanitidis, *Monge SAM*, 2025
+(monge: :math:`G = I + \nabla\ell\nabla\ell^\top`, solved by Sherman–Morrison); Mueller et al.,
+*Normalization Layers Are All That SAM Needs*, NeurIPS 2023 (``perturb="norm"``: SAM-ON).
+
+**Which gradient defines the metric.** Fisher and Monge are not invariant to the scale of
+the gradient. Their :math:`g` is the gradient of the loss the closure back-propagates, i.e.
+the minibatch *mean* loss in the usual set-up, after unscaling when a ``GradScaler`` is used,
+and per micro-batch with :meth:`SAM.step_micro_batches`. Under DDP in ``"local"`` mode it is
+the replica's own gradient (m-sharpness); in ``"global"`` mode the all-reduced one.
+
+**What is perturbed is independent of what is updated.** ``perturb`` selects the parameters
+that receive :math:`\epsilon` (``"all"``, ``"norm"`` for every normalization layer's affine
+parameters found by module type, a predicate ``(name, parameter) -> bool``, or an iterable of
+parameters); all parameters with a gradient are updated by the base optimizer. A param group
+may set ``perturbed=False`` and override ``rho``, ``ascent``, ``eta``, ``fisher_eta`` and
+``normalize_bias``. With several groups, the norm :math:`\sqrt{g^\top M^{-1} g}` is taken over
+all perturbed parameters (a block-diagonal metric) and each group's perturbation is scaled by
+its own ``rho``.
+
+Algorithm of one :meth:`SAM.step` (``closure`` zeroes grads, runs forward and backward, returns
+the loss)::
+
+    loss = closure()                   # clean pass at w (DDP "local": under no_sync)
+    saved = w                          # exact copies of the perturbed parameters (and BN buffers)
+    w = w + eps(w, g)                  # climb to the worst case in the method's metric
+    closure()                          # gradient at w + eps
+    w = saved                          # restore bit for bit (also params without a 2nd grad)
+    clip(grad); base_optimizer.step()  # descend from w with the SAM gradient
+    return loss
+
+Example:
+    >>> import torch
+    >>> from torchvalley.optim import SAM
+    >>> model = torch.nn.Linear(3, 1)
+    >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+    >>> opt = SAM(model.parameters(), base_optimizer="sgd", rho=0.05, lr=0.1, momentum=0.9)
+    >>> def closure():
+    ...     opt.zero_grad()
+    ...     loss = torch.nn.functional.mse_loss(model(x), y)
+    ...     loss.backward()
+    ...     return loss
+    >>> loss = opt.step(closure)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchvalley.registry import (
+    Capabilities,
+    Hyperparameter,
+    register_optimizer,
+    resolve_base_optimizer,
+)
+from torchvalley.validation import check_bool, check_non_negative, check_positive
+
+__all__ = ["ASCENT_RULES", "SAM", "normalization_parameters"]
+
+#: Module types whose affine parameters SAM-ON perturbs (BatchNorm*, SyncBatchNorm,
+#: InstanceNorm* via ``_NormBase``, LayerNorm, GroupNorm, RMSNorm).
+NORMALIZATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+_SAM_GROUP_KEYS = ("rho", "ascent", "eta", "fisher_eta", "normalize_bias", "perturbed")
+
+
+def normalization_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The affine parameters of every normalization layer in ``model`` (found by module type,
+    not by name, so e.g. a parameter called ``subnet.weight`` is never mistaken for one)."""
+    found: list[nn.Parameter] = []
+    for module in model.modules():
+        if isinstance(module, NORMALIZATION_TYPES):
+            found.extend(p for p in module.parameters(recurse=False) if p.requires_grad)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Ascent rules. Each returns the diagonal of M^{-1/2} for a group's perturbed parameters (None
+# for the identity), so that u = M^{-1/2} g gives the norm sqrt(g^T M^{-1} g) = ||u|| and
+# M^{-1} g = M^{-1/2} u. Monge's rank-one metric is handled by a global factor in the engine.
+# ---------------------------------------------------------------------------------------------
+
+AscentRule = Callable[[list[torch.Tensor], list[torch.Tensor], list[bool], dict], Any]
+
+
+def _identity_scale(params, grads, is_bias, group):
+    return None
+
+
+def _asam_scale(params, grads, is_bias, group):
+    # T_w = |w| + eta on weights; biases keep T = 1 unless normalize_bias (davda54 variant).
+    scale = torch._foreach_abs(params)
+    torch._foreach_add_(scale, group["eta"])
+    if not group["normalize_bias"]:
+        for index, bias in enumerate(is_bias):
+            if bias:
+                scale[index].fill_(1.0)
+    return scale
+
+
+def _fisher_scale(params, grads, is_bias, group):
+    # F = 1 + eta_F g^2 (diagonal empirical Fisher of the minibatch gradient); M^{-1/2} = F^{-1/2}.
+    fisher = torch._foreach_mul(grads, grads)
+    torch._foreach_mul_(fisher, group["fisher_eta"])
+    torch._foreach_add_(fisher, 1.0)
+    torch._foreach_rsqrt_(fisher)
+    return fisher
+
+
+#: ascent name -> rule. ``monge`` uses the identity here plus the engine's global factor.
+ASCENT_RULES: dict[str, AscentRule] = {
+    "sam": _identity_scale,
+    "asam": _asam_scale,
+    "fisher": _fisher_scale,
+    "monge": _identity_scale,
+}
+
+
+def _check_ascent(name: str, value: Any) -> str:
+    if value not in ASCENT_RULES:
+        raise ValueError(f"Invalid {name}: {value!r} (one of {', '.join(ASCENT_RULES)})")
+    return value
+
+
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware wrapper over any base optimizer (see the module docstring).
+
+    Args:
+        params: parameters or param groups (``(name, tensor)`` pairs are accepted; names are
+            used to tell biases from weights for ASAM).
+        base_optimizer: a registry name (``"sgd"``, ``"adamw"``, ...), an optimizer class, or
+            a factory ``f(param_groups, **hyperparameters)``.
+        rho: radius of the ascent step in the method's metric (Fisher-SAM's gamma).
+        ascent: ``"sam"``, ``"asam"``, ``"fisher"`` or ``"monge"``.
+        perturb: ``"all"``, ``"norm"`` (SAM-ON; needs ``model``), a predicate
+            ``(name, parameter) -> bool`` (needs names: ``model`` or named params), or an
+            iterable of parameters.
+        model: the module being trained. Optional; enables ``perturb="norm"``, clean-pass
+            BatchNorm statistics and DDP ``no_sync`` in ``"local"`` mode.
+        eta: ASAM's offset in :math:`T_w = |w| + \\eta` (official default 0.01).
+        normalize_bias: ASAM: apply :math:`T_w` to biases too (davda54's variant).
+        fisher_eta: Fisher-SAM's strength :math:`\\eta_F` in :math:`1 + \\eta_F g^2`.
+        max_grad_norm: clip the *final* (second-pass) gradient to this global norm before the
+            base step; ``None`` for no clipping.
+        perturbation_sync: ``"local"`` (each DDP replica perturbs with its own gradient:
+            m-sharpness, as in the paper) or ``"global"`` (all-reduced first gradient, identical
+            perturbations). Needs ``model`` to be the DDP module for ``"local"``.
+        bn_statistics: ``"clean"`` keeps BatchNorm running statistics from the clean pass only
+            (the JAX reference; ``num_batches_tracked`` is not double counted), ``"both"``
+            lets both passes update them (davda54's default). Needs ``model``.
+        diagnostics: record ``last_diagnostics`` every step (tensors, no host sync).
+        perturbed: default of the param-group flag ``perturbed`` (a group with ``False`` is
+            updated but never perturbed).
+        **base_hyperparameters: passed to the base optimizer (``lr``, ``momentum``, ...).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        base_optimizer: Any = "sgd",
+        rho: float = 0.05,
+        ascent: str = "sam",
+        perturb: Any = "all",
+        *,
+        model: nn.Module | None = None,
+        eta: float = 0.01,
+        normalize_bias: bool = False,
+        fisher_eta: float = 1.0,
+        max_grad_norm: float | None = None,
+        perturbation_sync: str = "local",
+        bn_statistics: str = "clean",
+        diagnostics: bool = False,
+        perturbed: bool = True,
+        **base_hyperparameters: Any,
+    ) -> None:
+        check_non_negative("rho", rho)
+        _check_ascent("ascent", ascent)
+        check_non_negative("eta", eta)
+        check_bool("normalize_bias", normalize_bias)
+        check_non_negative("fisher_eta", fisher_eta)
+        if max_grad_norm is not None:
+            check_positive("max_grad_norm", max_grad_norm)
+        if perturbation_sync not in ("local", "global"):
+            raise ValueError(
+                f"Invalid perturbation_sync: {perturbation_sync!r} (one of 'local', 'global')"
+            )
+        if bn_statistics not in ("clean", "both"):
+            raise ValueError(f"Invalid bn_statistics: {bn_statistics!r} (one of 'clean', 'both')")
+        check_bool("diagnostics", diagnostics)
+        if model is not None and not isinstance(model, nn.Module):
+            raise ValueError(f"Invalid model: expected an nn.Module, got {type(model).__name__}")
+        factory = resolve_base_optimizer(base_optimizer)
+
+        defaults = {
+            "rho": rho,
+            "ascent": ascent,
+            "eta": eta,
+            "fisher_eta": fisher_eta,
+            "normalize_bias": normalize_bias,
+            "perturbed": check_bool("perturbed", perturbed),
+        }
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            self._check_group(group)
+        # The base optimizer adopts the very same group dicts: lr, momentum, rho, ... live in one
+        # place, so schedulers and param-group edits reach both.
+        self.base_optimizer = factory(self.param_groups, **base_hyperparameters)
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        if any(group.get("maximize", False) for group in self.param_groups):
+            raise ValueError("Invalid maximize: SAM minimizes; a maximizing base is not supported")
+
+        self.model = model
+        self.max_grad_norm = max_grad_norm
+        self.perturbation_sync = perturbation_sync
+        self.bn_statistics = bn_statistics
+        self.diagnostics = diagnostics
+        self.last_diagnostics: dict[str, torch.Tensor] = {}
+        self._names = self._parameter_names()
+        self._perturb_filter = self._resolve_perturb(perturb)
+        # Scratch state of one step (not in state_dict: it only lives between the two passes).
+        self._saved: dict[torch.Tensor, torch.Tensor] = {}
+        self._perturbed: list[torch.Tensor] = []
+        self._saved_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # -- construction helpers -------------------------------------------------------------------
+
+    @staticmethod
+    def _check_group(group: dict) -> None:
+        check_non_negative("rho", group["rho"])
+        _check_ascent("ascent", group["ascent"])
+        check_non_negative("eta", group["eta"])
+        check_non_negative("fisher_eta", group["fisher_eta"])
+        check_bool("normalize_bias", group["normalize_bias"])
+        check_bool("perturbed", group["perturbed"])
+
+    def _parameter_names(self) -> dict[torch.Tensor, str]:
+        names: dict[torch.Tensor, str] = {}
+        if self.model is not None:
+            names.update({p: name for name, p in self.model.named_parameters()})
+        for group in self.param_groups:
+            for name, p in zip(group.get("param_names", ()), group["params"], strict=False):
+                names.setdefault(p, name)
+        return names
+
+    def _resolve_perturb(self, perturb: Any) -> Callable[[torch.Tensor], bool] | None:
+        if isinstance(perturb, str):
+            if perturb == "all":
+                return None
+            if perturb == "norm":
+                if self.model is None:
+                    raise ValueError("Invalid perturb: 'norm' (SAM-ON) needs model=the module")
+                chosen = set(normalization_parameters(self.model))
+                return chosen.__contains__
+            raise ValueError(
+                f"Invalid perturb: {perturb!r} (use 'all', 'norm', a predicate or parameters)"
+            )
+        if callable(perturb):
+            if not self._names:
+                raise ValueError(
+                    "Invalid perturb: a predicate needs parameter names (pass "
+                    "model=... or named parameters)"
+                )
+            return lambda p: bool(perturb(self._names.get(p, ""), p))
+        try:
+            chosen = set(perturb)
+        except TypeError:
+            raise ValueError(f"Invalid perturb: {perturb!r}") from None
+        if not all(isinstance(p, torch.Tensor) for p in chosen):
+            raise ValueError("Invalid perturb: an iterable must contain parameters")
+        return chosen.__contains__
+
+    def _is_bias(self, p: torch.Tensor) -> bool:
+        name = self._names.get(p)
+        return name.endswith("bias") if name is not None else p.dim() <= 1
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group to the wrapper and its base optimizer (one shared dict)."""
+        if not hasattr(self, "base_optimizer"):  # called by Optimizer.__init__
+            super().add_param_group(param_group)
+            return
+        for key, value in self.defaults.items():
+            param_group.setdefault(key, value)
+        self._check_group(param_group)
+        self.base_optimizer.add_param_group(param_group)
+        self._names = self._parameter_names()
+
+    # -- the two halves of a step -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False, *, grad_scaler: Any = None) -> bool:
+        """Climb from ``w`` to ``w + eps`` using the gradients now in ``.grad``.
+
+        The first-pass gradients are consumed (``.grad`` holds ``eps`` afterwards, or ``None``
+        with ``zero_grad=True``). With a ``grad_scaler`` the gradients are unscaled first; if
+        they are not finite nothing is perturbed and ``False`` is returned (the caller must
+        then skip the second pass and call :meth:`second_step`, which skips the update).
+
+        Returns:
+            Whether the parameters were perturbed.
+        """
+        self._restore_pending()
+        groups = []
+        for group in self.param_groups:
+            if not group["perturbed"]:
+                continue
+            params = [
+                p
+                for p in group["params"]
+                if p.grad is not None and (self._perturb_filter is None or self._perturb_filter(p))
+            ]
+            if params:
+                groups.append((group, params, [p.grad for p in params]))
+        all_grads = [g for _, _, grads in groups for g in grads]
+        if (
+            grad_scaler is not None
+            and all_grads
+            and not self._unscale_first_pass(all_grads, grad_scaler)
+        ):
+            self._first_pass_overflow = True
+            if zero_grad:
+                self.zero_grad(set_to_none=True)
+            return False
+        self._first_pass_overflow = False
+
+        # u = M^{-1/2} g per group (in place on the gradients), then the global norm of u.
+        # Norms in float32 at least (fp16/bf16 gradients overflow), float64 for float64 models.
+        norm_dtype = (
+            torch.float64 if any(g.dtype == torch.float64 for g in all_grads) else (torch.float32)
+        )
+        self._norm_dtype = norm_dtype
+        scales, norms = [], []
+        for group, params, grads in groups:
+            is_bias = [self._is_bias(p) for p in params] if group["ascent"] == "asam" else []
+            scale = ASCENT_RULES[group["ascent"]](params, grads, is_bias, group)
+            if scale is not None:
+                torch._foreach_mul_(grads, scale)
+            scales.append(scale)
+            norms.extend(torch._foreach_norm(grads, 2, dtype=norm_dtype))
+        if not groups:
+            self.last_diagnostics = {}
+            if zero_grad:
+                self.zero_grad(set_to_none=True)
+            return False
+        device = all_grads[0].device
+        metric_norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+        # Zero gradient: eps = 0 (and no 0/0).
+        inverse_norm = metric_norm.clamp_min(torch.finfo(norm_dtype).tiny).reciprocal()
+        uses_monge = any(group["ascent"] == "monge" for group, _, _ in groups)
+        euclidean_norm = None
+        if uses_monge or self.diagnostics:
+            euclidean_norm = self._euclidean_grad_norm(groups, scales, device)
+
+        self._perturbed = []
+        for (group, params, grads), scale in zip(groups, scales, strict=True):
+            if scale is not None:
+                torch._foreach_mul_(grads, scale)  # now M^{-1} g
+            factor = group["rho"] * inverse_norm
+            if group["ascent"] == "monge":
+                factor = factor * torch.rsqrt(1.0 + euclidean_norm.square())
+            torch._foreach_mul_(grads, factor)  # now eps
+            saved = [self._saved_buffer(p) for p in params]
+            torch._foreach_copy_(saved, params)  # exact copy of w
+            torch._foreach_add_(params, grads)  # climb to w + eps
+            self._perturbed.extend(params)
+        self._snapshot_batchnorm()
+        if self.diagnostics:
+            self._record_ascent_diagnostics(groups, metric_norm, euclidean_norm)
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+        return True
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False, *, grad_scaler: Any = None) -> None:
+        """Restore ``w`` exactly (every perturbed parameter, with or without a second gradient,
+        and the BatchNorm buffers of the clean pass) and step the base optimizer with the
+        gradients now in ``.grad``. With a ``grad_scaler`` this runs ``unscale_``, clipping,
+        ``scaler.step`` and ``scaler.update``; the update is skipped on overflow in either
+        pass."""
+        self._restore_pending()
+        if grad_scaler is not None:
+            if getattr(self, "_first_pass_overflow", False):
+                # The scaler must see the overflow: give it the (non-finite) first-pass state.
+                self._poison_grads()
+            grad_scaler.unscale_(self.base_optimizer)
+            self._clip()
+            grad_scaler.step(self.base_optimizer)
+            grad_scaler.update()
+        else:
+            self._clip()
+            self.base_optimizer.step()
+        self._first_pass_overflow = False
+        # Count as an optimizer step for LR schedulers attached to the wrapper (manual use).
+        self._opt_called = True  # type: ignore[attr-defined]
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, *, grad_scaler: Any = None) -> Any:
+        """One SAM step: clean pass, ascent, perturbed pass, restore, base step.
+
+        Args:
+            closure: zeroes the gradients, runs forward and backward (``scaler.scale(loss)
+                .backward()`` with a ``grad_scaler``) and returns the loss. It is called twice.
+            grad_scaler: a ``torch.amp.GradScaler``; the whole step (including
+                ``scaler.update()``) is handled here and skipped if either pass overflows.
+
+        Returns:
+            The loss of the clean pass.
+        """
+        if closure is None:
+            raise RuntimeError(
+                "SAM.step() needs a closure (zero_grad, forward, backward, return loss): it "
+                "evaluates the gradient twice. For manual loops use first_step()/second_step()."
+            )
+        closure = torch.enable_grad()(closure)
+        with self.first_pass_context():
+            loss = closure()
+        perturbed = self.first_step(zero_grad=True, grad_scaler=grad_scaler)
+        if perturbed or not getattr(self, "_first_pass_overflow", False):
+            perturbed_loss = closure()
+            if self.diagnostics and loss is not None and perturbed_loss is not None:
+                self.last_diagnostics["sam_gap"] = (perturbed_loss - loss).detach()
+        self.second_step(grad_scaler=grad_scaler)
+        return loss
+
+    @torch.no_grad()
+    def step_micro_batches(self, closures: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Gradient accumulation with one ascent per micro-batch (m-sharpness).
+
+        For each micro-batch closure: clean pass, ascent from its own gradient, perturbed pass,
+        exact restore; the perturbed gradients are averaged in a float32 buffer, then the base
+        optimizer steps once. Each closure should return its micro-batch's mean loss. Under
+        DDP (``model`` the DDP module) every pass runs under ``no_sync`` and the averaged
+        gradient is all-reduced once.
+
+        Returns:
+            The clean-pass losses.
+        """
+        if not closures:
+            raise ValueError("step_micro_batches needs at least one closure")
+        distributed = self._ddp_module() is not None
+        params = [p for group in self.param_groups for p in group["params"]]
+        accumulated: dict[torch.Tensor, torch.Tensor] = {}
+        losses = []
+        for closure in closures:
+            closure = torch.enable_grad()(closure)
+            with self._no_sync() if distributed else contextlib.nullcontext():
+                losses.append(closure())
+                self.first_step(zero_grad=True)
+                closure()
+            self._restore_pending()
+            for p in params:
+                if p.grad is None:
+                    continue
+                buffer = accumulated.get(p)
+                if buffer is None:
+                    accumulated[p] = p.grad.detach().to(torch.float32, copy=True)
+                else:
+                    buffer.add_(p.grad)
+            self.zero_grad(set_to_none=True)
+        scale = 1.0 / len(closures)
+        buffers = list(accumulated.values())
+        torch._foreach_mul_(buffers, scale)
+        if distributed:
+            for buffer in buffers:
+                torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.AVG)
+        for p, buffer in accumulated.items():
+            p.grad = buffer.to(p.dtype)
+        self._clip()
+        self.base_optimizer.step()
+        self._opt_called = True  # type: ignore[attr-defined]
+        return losses
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def first_pass_context(self) -> contextlib.AbstractContextManager:
+        """Context for the clean forward+backward: DDP ``no_sync`` in ``"local"`` mode (forward
+        included, as DDP requires), otherwise a no-op. Use it in manual loops::
+
+            with opt.first_pass_context():
+                loss_fn(model(x), y).backward()
+            opt.first_step(zero_grad=True)
+        """
+        if self.perturbation_sync == "local" and self._ddp_module() is not None:
+            return self._no_sync()
+        return contextlib.nullcontext()
+
+    def _ddp_module(self) -> nn.Module | None:
+        model = self.model
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return model
+        return None
+
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        module = self._ddp_module()
+        return module.no_sync() if module is not None else contextlib.nullcontext()
+
+    def _saved_buffer(self, p: torch.Tensor) -> torch.Tensor:
+        buffer = self._saved.get(p)
+        if buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype:
+            buffer = torch.empty_like(p, memory_format=torch.preserve_format)
+            self._saved[p] = buffer
+        return buffer
+
+    def _restore_pending(self) -> None:
+        """Put back every perturbed parameter and BatchNorm buffer (in place: storage identity
+        is kept for FSDP, CUDA graphs and compile)."""
+        if self._perturbed:
+            torch._foreach_copy_(self._perturbed, [self._saved[p] for p in self._perturbed])
+            self._perturbed = []
+        for buffer, saved in self._saved_buffers:
+            buffer.copy_(saved)
+        self._saved_buffers = []
+
+    def _snapshot_batchnorm(self) -> None:
+        if self.model is None or self.bn_statistics != "clean":
+            return
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                for buffer in (module.running_mean, module.running_var, module.num_batches_tracked):
+                    if buffer is not None:
+                        self._saved_buffers.append((buffer, buffer.clone()))
+
+    def _euclidean_grad_norm(self, groups, scales, device) -> torch.Tensor:
+        # The gradients already hold u = M^{-1/2} g; divide the scale back out for ||g||.
+        norms = []
+        for (_, _, grads), scale in zip(groups, scales, strict=True):
+            raw = grads if scale is None else torch._foreach_div(grads, scale)
+            norms.extend(torch._foreach_norm(raw, 2, dtype=self._norm_dtype))
+        return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+
+    def _record_ascent_diagnostics(self, groups, metric_norm, euclidean_norm) -> None:
+        eps = [p.grad for _, params, _ in groups for p in params]
+        eps_norms = torch._foreach_norm(eps, 2, dtype=self._norm_dtype)
+        device = metric_norm.device
+        eps_norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in eps_norms]))
+        rhos = [group["rho"] for group, _, _ in groups]
+        self.last_diagnostics = {
+            "grad_norm": euclidean_norm,
+            "grad_metric_norm": metric_norm,
+            "perturbation_norm": eps_norm,
+        }
+        if len(set(rhos)) == 1:
+            # eps^T M eps = rho^2 for every ellipsoid rule: the radius in the method's metric.
+            self.last_diagnostics["perturbation_metric_norm"] = metric_norm.new_tensor(rhos[0])
+        if any(group["ascent"] == "monge" for group, _, _ in groups):
+            self.last_diagnostics["effective_radius"] = rhos[0] * torch.rsqrt(
+                1.0 + euclidean_norm.square()
+            )
+
+    def _unscale_first_pass(self, grads: list[torch.Tensor], grad_scaler: Any) -> bool:
+        scale = grad_scaler._scale if getattr(grad_scaler, "_scale", None) is not None else None
+        if not grad_scaler.is_enabled() or scale is None:
+            return True
+        found_inf = torch.zeros(1, device=grads[0].device)
+        inverse = scale.double().reciprocal().float().to(grads[0].device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inverse)
+        # GradScaler.step synchronises on found_inf too; this path cannot avoid one sync.
+        return not bool(found_inf.item())
+
+    def _poison_grads(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    p.grad = torch.full_like(p, float("inf"))
+                    break
+            else:
+                continue
+            break
+
+    def _clip(self) -> None:
+        if self.max_grad_norm is None:
+            return
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if params:
+            nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's ``state_dict`` (its groups carry SAM's hyperparameters too)."""
+        state = self.base_optimizer.state_dict()
+        state["sam"] = {"version": 1}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict` into the base optimizer and re-link the shared groups."""
+        state_dict = dict(state_dict)
+        state_dict.pop("sam", None)
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        for group in self.param_groups:
+            for key in _SAM_GROUP_KEYS:
+                group.setdefault(key, self.defaults[key])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero (or drop) the gradients of every parameter."""
+        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __repr__(self) -> str:
+        return f"SAM(base={self.base_optimizer!r})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry entries
+# ---------------------------------------------------------------------------------------------
+
+_SAM_CAPABILITIES = Capabilities(
+    needs_closure=True, passes_per_step=2, wraps_base=True, separable=False, accepts_model=True
+)
+
+
+def _hyperparameters(
+    rho_default: float, ascent_default: str, perturb_default: str = "all"
+) -> tuple[Hyperparameter, ...]:
+    return (
+        Hyperparameter("base_optimizer", "optimizer", "sgd", "registry name or optimizer class"),
+        Hyperparameter("rho", "non_negative", rho_default, "radius of the ascent step"),
+        Hyperparameter(
+            "ascent", "choice", ascent_default, "ascent geometry", choices=tuple(ASCENT_RULES)
+        ),
+        Hyperparameter("perturb", "any", perturb_default, "all | norm | predicate | parameters"),
+        Hyperparameter("perturbed", "bool", True, "param-group flag: perturb this group"),
+        Hyperparameter("model", "any", None, "the module (BatchNorm stats, SAM-ON, DDP)"),
+        Hyperparameter("eta", "non_negative", 0.01, "ASAM's offset in T = |w| + eta"),
+        Hyperparameter("normalize_bias", "bool", False, "ASAM: apply T to biases too"),
+        Hyperparameter("fisher_eta", "non_negative", 1.0, "Fisher-SAM: F = 1 + eta g^2"),
+        Hyperparameter("max_grad_norm", "optional_positive", None, "clip the final gradient"),
+        Hyperparameter(
+            "perturbation_sync", "choice", "local", "DDP perturbation", choices=("local", "global")
+        ),
+        Hyperparameter(
+            "bn_statistics",
+            "choice",
+            "clean",
+            "BatchNorm running statistics from",
+            choices=("clean", "both"),
+        ),
+        Hyperparameter("diagnostics", "bool", False, "record last_diagnostics each step"),
+    )
+
+
+def _wrapper(**fixed: Any) -> Callable[..., SAM]:
+    def factory(params: Any, **hyperparameters: Any) -> SAM:
+        return SAM(params, **{**fixed, **hyperparameters})
+
+    return factory
+
+
+_SGD_EXAMPLE = {"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
+
+register_optimizer(
+    "sam",
+    SAM,
+    capabilities=_SAM_CAPABILITIES,
+    hyperparameters=_hyperparameters(0.05, "sam"),
+    summary="sharpness-aware minimization over any base optimizer",
+    family="sharpness-aware",
+    paper="Foret, Kleiner, Mobahi, Neyshabur, Sharpness-Aware Minimization, ICLR 2021",
+    example={**_SGD_EXAMPLE, "rho": 0.05},
+    group_example={"rho": 0.5, "lr": 0.01},
+)
+register_optimizer(
+    "asam",
+    _wrapper(ascent="asam"),
+    capabilities=_SAM_CAPABILITIES,
+    hyperparameters=_hyperparameters(0.5, "asam"),
+    summary="adaptive SAM: scale-invariant ascent T = |w| + eta (official element-wise)",
+    family="sharpness-aware",
+    paper="Kwon, Kim, Park, Choi, ASAM, ICML 2021",
+    example={**_SGD_EXAMPLE, "rho": 0.5},
+    group_example={"rho": 2.0, "lr": 0.01},
+)
+register_optimizer(
+    "fisher_sam",
+    _wrapper(ascent="fisher"),
+    capabilities=_SAM_CAPABILITIES,
+    hyperparameters=_hyperparameters(0.1, "fisher"),
+    summary="Fisher SAM: ascent in the diagonal-Fisher ellipsoid (eps^T F eps = gamma^2)",
+    family="sharpness-aware",
+    paper="Kim, Li, Hu, Hospedales, Fisher SAM, ICML 2022",
+    example={**_SGD_EXAMPLE, "rho": 0.1},
+    group_example={"rho": 0.5, "lr": 0.01},
+)
+register_optimizer(
+    "sam_on",
+    _wrapper(perturb="norm"),
+    capabilities=_SAM_CAPABILITIES,
+    hyperparameters=_hyperparameters(0.5, "sam", "norm"),
+    summary="SAM-ON: perturb only normalization-layer affine parameters (any ascent)",
+    family="sharpness-aware",
+    paper="Mueller, Vlaar, Rolnick, Hein, Normalization Layers Are All That SAM Needs, "
+    "NeurIPS 2023",
+    example={**_SGD_EXAMPLE, "rho": 0.5},
+    group_example={"rho": 2.0, "lr": 0.01},
+)
+register_optimizer(
+    "monge_sam",
+    _wrapper(ascent="monge"),
+    capabilities=_SAM_CAPABILITIES,
+    hyperparameters=_hyperparameters(0.05, "monge"),
+    summary="Monge SAM: reparametrization-invariant ascent under G = I + g g^T",
+    family="sharpness-aware",
+    paper="Jacobsen & Arvanitidis, Monge SAM, 2025 (arXiv 2502.08448)",
+    example={**_SGD_EXAMPLE, "rho": 0.05},
+    group_example={"rho": 0.5, "lr": 0.01},
+)
