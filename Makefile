@@ -25,13 +25,13 @@ $(PY):
 
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev]"
+	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev,integrations]"
 	@touch $(STAMP)
 
 # The step benchmark's comparison libraries (the `anchors` extra), installed only for `make bench`.
 ANCHORS_STAMP := $(VENV)/.torchvalley-anchors
 $(ANCHORS_STAMP): $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev,anchors]"
+	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev,integrations,anchors]"
 	@touch $(ANCHORS_STAMP)
 
 install: $(STAMP)

@@ -257,6 +257,8 @@ class SAM(torch.optim.Optimizer):
         self._saved: dict[torch.Tensor, torch.Tensor] = {}
         self._perturbed: list[torch.Tensor] = []
         self._saved_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        #: Whether the last first_step found a non-finite (scaled) gradient and skipped the ascent.
+        self.first_pass_overflowed = False
 
     # -- construction helpers -------------------------------------------------------------------
 
@@ -334,7 +336,7 @@ class SAM(torch.optim.Optimizer):
         Returns:
             Whether the parameters were perturbed.
         """
-        self._restore_pending()
+        self.restore()
         groups = []
         for group in self.param_groups:
             if not group["perturbed"]:
@@ -352,11 +354,11 @@ class SAM(torch.optim.Optimizer):
             and all_grads
             and not self._unscale_first_pass(all_grads, grad_scaler)
         ):
-            self._first_pass_overflow = True
+            self.first_pass_overflowed = True
             if zero_grad:
                 self.zero_grad(set_to_none=True)
             return False
-        self._first_pass_overflow = False
+        self.first_pass_overflowed = False
 
         # u = M^{-1/2} g per group (in place on the gradients), then the global norm of u.
         # Norms in float32 at least (fp16/bf16 gradients overflow), float64 for float64 models.
@@ -364,8 +366,15 @@ class SAM(torch.optim.Optimizer):
             torch.float64 if any(g.dtype == torch.float64 for g in all_grads) else (torch.float32)
         )
         self._norm_dtype = norm_dtype
-        scales, norms = [], []
+        uses_monge = any(group["ascent"] == "monge" for group, _, _ in groups)
+        needs_euclidean = uses_monge or self.diagnostics
+        scales, norms, euclidean_norms = [], [], []
         for group, params, grads in groups:
+            if needs_euclidean:
+                # ||g|| from the raw gradients, before the in-place scaling below: recovering it
+                # as u / scale afterwards gives 0/0 = nan where ASAM's T = |w| + eta is 0
+                # (eta = 0 and a zero weight), which poisoned Monge's factor and diagnostics.
+                euclidean_norms.extend(torch._foreach_norm(grads, 2, dtype=norm_dtype))
             is_bias = [self._is_bias(p) for p in params] if group["ascent"] == "asam" else []
             scale = ASCENT_RULES[group["ascent"]](params, grads, is_bias, group)
             if scale is not None:
@@ -381,10 +390,11 @@ class SAM(torch.optim.Optimizer):
         metric_norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
         # Zero gradient: eps = 0 (and no 0/0).
         inverse_norm = metric_norm.clamp_min(torch.finfo(norm_dtype).tiny).reciprocal()
-        uses_monge = any(group["ascent"] == "monge" for group, _, _ in groups)
         euclidean_norm = None
-        if uses_monge or self.diagnostics:
-            euclidean_norm = self._euclidean_grad_norm(groups, scales, device)
+        if needs_euclidean:
+            euclidean_norm = torch.linalg.vector_norm(
+                torch.stack([n.to(device) for n in euclidean_norms])
+            )
 
         self._perturbed = []
         for (group, params, grads), scale in zip(groups, scales, strict=True):
@@ -412,19 +422,20 @@ class SAM(torch.optim.Optimizer):
         gradients now in ``.grad``. With a ``grad_scaler`` this runs ``unscale_``, clipping,
         ``scaler.step`` and ``scaler.update``; the update is skipped on overflow in either
         pass."""
-        self._restore_pending()
+        self.restore()
         if grad_scaler is not None:
-            if getattr(self, "_first_pass_overflow", False):
-                # The scaler must see the overflow: give it the (non-finite) first-pass state.
-                self._poison_grads()
-            grad_scaler.unscale_(self.base_optimizer)
-            self._clip()
-            grad_scaler.step(self.base_optimizer)
-            grad_scaler.update()
+            if self.first_pass_overflowed:
+                # No second-pass gradient to inspect: skip the update and back off the scale.
+                self._skip_scaled_step(grad_scaler)
+            else:
+                grad_scaler.unscale_(self.base_optimizer)
+                self._clip()
+                grad_scaler.step(self.base_optimizer)
+                grad_scaler.update()
         else:
             self._clip()
             self.base_optimizer.step()
-        self._first_pass_overflow = False
+        self.first_pass_overflowed = False
         # Count as an optimizer step for LR schedulers attached to the wrapper (manual use).
         self._opt_called = True  # type: ignore[attr-defined]
         if zero_grad:
@@ -452,7 +463,7 @@ class SAM(torch.optim.Optimizer):
         with self.first_pass_context():
             loss = closure()
         perturbed = self.first_step(zero_grad=True, grad_scaler=grad_scaler)
-        if perturbed or not getattr(self, "_first_pass_overflow", False):
+        if perturbed or not self.first_pass_overflowed:
             perturbed_loss = closure()
             if self.diagnostics and loss is not None and perturbed_loss is not None:
                 self.last_diagnostics["sam_gap"] = (perturbed_loss - loss).detach()
@@ -464,10 +475,10 @@ class SAM(torch.optim.Optimizer):
         """Gradient accumulation with one ascent per micro-batch (m-sharpness).
 
         For each micro-batch closure: clean pass, ascent from its own gradient, perturbed pass,
-        exact restore; the perturbed gradients are averaged in a float32 buffer, then the base
-        optimizer steps once. Each closure should return its micro-batch's mean loss. Under
-        DDP (``model`` the DDP module) every pass runs under ``no_sync`` and the averaged
-        gradient is all-reduced once.
+        exact restore; the perturbed gradients are averaged in a buffer of at least float32
+        (float64 for float64 parameters), then the base optimizer steps once. Each closure
+        should return its micro-batch's mean loss. Under DDP (``model`` the DDP module) every
+        pass runs under ``no_sync`` and the averaged gradient is all-reduced once.
 
         Returns:
             The clean-pass losses.
@@ -484,13 +495,16 @@ class SAM(torch.optim.Optimizer):
                 losses.append(closure())
                 self.first_step(zero_grad=True)
                 closure()
-            self._restore_pending()
+            self.restore()
             for p in params:
                 if p.grad is None:
                     continue
                 buffer = accumulated.get(p)
                 if buffer is None:
-                    accumulated[p] = p.grad.detach().to(torch.float32, copy=True)
+                    # At least float32 (fp16/bf16 sums lose bits), never below the gradient's
+                    # own precision (a float32 buffer would round float64 gradients).
+                    dtype = torch.promote_types(p.grad.dtype, torch.float32)
+                    accumulated[p] = p.grad.detach().to(dtype, copy=True)
                 else:
                     buffer.add_(p.grad)
             self.zero_grad(set_to_none=True)
@@ -538,9 +552,10 @@ class SAM(torch.optim.Optimizer):
             self._saved[p] = buffer
         return buffer
 
-    def _restore_pending(self) -> None:
+    def restore(self) -> None:
         """Put back every perturbed parameter and BatchNorm buffer (in place: storage identity
-        is kept for FSDP, CUDA graphs and compile)."""
+        is kept for FSDP, CUDA graphs and compile). A no-op when nothing is perturbed; for
+        training loops that must undo a :meth:`first_step` without a :meth:`second_step`."""
         if self._perturbed:
             torch._foreach_copy_(self._perturbed, [self._saved[p] for p in self._perturbed])
             self._perturbed = []
@@ -556,14 +571,6 @@ class SAM(torch.optim.Optimizer):
                 for buffer in (module.running_mean, module.running_var, module.num_batches_tracked):
                     if buffer is not None:
                         self._saved_buffers.append((buffer, buffer.clone()))
-
-    def _euclidean_grad_norm(self, groups, scales, device) -> torch.Tensor:
-        # The gradients already hold u = M^{-1/2} g; divide the scale back out for ||g||.
-        norms = []
-        for (_, _, grads), scale in zip(groups, scales, strict=True):
-            raw = grads if scale is None else torch._foreach_div(grads, scale)
-            norms.extend(torch._foreach_norm(raw, 2, dtype=self._norm_dtype))
-        return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
 
     def _record_ascent_diagnostics(self, groups, metric_norm, euclidean_norm) -> None:
         eps = [p.grad for _, params, _ in groups for p in params]
@@ -591,18 +598,25 @@ class SAM(torch.optim.Optimizer):
         found_inf = torch.zeros(1, device=grads[0].device)
         inverse = scale.double().reciprocal().float().to(grads[0].device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inverse)
+        module = self._ddp_module()
+        if module is not None and self.perturbation_sync == "local":
+            # Local first-pass gradients differ per replica: every rank must take the same
+            # decision, or one skips its second (all-reducing) backward while another runs it.
+            torch.distributed.all_reduce(found_inf, group=module.process_group)
         # GradScaler.step synchronises on found_inf too; this path cannot avoid one sync.
         return not bool(found_inf.item())
 
-    def _poison_grads(self) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.requires_grad:
-                    p.grad = torch.full_like(p, float("inf"))
-                    break
-            else:
-                continue
-            break
+    @staticmethod
+    def _skip_scaled_step(grad_scaler: Any) -> None:
+        """Record a skipped step on ``grad_scaler`` exactly as ``scaler.update()`` does after
+        an overflow (scale times ``backoff_factor``, growth tracker reset to 0), through its
+        public ``state_dict``/``load_state_dict``: after a first-pass overflow there is no
+        gradient for ``unscale_``/``step`` to find the overflow in."""
+        state = grad_scaler.state_dict()
+        if state:  # empty for a disabled scaler
+            state["scale"] *= state["backoff_factor"]
+            state["_growth_tracker"] = 0
+            grad_scaler.load_state_dict(state)
 
     def _clip(self) -> None:
         if self.max_grad_norm is None:
