@@ -39,7 +39,7 @@ import math
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ from torchvalley.registry import create_optimizer, get_optimizer_entry
 
 __all__ = [
     "EVAL_CHUNK_SIZE",
+    "EpochCallback",
+    "EpochContext",
     "EpochRecord",
     "RunResult",
     "global_seed",
@@ -86,6 +88,34 @@ class EpochRecord:
     backward_passes: int
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochContext:
+    """What an epoch callback sees at the end of an epoch (epoch 0: before training).
+
+    Attributes:
+        task, spec, seed, epoch: which run and when.
+        model: the model being trained (in train mode; a callback must leave it as it found it).
+        optimizer: the run's optimizer.
+        data: the task's train and test tensors.
+        batch_size: the run's batch size.
+    """
+
+    task: Task
+    spec: OptimizerSpec
+    seed: int
+    epoch: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    data: TaskData
+    batch_size: int
+
+
+#: An epoch callback: ``callback(context) -> {name: value}`` (or ``None`` to record nothing).
+#: Its time counts in the wall time, not the training time; its numbers go to the store's
+#: ``measurements`` table and to ``RunResult.measurements``.
+EpochCallback = Callable[[EpochContext], Mapping[str, float] | None]
+
+
 @dataclasses.dataclass
 class RunResult:
     """The outcome of one run.
@@ -102,6 +132,8 @@ class RunResult:
             reached.
         run_id: the row id in the store, or ``None`` without a store.
         error: the traceback of a failed run.
+        measurements: ``(epoch, name, value)`` from the epoch callbacks.
+        model: the trained model when ``keep_model=True`` (not stored).
     """
 
     task: str
@@ -128,6 +160,8 @@ class RunResult:
     epoch_to_target: int | None = None
     run_id: int | None = None
     error: str | None = None
+    measurements: list[tuple[int, str, float]] = dataclasses.field(default_factory=list)
+    model: torch.nn.Module | None = None
     recorded_status: str | None = None
 
 
@@ -293,6 +327,8 @@ def run_one(
     progress: bool | None = None,
     raise_errors: bool | None = None,
     num_threads: int | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+    keep_model: bool = False,
 ) -> RunResult:
     """Train one run and (with a store) record it epoch by epoch.
 
@@ -311,6 +347,9 @@ def run_one(
             a store the failure is recorded and returned as status ``"failed"``.
         num_threads: ``torch.set_num_threads`` for the run (restored afterwards); default:
             leave it as it is.
+        callbacks: :data:`EpochCallback` s called at the end of every epoch (and at epoch 0),
+            e.g. the landscape measurements of :mod:`torchvalley.landscape.callbacks`.
+        keep_model: keep the trained model in ``RunResult.model``.
 
     Returns:
         The :class:`RunResult`.
@@ -362,6 +401,16 @@ def run_one(
                 **{k: v for k, v in dataclasses.asdict(epoch_record).items() if k != "epoch"},
             )
 
+    def measure(context: EpochContext) -> None:
+        values: dict[str, float] = {}
+        for callback in callbacks:
+            values.update(callback(context) or {})
+        if not values:
+            return
+        result.measurements.extend((context.epoch, k, float(v)) for k, v in values.items())
+        if store is not None and result.run_id is not None:
+            store.record_measurements(result.run_id, context.epoch, values)
+
     bar = tqdm(
         total=epochs,
         desc=f"{task.name} {spec.label} seed={seed}",
@@ -388,6 +437,7 @@ def run_one(
                 record,
                 wall_start,
                 bar,
+                measure if callbacks else None,
             )
         result.status = "finished"
     except _Diverged as diverged:
@@ -403,10 +453,13 @@ def run_one(
                 file=sys.stderr,
             )
         _finish(store, result, counters, wall_start, task.higher_is_better)
+        result.model = None
         if raise_errors:
             raise
         return result
     _finish(store, result, counters, wall_start, task.higher_is_better)
+    if not keep_model:
+        result.model = None
     return result
 
 
@@ -472,8 +525,10 @@ def _train(
     record: Callable[[EpochRecord], None],
     wall_start: float,
     bar: tqdm,
+    measure: Callable[[EpochContext], None] | None = None,
 ) -> None:
-    """The training loop; fills ``result`` and calls ``record`` once per evaluated epoch."""
+    """The training loop; fills ``result`` and calls ``record`` (and ``measure``) once per
+    evaluated epoch."""
     data = _task_data(task, data_seed)
     train_inputs, train_targets = data.train
     test_inputs, test_targets = data.test
@@ -486,6 +541,7 @@ def _train(
         hyperparameters.setdefault("model", model)
     optimizer = create_optimizer(spec.name, model.parameters(), **hyperparameters)
     needs_closure = capabilities.needs_closure
+    result.model = model  # dropped again by run_one unless keep_model
     generator = torch.Generator().manual_seed(shuffle_seed(seed))
     n_train = train_inputs.shape[0]
 
@@ -505,6 +561,8 @@ def _train(
             backward_passes=counters.backward,
         )
         record(epoch_record)
+        if measure is not None:
+            measure(EpochContext(task, spec, seed, epoch, model, optimizer, data, batch_size))
         if result.epoch_to_target is None and task.reached(test_metric):
             result.time_to_target_s = result.train_time_s
             result.steps_to_target = counters.steps
@@ -572,6 +630,7 @@ def run_sweep(
     progress: bool | None = True,
     num_threads: int | None = None,
     warmup: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
 ) -> list[RunResult]:
     """Run every (task, spec, seed) combination, recording into ``store``; resumable.
 
@@ -589,6 +648,7 @@ def run_sweep(
         progress: bars over runs and over each run's epochs on stderr; ``None``: only on a
             terminal; ``False``: none.
         num_threads: ``torch.set_num_threads`` for the sweep (restored afterwards).
+        callbacks: epoch callbacks for every run (see :func:`run_one`).
         warmup: before the first run of a task that is not skipped, take a few untimed steps
             on a throw-away model (see :func:`warm_up`), so that the first timed run does not
             pay the process's one-off costs and look slower than the others.
@@ -640,6 +700,7 @@ def run_sweep(
                             store=opened,
                             progress=progress,
                             raise_errors=False,
+                            callbacks=callbacks,
                         )
                         results.append(result)
                         bar.update(1)

@@ -56,7 +56,9 @@ __all__ = [
 ]
 
 #: Version of the schema below, kept in ``PRAGMA user_version``; bump it on any change.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 lacked the measurements table; opening such a store adds it (nothing else changed).
+_UPGRADABLE_VERSIONS = (0, 1)
 
 #: Every value ``runs.status`` can take.
 RUN_STATUSES = ("running", "finished", "diverged", "failed")
@@ -114,6 +116,13 @@ CREATE TABLE IF NOT EXISTS epochs (
     backward_passes INTEGER,
     PRIMARY KEY (run_id, epoch)
 );
+CREATE TABLE IF NOT EXISTS measurements (
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, epoch, name)
+);
 """
 
 # Columns finish_run may set, i.e. the run's final numbers.
@@ -158,6 +167,13 @@ def platform_string() -> str:
         f"{platform.system()} {platform.release()} {platform.machine()}; {processor}; "
         f"{os.cpu_count()} CPUs; Python {platform.python_version()}"
     )
+
+
+def _real(value: Any) -> float | None:
+    """A measurement as a float (``None`` stays ``None``; 0-d tensors are read out)."""
+    if value is None:
+        return None
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
 
 
 def make_run_key(
@@ -220,7 +236,7 @@ class Store:
     def _create_schema(self) -> None:
         with self._transaction() as connection:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (*_UPGRADABLE_VERSIONS, SCHEMA_VERSION):
                 raise RuntimeError(
                     f"results store {self.path!r} has schema version {version}; this torchvalley "
                     f"reads version {SCHEMA_VERSION} (use a new file)"
@@ -284,6 +300,7 @@ class Store:
                 if previous["status"] in DONE_STATUSES:
                     return None
                 connection.execute("DELETE FROM epochs WHERE run_id = ?", (previous["id"],))
+                connection.execute("DELETE FROM measurements WHERE run_id = ?", (previous["id"],))
                 connection.execute("DELETE FROM runs WHERE id = ?", (previous["id"],))
             cursor = connection.execute(
                 """INSERT INTO runs (run_key, task, optimizer, spec_label, hyperparameters, seed,
@@ -350,6 +367,25 @@ class Store:
                 f"INSERT INTO epochs (run_id, epoch, {columns}) VALUES (?, ?, {placeholders})",
                 (int(run_id), int(epoch), *values),
             )
+
+    def record_measurements(self, run_id: int, epoch: int, values: dict[str, float]) -> None:
+        """Write named measurements (a callback's numbers: lambda_max, trace, ...) taken at the
+        end of ``epoch``. One transaction; a name measured twice at one epoch is an error."""
+        rows = [
+            (int(run_id), int(epoch), str(name), _real(value)) for name, value in values.items()
+        ]
+        with self._transaction() as connection:
+            connection.executemany(
+                "INSERT INTO measurements (run_id, epoch, name, value) VALUES (?, ?, ?, ?)", rows
+            )
+
+    def measurements(self, run_id: int) -> list[dict[str, Any]]:
+        """A run's measurements as ``{"epoch", "name", "value"}`` dicts, by epoch then name."""
+        rows = self._connection.execute(
+            "SELECT epoch, name, value FROM measurements WHERE run_id = ? ORDER BY epoch, name",
+            (int(run_id),),
+        )
+        return [dict(row) for row in rows]
 
     def finish_run(self, run_id: int, status: str, **final: Any) -> None:
         """Mark a run ``finished``, ``diverged`` or ``failed`` and store its final numbers.
