@@ -5,3 +5,28 @@ batch or an iterable of batches. See :mod:`torchvalley.landscape._core` for the 
 """
 
 from torchvalley.landscape._core import ParameterFunction as ParameterFunction
+from torchvalley.landscape.alignment import LayerAlignment as LayerAlignment
+from torchvalley.landscape.alignment import layer_alignment as layer_alignment
+from torchvalley.landscape.alignment import max_margin_direction as max_margin_direction
+from torchvalley.landscape.interpolation import InterpolationResult as InterpolationResult
+from torchvalley.landscape.interpolation import (
+    LayerwiseInterpolationResult as LayerwiseInterpolationResult,
+)
+from torchvalley.landscape.interpolation import layerwise_interpolation as layerwise_interpolation
+from torchvalley.landscape.interpolation import linear_interpolation as linear_interpolation
+from torchvalley.landscape.ntk import NTKTrajectory as NTKTrajectory
+from torchvalley.landscape.ntk import TwoLayerReLU as TwoLayerReLU
+from torchvalley.landscape.ntk import ntk_gram as ntk_gram
+from torchvalley.landscape.ntk import ntk_lambda0 as ntk_lambda0
+from torchvalley.landscape.ntk import train_two_layer_relu as train_two_layer_relu
+from torchvalley.landscape.plots import plot_layerwise_interpolation as plot_layerwise_interpolation
+from torchvalley.landscape.plots import plot_loss_contour as plot_loss_contour
+from torchvalley.landscape.plots import plot_loss_curve as plot_loss_curve
+from torchvalley.landscape.sharpness import SharpnessResult as SharpnessResult
+from torchvalley.landscape.sharpness import sharpness as sharpness
+from torchvalley.landscape.slices import LossSlice1D as LossSlice1D
+from torchvalley.landscape.slices import LossSlice2D as LossSlice2D
+from torchvalley.landscape.slices import filter_normalize as filter_normalize
+from torchvalley.landscape.slices import filter_normalized_direction as filter_normalized_direction
+from torchvalley.landscape.slices import random_direction_slice_1d as random_direction_slice_1d
+from torchvalley.landscape.slices import random_direction_slice_2d as random_direction_slice_2d
