@@ -5,7 +5,7 @@ Times ``step()`` on the parameter shapes of a ResNet-18 (CIFAR variant: 3x3 stem
 random values, and reports each optimizer's median milliseconds per step and its ratio to
 ``torch.optim.SGD(lr=0.05, momentum=0.9)`` measured in the same run.
 
-What is timed, per kind of optimizer (nothing is ever subtracted):
+What is timed, per kind of optimizer:
 
 * Plain optimizers (no closure): ``K`` consecutive calls of ``optimizer.step()``; the preset
   gradients stay attached (``.grad`` values are set once; timing does not depend on them).
@@ -13,10 +13,25 @@ What is timed, per kind of optimizer (nothing is ever subtracted):
   ``passes_per_step > 1``, e.g. SAM): ``optimizer.step(closure)`` where the closure runs no
   forward or backward. It re-attaches each parameter's gradient buffer if ``zero_grad`` dropped
   it and copies the preset gradient into it (a stand-in for the gradient write a backward pass
-  would make), then returns a constant loss tensor. Everything the optimizer does around its
-  closure calls is timed, and so are those calls; the row ``closure alone`` (added whenever a
-  timed row uses the closure) times the closure by itself, so its cost can be read off. The
-  JSON output records how many closure calls each step made.
+  would make), then returns a constant loss tensor. Two numbers are reported:
+
+  - *ms/step* and its ratio: everything, the closure calls included;
+  - *optimizer-side* ms and ratio: the same blocks minus the time spent inside the closure,
+    which the closure measures itself (``time.perf_counter`` at its entry and exit, summed over
+    the block). For SAM this is exactly the work of ``first_step`` + ``second_step`` (ascent,
+    save, perturb, restore, BatchNorm-buffer snapshot, base update) plus the few Python lines of
+    ``step`` around them, and it is the number comparable to the reference, whose step makes no
+    gradient write either. No separately measured median is subtracted; the row
+    ``closure alone`` (added whenever a timed row uses the closure) still shows what one call
+    costs on its own.
+
+  The JSON output records how many closure calls each step made.
+* Optimizers that accept a model (``accepts_model``, e.g. the SAM family: BatchNorm statistics,
+  SAM-ON's normalization layers) get ``model=`` a :class:`CifarResNet18` whose parameters *are*
+  the row's benchmark parameters (the module tree is built on the ``meta`` device and the row's
+  ``nn.Parameter`` objects are registered in it; its BatchNorm running statistics are real CPU
+  buffers), so module-type lookups (``perturb="norm"``) find the 40 BatchNorm affine tensors
+  (9,600 parameters at width 64) and the BatchNorm snapshot of SAM's clean pass is timed.
 * Noisy optimizers (Langevin samplers): timed like plain ones, noise generation included.
 * Wrappers (``wraps_base``): built from their registry ``example`` (which names the base); the
   base's update is part of the step.
@@ -26,6 +41,8 @@ What is timed, per kind of optimizer (nothing is ever subtracted):
   ``posteriors`` is functional: its SGLD ``update`` computes the gradient itself with
   ``torch.func``, so its row uses a linear log posterior ``<g, theta>`` whose gradient is the
   preset ``g``; that row therefore also includes one dot product and one gradient write.
+  ``pytorch_optimizer``'s SAM expects the first gradient to be in ``.grad`` already, so its
+  row calls the closure once before ``step(closure)`` (two closure calls per step, like ours).
 
 Measurement: every row owns its parameters, gradients and optimizer state. After ``W`` warm-up
 steps per row, ``R`` repeats each time every row for a block of ``K`` steps
@@ -35,16 +52,30 @@ and inter-quartile range of the ``R`` per-step times; ratio = median(row) / medi
 The JSON output also has the raw per-repeat times, the minimum, and the median of the
 per-repeat paired ratios row/reference (more robust to drift).
 
+``--training-step`` mode times a *full* training step instead (forward, loss, backward and the
+optimizer, on a real model and fixed random batches) for the reference SGD-momentum (one
+closure call, then ``step()``) and every non-second-order optimizer that needs a closure or
+makes several passes (the SAM family; ``--train-optimizers`` picks others), with the same
+interleaved measurement. Models: ``mnist1d_cnn`` (the ``mnist1d_cnn`` task's 1-D CNN with
+BatchNorm, 9,802 parameters, inputs of shape ``(B, 40)``, default batch 100) or ``resnet18``
+(:class:`CifarResNet18` at ``--width``, inputs ``(B, 3, 32, 32)``, default batch 32). The
+report splits each step into forward+backward (time inside the closure) and optimizer-side
+time.
+
 Usage::
 
     python benchmarks/step_overhead.py [--quick] [--out FILE.md] [--json FILE]
         [--threads N] [--foreach {default,true,false}] [--repeats R] [--steps K]
         [--warmup W] [--width C] [--no-anchors]
+    python benchmarks/step_overhead.py --training-step [--train-model {mnist1d_cnn,resnet18}]
+        [--train-batch B] [--train-optimizers NAME ...] [--quick] [--out ...] [--json ...]
+        [--threads N] [--repeats R] [--steps K] [--warmup W] [--width C] [--no-anchors]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import gc
@@ -60,9 +91,11 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 import torchvalley
 from torchvalley.registry import (
@@ -73,6 +106,8 @@ from torchvalley.registry import (
 
 REFERENCE_LABEL = "reference: torch.optim.SGD(momentum=0.9)"
 RATIO_COLUMN = "ratio to SGD-momentum"
+OPTIMIZER_MS_COLUMN = "optimizer-side ms (closure excluded)"
+OPTIMIZER_RATIO_COLUMN = "optimizer-side ratio"
 TABLE_COLUMNS = (
     "optimizer",
     "family",
@@ -80,11 +115,32 @@ TABLE_COLUMNS = (
     "ms/step (median)",
     "IQR (ms)",
     RATIO_COLUMN,
+    OPTIMIZER_MS_COLUMN,
+    OPTIMIZER_RATIO_COLUMN,
+)
+TRAIN_REFERENCE_LABEL = "reference: torch.optim.SGD(momentum=0.9), 1 pass"
+TRAIN_RATIO_COLUMN = "ratio to SGD-momentum step"
+TRAIN_TABLE_COLUMNS = (
+    "optimizer",
+    "passes/step",
+    "ms/step (median)",
+    "IQR (ms)",
+    TRAIN_RATIO_COLUMN,
+    "paired ratio",
+    "forward+backward ms/step",
+    "optimizer-side ms/step",
 )
 
 # Full-size and --quick measurement settings: (warm-up steps, repeats, steps per repeat).
 FULL_SETTINGS = (5, 21, 10)
 QUICK_SETTINGS = (2, 5, 3)
+# The same for --training-step (a step is a forward+backward or two, so fewer).
+TRAIN_FULL_SETTINGS = (3, 15, 3)
+TRAIN_QUICK_SETTINGS = (1, 3, 1)
+TRAIN_MODELS = ("mnist1d_cnn", "resnet18")
+TRAIN_DEFAULT_BATCH = {"mnist1d_cnn": 100, "resnet18": 32}
+# Distinct random batches cycled through by the training-step rows.
+TRAIN_BATCHES = 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,21 +195,132 @@ def make_reference_tensors(
     return params, grads
 
 
-class Workset:
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv3-BN-ReLU-conv3-BN plus the (1x1 conv + BN when downsampling)
+    shortcut, then ReLU. Convolutions have no bias."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
+        out = F.relu(self.bn1(self.conv1(inputs)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(inputs))
+
+
+class CifarResNet18(nn.Module):
+    """The CIFAR-style ResNet-18 whose parameter shapes :func:`resnet18_shapes` lists, in the
+    same order (``model.parameters()`` yields exactly those shapes).
+
+    Args:
+        width: channels of the first stage.
+        num_classes: outputs of the classifier.
+    """
+
+    def __init__(self, width: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        blocks: list[nn.Module] = []
+        c_in = width
+        for stage, c_out in enumerate(width * m for m in (1, 2, 4, 8)):
+            for block in range(2):
+                blocks.append(BasicBlock(c_in, c_out, 2 if block == 0 and stage > 0 else 1))
+                c_in = c_out
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of shape ``(B, num_classes)`` for images of shape ``(B, 3, H, W)``."""
+        out = self.layers(F.relu(self.bn1(self.conv1(inputs))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def bind_parameters(model: nn.Module, params: Sequence[nn.Parameter]) -> nn.Module:
+    """Register ``params`` in ``model`` in place of its own parameters, in module order.
+
+    Afterwards ``list(model.parameters())`` are the very objects in ``params`` (identity, so
+    storage is shared and set lookups such as SAM-ON's find them).
+
+    Raises:
+        ValueError: when the count or a shape differs.
+    """
+    slots = [
+        (module, name)
+        for module in model.modules()
+        for name, p in module._parameters.items()
+        if p is not None
+    ]
+    if len(slots) != len(params):
+        raise ValueError(f"model has {len(slots)} parameters, {len(params)} given")
+    for (module, name), p in zip(slots, params, strict=True):
+        own = module._parameters[name]
+        assert own is not None
+        if own.shape != p.shape:
+            raise ValueError(f"shape mismatch at {name}: {tuple(own.shape)} vs {tuple(p.shape)}")
+        setattr(module, name, p)
+    return model
+
+
+def resnet18_owning(params: Sequence[nn.Parameter], width: int = 64) -> CifarResNet18:
+    """A :class:`CifarResNet18` (train mode) that owns ``params`` (:func:`bind_parameters`).
+
+    The module tree is built on the ``meta`` device (no 11M-parameter initialisation) and its
+    buffers (BatchNorm running statistics) are then materialised on the CPU and reset.
+    """
+    with torch.device("meta"):
+        model = CifarResNet18(width)
+    bind_parameters(model, params)
+    for module in model.modules():
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None:
+                module._buffers[name] = torch.zeros_like(buffer, device="cpu")
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            module.reset_running_stats()
+    return model.train()
+
+
+class _TimedClosure:
+    """Counts its calls and the seconds spent inside them (``perf_counter`` at entry and exit)."""
+
+    closure_calls: int = 0
+    closure_seconds: float = 0.0
+
+
+class Workset(_TimedClosure):
     """One row's own parameters and gradient buffers, plus the closure handed to its step.
 
     Args:
         ref_params: initial parameter values (cloned).
         ref_grads: the preset gradients; cloned into this row's buffers and read (not written)
             by :meth:`closure`.
+        width: when given, :attr:`model` is a :class:`CifarResNet18` of that width owning
+            :attr:`params` (for optimizers that take ``model=``).
     """
 
-    def __init__(self, ref_params: Sequence[torch.Tensor], ref_grads: Sequence[torch.Tensor]):
+    def __init__(
+        self,
+        ref_params: Sequence[torch.Tensor],
+        ref_grads: Sequence[torch.Tensor],
+        width: int | None = None,
+    ):
         self.params = [torch.nn.Parameter(p.clone()) for p in ref_params]
         self.grads = [g.clone() for g in ref_grads]
         self.ref_grads = list(ref_grads)
         self.loss = torch.tensor(1.0)
         self.closure_calls = 0
+        self.closure_seconds = 0.0
+        self.model = None if width is None else resnet18_owning(self.params, width)
         self.reattach()
 
     def reattach(self) -> None:
@@ -164,12 +331,100 @@ class Workset:
 
     def closure(self) -> torch.Tensor:
         """Stand-in for forward+backward: re-set the preset gradients, return a constant loss."""
+        start = time.perf_counter()
         self.closure_calls += 1
         for p, g, ref in zip(self.params, self.grads, self.ref_grads, strict=True):
             if p.grad is not g:
                 p.grad = g
             g.copy_(ref)
+        self.closure_seconds += time.perf_counter() - start
         return self.loss
+
+
+class TrainSet(_TimedClosure):
+    """One training-step row's own model copy, fixed batches and forward+backward closure.
+
+    Args:
+        model: the initial model (deep-copied, so every row starts from the same weights).
+        batches: ``(inputs, targets)`` pairs, cycled through one per training step.
+    """
+
+    def __init__(self, model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+        self.model = copy.deepcopy(model).train()
+        self.params = list(self.model.parameters())
+        self.batches = list(batches)
+        self.index = 0
+        self.closure_calls = 0
+        self.closure_seconds = 0.0
+
+    def reattach(self) -> None:
+        """Nothing to do (the gradients come from backward)."""
+
+    def advance(self) -> None:
+        """Move to the next batch (called once per training step, not per closure call)."""
+        self.index = (self.index + 1) % len(self.batches)
+
+    def closure(self) -> torch.Tensor:
+        """Zero the gradients, forward, cross-entropy loss, backward; return the loss."""
+        start = time.perf_counter()
+        self.closure_calls += 1
+        inputs, targets = self.batches[self.index]
+        self.model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(self.model(inputs), targets)
+            loss.backward()
+        self.closure_seconds += time.perf_counter() - start
+        return loss.detach()
+
+
+class _Holder(Protocol):
+    params: list[torch.nn.Parameter]
+    closure_calls: int
+    closure_seconds: float
+
+    def reattach(self) -> None: ...
+
+    def closure(self) -> torch.Tensor: ...
+
+
+def make_training_workload(
+    name: str, *, width: int, batch_size: int, seed: int
+) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]], str]:
+    """The model, :data:`TRAIN_BATCHES` random batches and a description for ``--training-step``.
+
+    Inputs are standard normal and targets uniform over 10 classes, drawn from a generator
+    seeded with ``seed``; the model is initialised under ``torch.manual_seed(seed)`` (global
+    RNG state restored afterwards).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "mnist1d_cnn":
+            from torchvalley.bench.builtin_tasks import Mnist1dCNN
+
+            model: nn.Module = Mnist1dCNN()
+            shape: tuple[int, ...] = (batch_size, 40)
+            text = "the mnist1d_cnn task's 1-D CNN (32-32-32 + BatchNorm)"
+        elif name == "resnet18":
+            model = CifarResNet18(width)
+            shape = (batch_size, 3, 32, 32)
+            text = f"CIFAR ResNet-18 (width {width}), 32x32 images"
+        else:
+            raise ValueError(f"unknown training model {name!r} (one of {', '.join(TRAIN_MODELS)})")
+    batches = [
+        (
+            torch.randn(shape, generator=generator),
+            torch.randint(0, 10, (batch_size,), generator=generator),
+        )
+        for _ in range(TRAIN_BATCHES)
+    ]
+    count = sum(p.numel() for p in model.parameters())
+    tensors = len(list(model.parameters()))
+    description = (
+        f"{text}: {count:,} parameters in {tensors} tensors, batch {batch_size} "
+        f"(random inputs, {TRAIN_BATCHES} fixed batches cycled), cross-entropy, train mode"
+    )
+    return model, batches, description
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +441,8 @@ class Anchor:
     Attributes:
         library: import name of the library (also its distribution name for the version).
         name: what the row calls it, e.g. ``"RiemannianSGD"``.
-        build: ``build(workset, entry, foreach)`` returning a zero-argument step function;
+        build: ``build(workset, entry, foreach)`` returning a zero-argument step function
+            (``workset`` a :class:`Workset`, or a :class:`TrainSet` for closure anchors);
             ``entry`` is the comparable registry entry, whose ``example`` gives the
             hyperparameters, and ``foreach`` is the forced flag (or ``None``).
         capabilities: short flags for the table.
@@ -195,7 +451,7 @@ class Anchor:
 
     library: str
     name: str
-    build: Callable[[Workset, OptimizerEntry, bool | None], StepFn]
+    build: Callable[[Any, OptimizerEntry, bool | None], StepFn]
     capabilities: tuple[str, ...] = ()
     note: str = ""
 
@@ -243,7 +499,7 @@ def _pytorch_optimizer_sgdw(ws: Workset, entry: OptimizerEntry, foreach: bool | 
     return _optimizer_step(opt, None)
 
 
-def _pytorch_optimizer_sam(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
+def _pytorch_optimizer_sam(ws: _Holder, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
     po = _import_quietly("pytorch_optimizer")
     example = dict(entry.example)
     base = resolve_base_optimizer(example.pop("base_optimizer", "sgd"))
@@ -253,7 +509,15 @@ def _pytorch_optimizer_sam(ws: Workset, entry: OptimizerEntry, foreach: bool | N
     if foreach is not None:
         base_kwargs["foreach"] = foreach
     opt = po.SAM(ws.params, base, **wrapper_kwargs, **base_kwargs)
-    return _optimizer_step(opt, ws.closure)
+    closure = ws.closure
+
+    def step() -> Any:
+        # Its step(closure) is first_step, closure, second_step: it expects the first gradient
+        # in .grad already, so the first pass is ours (as in its documented training loop).
+        closure()
+        return opt.step(closure)
+
+    return step
 
 
 def _posteriors_sgld(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
@@ -312,7 +576,8 @@ ANCHORS: dict[str, tuple[Anchor, ...]] = {
             "SAM",
             _pytorch_optimizer_sam,
             ("closure", "wrapper"),
-            "base and rho from the sam example",
+            "base and rho from the sam example; the first closure call is made before "
+            "step(closure), which expects the first gradient in .grad",
         ),
     ),
     "sgld": (
@@ -355,22 +620,26 @@ class Row:
     registry_name: str | None = None
     note: str = ""
     status: str = "ok"  # "ok", "skipped" or "error"
-    workset: Workset | None = None
+    workset: _Holder | None = None
     step: StepFn | None = None
+    passes: int = 1
     steps_run: int = 0
     times_ms: list[float] = dataclasses.field(default_factory=list)
+    closure_ms: list[float] = dataclasses.field(default_factory=list)
 
-    def run(self, steps: int) -> float:
-        """Run ``steps`` steps; return the seconds they took."""
+    def run(self, steps: int) -> tuple[float, float]:
+        """Run ``steps`` steps; return the seconds they took and the seconds inside closures."""
         assert self.step is not None and self.workset is not None
         step = self.step
-        self.workset.reattach()
+        workset = self.workset
+        workset.reattach()
+        inside_before = workset.closure_seconds
         start = time.perf_counter()
         for _ in range(steps):
             step()
         elapsed = time.perf_counter() - start
         self.steps_run += steps
-        return elapsed
+        return elapsed, workset.closure_seconds - inside_before
 
     def fail(self, error: BaseException) -> None:
         """Mark the row as failed, keeping the error's text, and free its tensors."""
@@ -415,6 +684,19 @@ def _is_registered(entry: OptimizerEntry) -> bool:
         return False
 
 
+def _create(entry: OptimizerEntry, params: Sequence[torch.Tensor], **hyperparameters: Any) -> Any:
+    if _is_registered(entry):
+        return torchvalley.create_optimizer(entry.name, params, **hyperparameters)
+    return entry.factory(params, **hyperparameters)
+
+
+def _note(hyperparameters: Mapping[str, Any]) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in hyperparameters.items() if k != "model")
+    if "model" in hyperparameters:
+        text += ", model=<the module owning the parameters>"
+    return text
+
+
 def build_rows(
     entries: Sequence[OptimizerEntry],
     ref_params: Sequence[torch.Tensor],
@@ -422,16 +704,20 @@ def build_rows(
     *,
     foreach: bool | None,
     anchors: bool,
+    width: int = 64,
 ) -> tuple[list[Row], list[str]]:
     """Build every row's optimizer on its own copy of the tensors.
+
+    Entries with ``capabilities.accepts_model`` also get ``model=`` a :class:`CifarResNet18`
+    of ``width`` that owns the row's parameters (``ref_params`` must have its shapes).
 
     Returns:
         The rows (reference first, each registry entry followed by its anchors, the
         closure-alone row last when used) and note lines about anchors not shown.
     """
 
-    def new_workset() -> Workset:
-        return Workset(ref_params, ref_grads)
+    def new_workset(with_model: bool = False) -> Workset:
+        return Workset(ref_params, ref_grads, width if with_model else None)
 
     ws = new_workset()
     rows = [
@@ -457,17 +743,14 @@ def build_rows(
             if foreach is not None and _foreach_applies(entry, hyperparameters):
                 hyperparameters["foreach"] = foreach
             try:
-                row.workset = new_workset()
-                if _is_registered(entry):
-                    opt = torchvalley.create_optimizer(
-                        entry.name, row.workset.params, **hyperparameters
-                    )
-                else:
-                    opt = entry.factory(row.workset.params, **hyperparameters)
-                closure = row.workset.closure if _uses_closure(entry) else None
+                row.workset = workset = new_workset(entry.capabilities.accepts_model)
+                if workset.model is not None:
+                    hyperparameters.setdefault("model", workset.model)
+                opt = _create(entry, workset.params, **hyperparameters)
+                closure = workset.closure if _uses_closure(entry) else None
                 any_closure = any_closure or closure is not None
                 row.step = _optimizer_step(opt, closure)
-                row.note = ", ".join(f"{k}={v}" for k, v in hyperparameters.items())
+                row.note = _note(hyperparameters)
             except Exception as error:
                 row.fail(error)
         if not anchors:
@@ -522,12 +805,114 @@ def build_rows(
     return rows, notes
 
 
+def training_entries(
+    entries: Sequence[OptimizerEntry], names: Sequence[str] | None
+) -> list[OptimizerEntry]:
+    """The entries ``--training-step`` times: ``names`` if given (in that order), else every
+    non-second-order entry that needs a closure or makes several passes."""
+    if names:
+        by_name = {entry.name: entry for entry in entries}
+        missing = [name for name in names if name not in by_name]
+        if missing:
+            raise ValueError(f"unknown optimizer(s) for --train-optimizers: {', '.join(missing)}")
+        return [by_name[name] for name in names]
+    return [e for e in entries if _uses_closure(e) and not e.capabilities.second_order]
+
+
+def build_training_rows(
+    entries: Sequence[OptimizerEntry],
+    model: nn.Module,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    anchors: bool,
+) -> list[Row]:
+    """Rows of full training steps, each on its own copy of ``model`` (same initial weights).
+
+    The reference and plain optimizers run ``closure(); step()``; closure optimizers run
+    ``step(closure)``; anchors are added only for libraries whose row takes a closure (their
+    plain rows would add nothing a training step changes). Every step first moves to the next
+    batch.
+    """
+
+    def training_step(ts: TrainSet, inner: StepFn) -> StepFn:
+        def step() -> Any:
+            ts.advance()
+            return inner()
+
+        return step
+
+    def plain(ts: TrainSet, opt: torch.optim.Optimizer) -> StepFn:
+        def inner() -> Any:
+            ts.closure()
+            return opt.step()
+
+        return training_step(ts, inner)
+
+    ts = TrainSet(model, batches)
+    rows = [
+        Row(
+            TRAIN_REFERENCE_LABEL,
+            "reference",
+            "baseline",
+            "—",
+            note="lr=0.05, foreach=None; closure() then step()",
+            workset=ts,
+            step=plain(ts, torch.optim.SGD(ts.params, lr=0.05, momentum=0.9)),
+        )
+    ]
+    for entry in entries:
+        row = Row(entry.name, "registry", entry.family, _capability_text(entry), entry.name)
+        rows.append(row)
+        if entry.capabilities.second_order:
+            row.status, row.note = "skipped", "second-order (not timed in this mode)"
+            continue
+        hyperparameters = dict(entry.example)
+        try:
+            row.workset = ts = TrainSet(model, batches)
+            if entry.capabilities.accepts_model:
+                hyperparameters.setdefault("model", ts.model)
+            opt = _create(entry, ts.params, **hyperparameters)
+            if _uses_closure(entry):
+                row.step = training_step(ts, _optimizer_step(opt, ts.closure))
+            else:
+                row.step = plain(ts, opt)
+            row.passes = entry.capabilities.passes_per_step
+            row.note = _note(hyperparameters)
+        except Exception as error:
+            row.fail(error)
+        if not anchors:
+            continue
+        for anchor in ANCHORS.get(entry.name, ()):
+            if "closure" not in anchor.capabilities or library_version(anchor.library) is None:
+                continue
+            anchor_row = Row(
+                f"{anchor.label} (comparable to {entry.name})",
+                "anchor",
+                entry.family,
+                ", ".join(anchor.capabilities),
+                entry.name,
+                note=anchor.note,
+                passes=row.passes,
+            )
+            rows.append(anchor_row)
+            try:
+                anchor_row.workset = ts = TrainSet(model, batches)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    warnings.simplefilter("ignore", FutureWarning)
+                    anchor_row.step = training_step(ts, anchor.build(ts, entry, None))
+            except Exception as error:
+                anchor_row.fail(error)
+    return rows
+
+
 def measure(rows: Sequence[Row], *, warmup: int, repeats: int, steps: int) -> None:
     """Warm up, then time ``repeats`` blocks of ``steps`` steps per row, round-robin.
 
     Each repeat visits every live row once, starting one row further along than the previous
     repeat. A row whose step raises is marked as failed and dropped from later repeats.
-    Per-step milliseconds are appended to ``row.times_ms``.
+    Per-step milliseconds are appended to ``row.times_ms``, and the part of them spent inside
+    the row's closure to ``row.closure_ms``.
     """
     live = [row for row in rows if row.status == "ok"]
     for row in live:
@@ -546,11 +931,12 @@ def measure(rows: Sequence[Row], *, warmup: int, repeats: int, steps: int) -> No
             shift = repeat % len(live)
             for row in live[shift:] + live[:shift]:
                 try:
-                    elapsed = row.run(steps)
+                    elapsed, inside = row.run(steps)
                 except Exception as error:
                     row.fail(error)
                     continue
                 row.times_ms.append(1e3 * elapsed / steps)
+                row.closure_ms.append(1e3 * inside / steps)
             print(f"repeat {repeat + 1}/{repeats} done", file=sys.stderr, flush=True)
     finally:
         if gc_was_enabled:
@@ -558,7 +944,11 @@ def measure(rows: Sequence[Row], *, warmup: int, repeats: int, steps: int) -> No
 
 
 def summarize(row: Row, reference: Row) -> dict[str, Any]:
-    """Statistics of one row (median, quartiles, IQR, min, ratios) for the table and JSON."""
+    """Statistics of one row (median, quartiles, IQR, min, ratios) for the table and JSON.
+
+    ``optimizer_*`` keys describe the per-repeat times minus the time spent inside the row's
+    closure (equal to the totals for rows that take no closure); the closure-alone row has none.
+    """
     out: dict[str, Any] = {
         "label": row.label,
         "kind": row.kind,
@@ -567,7 +957,9 @@ def summarize(row: Row, reference: Row) -> dict[str, Any]:
         "capabilities": row.capabilities,
         "status": row.status,
         "note": row.note,
+        "passes_per_step": row.passes,
         "ms_per_step": row.times_ms,
+        "closure_ms_per_step": row.closure_ms,
     }
     if row.workset is not None and row.steps_run:
         calls = row.workset.closure_calls / row.steps_run
@@ -577,11 +969,22 @@ def summarize(row: Row, reference: Row) -> dict[str, Any]:
         return out
     q1, median, q3 = _quartiles(times)
     out.update(median_ms=median, q1_ms=q1, q3_ms=q3, iqr_ms=q3 - q1, min_ms=min(times))
+    out["closure_median_ms"] = statistics.median(row.closure_ms)
+    own = [t - c for t, c in zip(times, row.closure_ms, strict=True)]
+    if row.kind != "closure":
+        out["optimizer_ms_per_step"] = own
+        out["optimizer_median_ms"] = statistics.median(own)
     ref = reference.times_ms
     if reference.status == "ok" and ref:
         out["ratio"] = median / statistics.median(ref)
         paired = [t / r for t, r in zip(times, ref, strict=True)]
         out["paired_ratio_median"] = statistics.median(paired)
+        if row.kind != "closure":
+            ref_own = [t - c for t, c in zip(ref, reference.closure_ms, strict=True)]
+            out["optimizer_ratio"] = out["optimizer_median_ms"] / statistics.median(ref_own)
+            out["optimizer_paired_ratio_median"] = statistics.median(
+                [t / r for t, r in zip(own, ref_own, strict=True)]
+            )
     return out
 
 
@@ -621,16 +1024,26 @@ def _fmt_ms(value: float | None) -> str:
     return f"{value:.1f}" if value >= 100 else f"{value:.2f}" if value >= 10 else f"{value:.3f}"
 
 
-def render_markdown(machine: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> str:
-    """The report: a header block of machine facts, the table, and notes."""
-    lines = [
-        "# Optimizer step overhead",
-        "",
+def _fmt_ratio(result: Mapping[str, Any], key: str) -> str:
+    return f"{result[key]:.2f}" if key in result else "—"
+
+
+def _machine_lines(machine: Mapping[str, Any]) -> list[str]:
+    return [
         f"- date: {machine['date']}",
         f"- torch {machine['torch']} (CPU capability {machine['cpu_capability']}), "
         f"{machine['threads']} intra-op threads; Python {machine['python']}",
         f"- CPU: {machine['cpu_model']} ({machine['logical_cpus']} logical CPUs); "
         f"load average at start {machine['load_start']}, at end {machine['load_end']}",
+    ]
+
+
+def render_markdown(machine: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> str:
+    """The report: a header block of machine facts, the table, and notes."""
+    lines = [
+        "# Optimizer step overhead",
+        "",
+        *_machine_lines(machine),
         f"- workload: {machine['workload']}: {machine['param_count']:,} float32 parameters in "
         f"{machine['tensor_count']} tensors, gradients preset to fixed random values",
         f"- measurement: {machine['warmup']} warm-up steps per row, then "
@@ -644,16 +1057,82 @@ def render_markdown(machine: Mapping[str, Any], results: Sequence[Mapping[str, A
     for r in results:
         if r["status"] == "ok" and "median_ms" in r:
             ms, iqr = _fmt_ms(r["median_ms"]), _fmt_ms(r["iqr_ms"])
-            ratio = f"{r['ratio']:.2f}" if "ratio" in r else "—"
+            own = _fmt_ms(r.get("optimizer_median_ms"))
         else:
-            ms, iqr, ratio = r["status"], "—", "—"
-        cells = (r["label"], r["family"], r["capabilities"], ms, iqr, ratio)
+            ms, iqr, own = r["status"], "—", "—"
+        cells = (
+            r["label"],
+            r["family"],
+            r["capabilities"],
+            ms,
+            iqr,
+            _fmt_ratio(r, "ratio"),
+            own,
+            _fmt_ratio(r, "optimizer_ratio"),
+        )
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     lines.append("")
     lines.append(
         "Ratio = median ms/step of the row / median of the reference measured in the same run. "
         "Closure rows time `step(closure)` with a closure that only re-sets the preset gradients "
-        "(no forward/backward); the `closure alone` row is that closure's own cost."
+        "(no forward/backward); the `closure alone` row is that closure's own cost. "
+        "Optimizer-side = the same timed blocks minus the time measured inside the closure "
+        "calls (for SAM: `first_step` + `second_step`, base update included); for rows without "
+        "a closure it equals ms/step. Optimizer-side ratio = its median / the reference's."
+    )
+    for r in results:
+        if r["note"]:
+            lines.append(
+                f"- {r['label']}: {r['status'] + ': ' if r['status'] != 'ok' else ''}{r['note']}"
+            )
+    lines.extend(f"- {note}" for note in machine["notes"])
+    return "\n".join(lines) + "\n"
+
+
+def render_training_markdown(
+    machine: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
+) -> str:
+    """The ``--training-step`` report."""
+    lines = [
+        "# Full training step: closure optimizers vs SGD-momentum",
+        "",
+        *_machine_lines(machine),
+        f"- workload: {machine['workload']}",
+        f"- measurement: {machine['warmup']} warm-up steps per row, then "
+        f"{machine['repeats']} repeats × {machine['steps']} training steps, rows interleaved "
+        "round-robin, each row on its own copy of the model (same initial weights)",
+        f"- anchors: {machine['anchor_libraries']}",
+        "",
+        "| " + " | ".join(TRAIN_TABLE_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in TRAIN_TABLE_COLUMNS) + "|",
+    ]
+    for r in results:
+        if r["status"] == "ok" and "median_ms" in r:
+            ms, iqr = _fmt_ms(r["median_ms"]), _fmt_ms(r["iqr_ms"])
+            inside = _fmt_ms(r["closure_median_ms"])
+            own = _fmt_ms(r.get("optimizer_median_ms"))
+        else:
+            ms, iqr, inside, own = r["status"], "—", "—", "—"
+        cells = (
+            r["label"],
+            r["passes_per_step"],
+            ms,
+            iqr,
+            _fmt_ratio(r, "ratio"),
+            _fmt_ratio(r, "paired_ratio_median"),
+            inside,
+            own,
+        )
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    lines.append("")
+    lines.append(
+        "A training step = move to the next fixed batch, then `closure(); step()` (reference, "
+        "plain optimizers) or `step(closure)` (closure optimizers); the closure zeroes the "
+        "gradients and runs forward, cross-entropy and backward. Ratio = median ms/step of the "
+        "row / median of the reference in the same run; paired ratio = median over repeats of "
+        "row / reference within the same repeat (more robust to load drift). "
+        "Forward+backward = time measured inside the closure calls; optimizer-side = the rest "
+        "of the step (medians over repeats, so the two need not add up exactly to ms/step)."
     )
     for r in results:
         if r["note"]:
@@ -675,7 +1154,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="fewer repeats and steps ({} warm-up, {}×{})".format(*QUICK_SETTINGS),
+        help="fewer repeats and steps ({} warm-up, {}×{}; with --training-step {}, {}×{})".format(
+            *QUICK_SETTINGS, *TRAIN_QUICK_SETTINGS
+        ),
     )
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
@@ -694,15 +1175,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the preset tensors")
     parser.add_argument("--no-anchors", action="store_true", help="skip other libraries' rows")
+    training = parser.add_argument_group("full training step (--training-step)")
+    training.add_argument(
+        "--training-step",
+        action="store_true",
+        help="time forward+backward+step on a real model instead of step() alone",
+    )
+    training.add_argument(
+        "--train-model", choices=TRAIN_MODELS, default="mnist1d_cnn", help="the model to train"
+    )
+    training.add_argument(
+        "--train-batch",
+        type=int,
+        help="batch size (default: {})".format(
+            ", ".join(f"{k} {v}" for k, v in TRAIN_DEFAULT_BATCH.items())
+        ),
+    )
+    training.add_argument(
+        "--train-optimizers",
+        nargs="+",
+        metavar="NAME",
+        help="registered optimizers to time (default: those that need a closure or make "
+        "several passes, second-order ones excepted)",
+    )
     args = parser.parse_args(argv)
-    warmup, repeats, steps = QUICK_SETTINGS if args.quick else FULL_SETTINGS
+    if args.training_step:
+        settings = TRAIN_QUICK_SETTINGS if args.quick else TRAIN_FULL_SETTINGS
+    else:
+        settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
+    warmup, repeats, steps = settings
     args.warmup = warmup if args.warmup is None else args.warmup
     args.repeats = repeats if args.repeats is None else args.repeats
     args.steps = steps if args.steps is None else args.steps
+    if args.train_batch is None:
+        args.train_batch = TRAIN_DEFAULT_BATCH[args.train_model]
     if args.repeats < 1 or args.steps < 1 or args.warmup < 0:
         parser.error("--repeats and --steps must be >= 1, --warmup >= 0")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.train_batch < 1:
+        parser.error("--train-batch must be >= 1")
     return args
 
 
@@ -728,27 +1240,8 @@ def main(
         torch.set_num_threads(threads_before)
 
 
-def _run(args: argparse.Namespace, entries: Sequence[OptimizerEntry] | None) -> int:
-    """:func:`main` after the thread count is set."""
-    foreach = {"default": None, "true": True, "false": False}[args.foreach]
-    entries = list(torchvalley.optimizer_entries() if entries is None else entries)
-    shapes = resnet18_shapes(args.width)
-    ref_params, ref_grads = make_reference_tensors(shapes, args.seed)
-
-    versions = {lib: library_version(lib) for lib in ANCHOR_LIBRARIES}
-    anchor_text = "; ".join(
-        f"{lib} {v}" if v else f"{lib} not installed" for lib, v in versions.items()
-    )
-    if args.no_anchors:
-        anchor_text = "skipped (--no-anchors)"
-    load_start = _load_average()
-    rows, notes = build_rows(
-        entries, ref_params, ref_grads, foreach=foreach, anchors=not args.no_anchors
-    )
-    measure(rows, warmup=args.warmup, repeats=args.repeats, steps=args.steps)
-    results = [summarize(row, rows[0]) for row in rows]
-
-    machine = {
+def _machine_facts(args: argparse.Namespace, load_start: str) -> dict[str, Any]:
+    return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -758,25 +1251,94 @@ def _run(args: argparse.Namespace, entries: Sequence[OptimizerEntry] | None) -> 
         "logical_cpus": os.cpu_count(),
         "load_start": load_start,
         "load_end": _load_average(),
-        "workload": f"ResNet-18 parameter shapes (CIFAR variant, width {args.width})",
-        "param_count": sum(p.numel() for p in ref_params),
-        "tensor_count": len(ref_params),
         "warmup": args.warmup,
         "repeats": args.repeats,
         "steps": args.steps,
-        "foreach": args.foreach,
-        "anchor_libraries": anchor_text,
-        "anchor_versions": versions,
-        "notes": notes,
     }
-    report = render_markdown(machine, results)
+
+
+def _anchor_text(args: argparse.Namespace) -> tuple[str, dict[str, str | None]]:
+    versions = {lib: library_version(lib) for lib in ANCHOR_LIBRARIES}
+    text = "; ".join(f"{lib} {v}" if v else f"{lib} not installed" for lib, v in versions.items())
+    if args.no_anchors:
+        text = "skipped (--no-anchors)"
+    return text, versions
+
+
+def _write(args: argparse.Namespace, report: str, payload: Mapping[str, Any]) -> None:
     print(report, end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "rows": results}, indent=2) + "\n")
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _run(args: argparse.Namespace, entries: Sequence[OptimizerEntry] | None) -> int:
+    """:func:`main` after the thread count is set."""
+    entries = list(torchvalley.optimizer_entries() if entries is None else entries)
+    if args.training_step:
+        return _run_training(args, entries)
+    foreach = {"default": None, "true": True, "false": False}[args.foreach]
+    shapes = resnet18_shapes(args.width)
+    ref_params, ref_grads = make_reference_tensors(shapes, args.seed)
+
+    anchor_text, versions = _anchor_text(args)
+    load_start = _load_average()
+    rows, notes = build_rows(
+        entries,
+        ref_params,
+        ref_grads,
+        foreach=foreach,
+        anchors=not args.no_anchors,
+        width=args.width,
+    )
+    measure(rows, warmup=args.warmup, repeats=args.repeats, steps=args.steps)
+    results = [summarize(row, rows[0]) for row in rows]
+
+    machine = {
+        **_machine_facts(args, load_start),
+        "mode": "step",
+        "workload": f"ResNet-18 parameter shapes (CIFAR variant, width {args.width})",
+        "param_count": sum(p.numel() for p in ref_params),
+        "tensor_count": len(ref_params),
+        "foreach": args.foreach,
+        "anchor_libraries": anchor_text,
+        "anchor_versions": versions,
+        "notes": notes,
+    }
+    _write(args, render_markdown(machine, results), {"machine": machine, "rows": results})
+    return 1 if any(row.status == "error" for row in rows) else 0
+
+
+def _run_training(args: argparse.Namespace, entries: Sequence[OptimizerEntry]) -> int:
+    """``--training-step``: full training steps on a real model."""
+    chosen = training_entries(entries, args.train_optimizers)
+    model, batches, description = make_training_workload(
+        args.train_model, width=args.width, batch_size=args.train_batch, seed=args.seed
+    )
+    anchor_text, versions = _anchor_text(args)
+    load_start = _load_average()
+    rows = build_training_rows(chosen, model, batches, anchors=not args.no_anchors)
+    measure(rows, warmup=args.warmup, repeats=args.repeats, steps=args.steps)
+    results = [summarize(row, rows[0]) for row in rows]
+    notes = []
+    if args.foreach != "default":
+        notes.append("--foreach is ignored in --training-step mode (the examples' defaults).")
+    machine = {
+        **_machine_facts(args, load_start),
+        "mode": "training-step",
+        "workload": description,
+        "train_model": args.train_model,
+        "train_batch": args.train_batch,
+        "param_count": sum(p.numel() for p in model.parameters()),
+        "tensor_count": len(list(model.parameters())),
+        "anchor_libraries": anchor_text,
+        "anchor_versions": versions,
+        "notes": notes,
+    }
+    _write(args, render_training_markdown(machine, results), {"machine": machine, "rows": results})
     return 1 if any(row.status == "error" for row in rows) else 0
 
 

@@ -56,6 +56,35 @@ def test_resnet18_shapes(script: ModuleType) -> None:
     assert sum(torch.Size(s).numel() for s in shapes) == 11_173_962
 
 
+@pytest.mark.parametrize("width", [4, 64])
+def test_resnet18_module_matches_the_shapes(script: ModuleType, width: int) -> None:
+    with torch.device("meta"):
+        model = script.CifarResNet18(width)
+    assert [tuple(p.shape) for p in model.parameters()] == script.resnet18_shapes(width)
+
+
+def test_model_owns_the_benchmark_parameters(script: ModuleType) -> None:
+    from torchvalley.optim.sam import normalization_parameters
+
+    params, grads = script.make_reference_tensors(script.resnet18_shapes(4))
+    ws = script.Workset(params, grads, width=4)
+    assert ws.model is not None and ws.model.training
+    owned = list(ws.model.parameters())
+    assert len(owned) == len(ws.params)
+    assert all(a is b for a, b in zip(owned, ws.params, strict=True))
+    norm = normalization_parameters(ws.model)
+    # 20 BatchNorm layers (stem, 2 per block, 3 shortcuts), weight and bias each
+    assert len(norm) == 40
+    assert all(p.dim() == 1 for p in norm)
+    for buffer in ws.model.buffers():
+        assert buffer.device.type == "cpu"
+    # a real forward pass runs on the bound parameters
+    out = ws.model(torch.randn(2, 3, 8, 8))
+    assert out.shape == (2, 10)
+    with pytest.raises(ValueError, match="parameters"):
+        script.bind_parameters(script.CifarResNet18(4), ws.params[:-1])
+
+
 def test_every_registered_optimizer_gets_a_row(script: ModuleType, tmp_path: Path) -> None:
     out, raw = tmp_path / "step.md", tmp_path / "step.json"
     threads = torch.get_num_threads()
@@ -70,13 +99,30 @@ def test_every_registered_optimizer_gets_a_row(script: ModuleType, tmp_path: Pat
         assert name in rows, name
         assert rows[name][header.index(script.RATIO_COLUMN)] != "—"
 
+    assert script.OPTIMIZER_RATIO_COLUMN in header
+    for name in torchvalley.list_optimizers():
+        assert rows[name][header.index(script.OPTIMIZER_RATIO_COLUMN)] != "—"
+
     data = json.loads(raw.read_text())
     assert data["machine"]["tensor_count"] == 62
     assert 40_000 < data["machine"]["param_count"] < 60_000
+    by_label = {row["label"]: row for row in data["rows"]}
     for row in data["rows"]:
         assert row["status"] == "ok", row
         assert len(row["ms_per_step"]) == 2
+        assert len(row["closure_ms_per_step"]) == 2
         assert row["ratio"] > 0
+        if row["kind"] == "closure":
+            assert "optimizer_ratio" not in row
+        else:
+            assert 0 < row["optimizer_median_ms"] <= row["median_ms"]
+            assert row["optimizer_ratio"] > 0
+    for name in ("sam", "asam", "fisher_sam", "sam_on", "monge_sam"):
+        if name in by_label:
+            assert by_label[name]["closure_calls_per_step"] == 2
+            assert "model=" in by_label[name]["note"]
+            assert all(c > 0 for c in by_label[name]["closure_ms_per_step"])
+    assert all(c == 0 for c in by_label[script.REFERENCE_LABEL]["closure_ms_per_step"])
 
 
 class _TwoPass(torch.optim.Optimizer):
@@ -158,3 +204,55 @@ def test_missing_anchor_library_is_a_note(
         assert f"{library} not installed" in text
     _, rows = _table(text)
     assert list(rows) == [script.REFERENCE_LABEL]
+
+
+def test_training_step_mode(script: ModuleType, tmp_path: Path) -> None:
+    out, raw = tmp_path / "train.md", tmp_path / "train.json"
+    argv = [
+        "--training-step",
+        "--train-batch",
+        "8",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+    ]
+    assert script.main([*argv, "--out", str(out), "--json", str(raw)]) == 0
+    header, rows = _table(out.read_text())
+    assert script.TRAIN_RATIO_COLUMN in header
+    assert script.TRAIN_REFERENCE_LABEL in rows
+    closure_names = [
+        entry.name
+        for entry in torchvalley.optimizer_entries()
+        if entry.capabilities.needs_closure and not entry.capabilities.second_order
+    ]
+    for name in closure_names:
+        assert rows[name][header.index(script.TRAIN_RATIO_COLUMN)] != "—"
+    data = json.loads(raw.read_text())
+    assert data["machine"]["mode"] == "training-step"
+    assert data["machine"]["param_count"] == 9_802
+    by_label = {row["label"]: row for row in data["rows"]}
+    assert by_label[script.TRAIN_REFERENCE_LABEL]["closure_calls_per_step"] == 1
+    for row in data["rows"]:
+        assert row["status"] == "ok", row
+        assert row["closure_median_ms"] > 0
+        assert row["optimizer_median_ms"] > 0
+    for name in closure_names:
+        assert by_label[name]["closure_calls_per_step"] == by_label[name]["passes_per_step"]
+
+
+def test_training_step_resnet_and_chosen_optimizers(script: ModuleType, tmp_path: Path) -> None:
+    raw = tmp_path / "train.json"
+    argv = ["--training-step", "--train-model", "resnet18", "--width", "4", "--train-batch", "2"]
+    argv += ["--quick", "--threads", "1", "--no-anchors", "--json", str(raw)]
+    assert script.main([*argv, "--train-optimizers", "sgd", "sam_on"]) == 0
+    data = json.loads(raw.read_text())
+    assert [row["label"] for row in data["rows"]] == [script.TRAIN_REFERENCE_LABEL, "sgd", "sam_on"]
+    assert data["machine"]["tensor_count"] == 62
+    assert all(row["status"] == "ok" for row in data["rows"])
+    with pytest.raises(ValueError, match="no_such"):
+        script.main([*argv, "--train-optimizers", "no_such"])

@@ -257,6 +257,7 @@ class SAM(torch.optim.Optimizer):
         self._saved: dict[torch.Tensor, torch.Tensor] = {}
         self._perturbed: list[torch.Tensor] = []
         self._saved_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._batchnorms: list[nn.Module] | None = None
         #: Whether the last first_step found a non-finite (scaled) gradient and skipped the ascent.
         self.first_pass_overflowed = False
 
@@ -328,10 +329,12 @@ class SAM(torch.optim.Optimizer):
     def first_step(self, zero_grad: bool = False, *, grad_scaler: Any = None) -> bool:
         """Climb from ``w`` to ``w + eps`` using the gradients now in ``.grad``.
 
-        The first-pass gradients are consumed (``.grad`` holds ``eps`` afterwards, or ``None``
-        with ``zero_grad=True``). With a ``grad_scaler`` the gradients are unscaled first; if
-        they are not finite nothing is perturbed and ``False`` is returned (the caller must
-        then skip the second pass and call :meth:`second_step`, which skips the update).
+        The first-pass gradients are consumed: ``.grad`` is used as scratch space (its values
+        afterwards are unspecified; ``None`` with ``zero_grad=True``), so zero the gradients
+        before the second backward, as every closure does. With a ``grad_scaler`` the
+        gradients are unscaled first; if they are not finite nothing is perturbed and ``False``
+        is returned (the caller must then skip the second pass and call :meth:`second_step`,
+        which skips the update).
 
         Returns:
             Whether the parameters were perturbed.
@@ -370,17 +373,19 @@ class SAM(torch.optim.Optimizer):
         needs_euclidean = uses_monge or self.diagnostics
         scales, norms, euclidean_norms = [], [], []
         for group, params, grads in groups:
-            if needs_euclidean:
-                # ||g|| from the raw gradients, before the in-place scaling below: recovering it
-                # as u / scale afterwards gives 0/0 = nan where ASAM's T = |w| + eta is 0
-                # (eta = 0 and a zero weight), which poisoned Monge's factor and diagnostics.
-                euclidean_norms.extend(torch._foreach_norm(grads, 2, dtype=norm_dtype))
             is_bias = [self._is_bias(p) for p in params] if group["ascent"] == "asam" else []
             scale = ASCENT_RULES[group["ascent"]](params, grads, is_bias, group)
             if scale is not None:
+                if needs_euclidean:
+                    # ||g|| from the raw gradients, before the in-place scaling: recovering it
+                    # as u / scale afterwards gives 0/0 = nan where ASAM's T = |w| + eta is 0.
+                    euclidean_norms.extend(torch._foreach_norm(grads, 2, dtype=norm_dtype))
                 torch._foreach_mul_(grads, scale)
+            group_norms = torch._foreach_norm(grads, 2, dtype=norm_dtype)
+            if needs_euclidean and scale is None:
+                euclidean_norms.extend(group_norms)  # identity metric: ||u|| = ||g||, no 2nd pass
             scales.append(scale)
-            norms.extend(torch._foreach_norm(grads, 2, dtype=norm_dtype))
+            norms.extend(group_norms)
         if not groups:
             self.last_diagnostics = {}
             if zero_grad:
@@ -397,16 +402,22 @@ class SAM(torch.optim.Optimizer):
             )
 
         self._perturbed = []
+        fold_scale = not self.diagnostics and all(g.device.type == "cpu" for g in all_grads)
         for (group, params, grads), scale in zip(groups, scales, strict=True):
             if scale is not None:
                 torch._foreach_mul_(grads, scale)  # now M^{-1} g
             factor = group["rho"] * inverse_norm
             if group["ascent"] == "monge":
                 factor = factor * torch.rsqrt(1.0 + euclidean_norm.square())
-            torch._foreach_mul_(grads, factor)  # now eps
             saved = [self._saved_buffer(p) for p in params]
             torch._foreach_copy_(saved, params)  # exact copy of w
-            torch._foreach_add_(params, grads)  # climb to w + eps
+            if fold_scale:
+                # One pass instead of two (scale the gradients, then add). On the CPU reading
+                # the 0-d factor is not a device synchronisation, so no GPU stall is traded in.
+                torch._foreach_add_(params, grads, alpha=float(factor))  # climb to w + eps
+            else:
+                torch._foreach_mul_(grads, factor)  # now eps (kept for the diagnostics)
+                torch._foreach_add_(params, grads)  # climb to w + eps
             self._perturbed.extend(params)
         self._snapshot_batchnorm()
         if self.diagnostics:
@@ -566,11 +577,22 @@ class SAM(torch.optim.Optimizer):
     def _snapshot_batchnorm(self) -> None:
         if self.model is None or self.bn_statistics != "clean":
             return
-        for module in self.model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-                for buffer in (module.running_mean, module.running_var, module.num_batches_tracked):
-                    if buffer is not None:
-                        self._saved_buffers.append((buffer, buffer.clone()))
+        if self._batchnorms is None:  # found once: the model's structure does not change
+            self._batchnorms = [
+                m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            ]
+        for module in self._batchnorms:
+            if not module.training:
+                continue
+            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked):
+                if buffer is None:
+                    continue
+                copy = self._saved.get(buffer)
+                if copy is None or copy.shape != buffer.shape:
+                    copy = self._saved[buffer] = buffer.clone()  # persistent, reused every step
+                else:
+                    copy.copy_(buffer)
+                self._saved_buffers.append((buffer, copy))
 
     def _record_ascent_diagnostics(self, groups, metric_norm, euclidean_norm) -> None:
         eps = [p.grad for _, params, _ in groups for p in params]
