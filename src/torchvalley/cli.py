@@ -1,4 +1,4 @@
-"""The ``torchvalley`` command line: ``list``, ``bench``, ``report`` and ``demo``.
+"""The ``torchvalley`` command line: ``list``, ``bench``, ``report``, ``landscape`` and ``demo``.
 
 Examples::
 
@@ -6,6 +6,8 @@ Examples::
     torchvalley bench --task mnist1d_cnn --optimizer sgd:lr=0.05,momentum=0.9 \\
         --optimizer adam:lr=1e-3 --seeds 0 1 2 --epochs 20 --store results.db --report reports/
     torchvalley report --store results.db --out reports/
+    torchvalley landscape --task mnist1d_cnn -o sgd:lr=0.05,momentum=0.9 -o adam:lr=1e-3 \\
+        --seeds 0 1 2 --out reports/landscape
     torchvalley demo
 
 A bad spec, an unknown optimizer or task, or an invalid value prints one line starting with
@@ -230,6 +232,37 @@ def _command_demo(args: argparse.Namespace) -> int:
     return _sweep(args, [demo.DEMO_TASK], specs, title="torchvalley demo: MNIST-1D CNN")
 
 
+def _command_landscape(args: argparse.Namespace) -> int:
+    from torchvalley.landscape.study import run_landscape_study
+
+    if args.checkpoint is None and not args.optimizer:
+        raise CommandError("give --optimizer specs to train with, or a --checkpoint to measure")
+    if args.checkpoint is not None and not Path(args.checkpoint).exists():
+        raise CommandError(f"no checkpoint at {args.checkpoint}")
+    tasks = _check_tasks([args.task])
+    specs = _parse_specs(args.optimizer or [])
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    study = run_landscape_study(
+        tasks[0],
+        specs,
+        args.seeds,
+        args.out,
+        epochs=args.epochs,
+        checkpoint=args.checkpoint,
+        measures=args.measure,
+        examples=args.examples,
+        rho=args.rho,
+        progress=False if args.no_progress else None,
+    )
+    print(study.table)
+    print(
+        f"\nlandscape study written to {args.out}/ (landscape.md, landscape.json, plots)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchvalley",
@@ -292,6 +325,38 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--task", action="append", help="only these tasks (repeatable)")
     report.add_argument("--title", default="torchvalley benchmark")
     report.set_defaults(handler=_command_report)
+
+    from torchvalley.landscape.study import MEASURES
+
+    landscape = commands.add_parser(
+        "landscape", help="Hessian spectrum, sharpness and interpolation of trained models"
+    )
+    landscape.add_argument("--task", required=True, help="task name")
+    landscape.add_argument(
+        "--optimizer",
+        "-o",
+        action="append",
+        help="spec to train with (repeatable); or use --checkpoint",
+    )
+    landscape.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a torch.save'd state_dict of the task's model to measure",
+    )
+    add_run_options(landscape, [0])
+    landscape.add_argument(
+        "--measure",
+        nargs="+",
+        choices=MEASURES,
+        default=list(MEASURES),
+        help="what to measure (default: all)",
+    )
+    landscape.add_argument(
+        "--examples", type=int, default=1000, help="training examples in the measurement batch"
+    )
+    landscape.add_argument("--rho", type=float, default=0.05, help="sharpness radius")
+    landscape.add_argument("--out", default="reports/landscape", help="output folder")
+    landscape.set_defaults(handler=_command_landscape)
 
     demo = commands.add_parser("demo", help="the demo suite (what `make demo` runs)")
     demo.add_argument("--out", default="reports/demo", help="output folder (store + report)")

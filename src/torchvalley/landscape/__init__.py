@@ -8,6 +8,17 @@ from torchvalley.landscape._core import ParameterFunction as ParameterFunction
 from torchvalley.landscape.alignment import LayerAlignment as LayerAlignment
 from torchvalley.landscape.alignment import layer_alignment as layer_alignment
 from torchvalley.landscape.alignment import max_margin_direction as max_margin_direction
+from torchvalley.landscape.hessian import HessianEigenResult as HessianEigenResult
+from torchvalley.landscape.hessian import HessianTrace as HessianTrace
+from torchvalley.landscape.hessian import SpectralDensity as SpectralDensity
+from torchvalley.landscape.hessian import hessian_eigenvalues as hessian_eigenvalues
+from torchvalley.landscape.hessian import hessian_trace as hessian_trace
+from torchvalley.landscape.hessian import plot_spectral_density as plot_spectral_density
+from torchvalley.landscape.hessian import spectral_density as spectral_density
+from torchvalley.landscape.hvp import CurvatureOperator as CurvatureOperator
+from torchvalley.landscape.hvp import fisher_vector_product as fisher_vector_product
+from torchvalley.landscape.hvp import gauss_newton_vector_product as gauss_newton_vector_product
+from torchvalley.landscape.hvp import hessian_vector_product as hessian_vector_product
 from torchvalley.landscape.interpolation import InterpolationResult as InterpolationResult
 from torchvalley.landscape.interpolation import (
     LayerwiseInterpolationResult as LayerwiseInterpolationResult,

@@ -18,6 +18,7 @@ Nothing here changes the model: parameters, buffers and the train/eval flag are 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -174,12 +175,19 @@ class ParameterFunction:
         """Hessian-vector product of :meth:`loss` (forward-over-reverse, ``torch.func``)."""
         params = self.point() if params is None else params
         total: list[torch.Tensor] | None = None
-        for weight, batch in zip(self.weights, self.batches, strict=True):
+        for weight, (inputs, targets) in zip(self.weights, self.batches, strict=True):
 
-            def grad_fn(p, b=batch):
-                return torch.func.grad(lambda q: self.batch_loss(q, b))(p)
+            def grad_fn(p, t, x=inputs):
+                return torch.func.grad(lambda q: self.loss_fn(self._call(q, x), t))(p)
 
-            _, product = torch.func.jvp(grad_fn, (params,), (tuple(vector),))
+            if targets.is_floating_point():
+                # Floating targets ride along as a primal with a zero tangent: closing over them
+                # makes jvp fail for mean-reduced losses (pytorch/pytorch#123996).
+                primals, tangents = (params, targets), (tuple(vector), torch.zeros_like(targets))
+            else:
+                grad_fn = functools.partial(grad_fn, t=targets)
+                primals, tangents = (params,), (tuple(vector),)
+            _, product = torch.func.jvp(grad_fn, primals, tangents)
             scaled = [weight * h for h in product]
             total = scaled if total is None else [t + s for t, s in zip(total, scaled, strict=True)]
         return tuple(total)

@@ -1,0 +1,407 @@
+"""Hessian λ_max speed: torchvalley against PyHessian, same model, same batch, same iterations.
+
+Workload: the ``mnist1d_cnn`` task's 1-D CNN with BatchNorm (9,802 float32 parameters; weights
+from ``task.model(seed)``) on the first ``--batch`` training examples (default 1000), cross-entropy
+loss. ``--task mnist1d_mlp`` takes the MLP 40-100-100-10 instead, which has no BatchNorm and so
+nothing to fold: it shows the speed of the HVP loop itself. PyHessian calls ``model.eval()``, so
+every torchvalley row uses ``bn_mode="eval"`` (the same function: BatchNorm with its running
+statistics).
+
+Rows (each timed from the call that builds the Hessian object to the returned eigenvalue, so the
+one forward + ``create_graph`` backward both need is included):
+
+* **PyHessian** (reference): ``hessian(model, criterion, data=(x, y), cuda=False)`` then
+  ``.eigenvalues(maxIter=N, tol=0, top_n=1)``: power iteration, one Hessian-vector product (HVP)
+  per iteration, reverse-over-reverse on the stored gradient graph.
+* **torchvalley power**: ``hessian_eigenvalues(..., method="power", mode="magnitude",
+  max_iter=N, tol=0)`` with the default ``strategy="auto"`` (one batch: ``"double_backward"``,
+  eval-mode BatchNorm folded into the convolution before it, see
+  :mod:`torchvalley.landscape.hvp`). ``mode="magnitude"`` is PyHessian's
+  convention (no spectral-shift rerun).
+* ablations of the same call: ``strategy="double_backward"`` with PyTorch's own batch-norm graph
+  (the folding switched off by patching ``torchvalley.landscape.hvp._graph_context``), and
+  ``strategy="forward_over_reverse"`` (``torch.func``: forward and backward recomputed per HVP).
+* **torchvalley Lanczos** at the same HVP count: ``method="lanczos", max_iter=N, tol=0``.
+
+With ``tol=0`` neither stopping rule can fire, so every row makes exactly ``N`` HVPs; this is
+checked (PyHessian's by counting calls of its ``hessian_vector_product`` in an untimed run,
+torchvalley's from ``hvp_count``). The λ_max of PyHessian and of torchvalley's power iteration must
+agree to a relative 1e-3 (medians over the rounds; the exit status is 1 otherwise), which is why
+the default ``N = 40``: from random start vectors, 20 iterations leave errors of ~1e-3 on this
+model. The table also shows each row's relative difference from the Lanczos value.
+
+Measurement: one untimed warm-up run per row, then ``--repeats`` rounds, each timing every row once
+(``time.perf_counter``, garbage collector off) in an order rotated every round, so load drift on a
+shared machine affects all rows alike. Reported: median and inter-quartile range of the seconds per
+run, milliseconds per HVP, and ratio = median(row) / median(PyHessian); the JSON output also has
+the raw times and the median of the per-round paired ratios. Each row uses a different start
+vector per round (PyHessian draws from the global RNG, reseeded per round).
+
+Usage::
+
+    python benchmarks/hessian_speed.py [--batch 1000] [--iterations 40] [--repeats 7]
+        [--threads 1] [--seed 0] [--task {mnist1d_cnn,mnist1d_mlp}] [--quick] [--out FILE.md]
+        [--json FILE]
+
+Needs PyHessian (``pip install -c constraints.txt pyhessian``, the ``anchors`` extra); without it
+only the torchvalley rows run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import gc
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from torch import nn
+
+import torchvalley.landscape.hvp as hvp_module
+from torchvalley.bench.tasks import get_task
+from torchvalley.landscape.hessian import hessian_eigenvalues
+
+REFERENCE = "PyHessian power iteration"
+AGREEMENT = 1e-3
+QUICK = {"batch": 200, "iterations": 5, "repeats": 2}
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table."""
+
+    label: str
+    run: Callable[[int], tuple[float, int]]  # round -> (λ, HVPs)
+    note: str = ""
+    times: list[float] = dataclasses.field(default_factory=list)
+    eigenvalues: list[float] = dataclasses.field(default_factory=list)
+    hvps: int | None = None
+
+
+def workload(
+    batch: int, seed: int, task_name: str = "mnist1d_cnn"
+) -> tuple[nn.Module, Any, tuple[torch.Tensor, torch.Tensor]]:
+    """The task's model (``task.model(seed)``), its loss, and the first ``batch`` examples."""
+    task = get_task(task_name)
+    inputs, targets = task.data().train
+    return task.model(seed), task.loss_fn, (inputs[:batch], targets[:batch])
+
+
+def library_version(name: str) -> str | None:
+    """Installed version of ``name``, or ``None`` when it is not installed."""
+    if importlib.util.find_spec(name) is None:
+        return None
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown version"
+
+
+def _pyhessian_run(model: nn.Module, loss_fn: Any, data: Any, iterations: int, seed: int):
+    from pyhessian import hessian as pyhessian_hessian
+
+    model.zero_grad(set_to_none=True)  # PyHessian's backward accumulates into .grad
+    torch.manual_seed(seed)  # its start vector comes from the global RNG
+    with warnings.catch_warnings():
+        # backward(create_graph=True) into .grad warns about a reference cycle
+        warnings.simplefilter("ignore", UserWarning)
+        computer = pyhessian_hessian(model, loss_fn, data=data, cuda=False)
+        values, _ = computer.eigenvalues(maxIter=iterations, tol=0.0, top_n=1)
+    model.zero_grad(set_to_none=True)
+    return float(values[0])
+
+
+def pyhessian_hvp_count(model: nn.Module, loss_fn: Any, data: Any, iterations: int) -> int:
+    """HVPs PyHessian makes for ``eigenvalues(maxIter=iterations, tol=0)`` (counted, untimed)."""
+    import pyhessian  # noqa: F401 - its package attribute ``hessian`` is the class
+
+    pyhessian_module = sys.modules["pyhessian.hessian"]
+    calls = 0
+    original = pyhessian_module.hessian_vector_product
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    with mock.patch.object(pyhessian_module, "hessian_vector_product", counting):
+        _pyhessian_run(model, loss_fn, data, iterations, seed=0)
+    return calls
+
+
+def _plain_batch_norm() -> contextlib.AbstractContextManager[Any]:
+    return mock.patch.object(hvp_module, "_graph_context", lambda f: contextlib.nullcontext())
+
+
+def build_rows(
+    model: nn.Module, loss_fn: Any, data: Any, iterations: int, seed: int, with_pyhessian: bool
+) -> list[Row]:
+    """The rows to time; each ``run(round)`` returns ``(λ_max, HVPs)``."""
+
+    def ours(method: str, strategy: str = "auto", plain_bn: bool = False):
+        def run(round_index: int) -> tuple[float, int]:
+            context = _plain_batch_norm() if plain_bn else contextlib.nullcontext()
+            with context:
+                result = hessian_eigenvalues(
+                    model,
+                    loss_fn,
+                    data,
+                    method=method,
+                    mode="magnitude",
+                    max_iter=iterations,
+                    tol=0.0,
+                    strategy=strategy,
+                    seed=seed * 1000 + round_index,
+                )
+            return float(result.eigenvalues[0]), result.hvp_count
+
+        return run
+
+    rows = []
+    if with_pyhessian:
+
+        def reference(round_index: int) -> tuple[float, int]:
+            value = _pyhessian_run(model, loss_fn, data, iterations, seed * 1000 + round_index)
+            return value, iterations  # the count is verified separately
+
+        rows.append(Row(REFERENCE, reference, "hessian(...).eigenvalues(maxIter=N, tol=0)"))
+    rows += [
+        Row(
+            "torchvalley power (default: double backward, eval BN folded)",
+            ours("power"),
+            'method="power", mode="magnitude", strategy="auto"',
+        ),
+        Row(
+            "torchvalley power, double backward, PyTorch batch-norm graph",
+            ours("power", "double_backward", plain_bn=True),
+            "ablation: eval-BN folding off",
+        ),
+        Row(
+            "torchvalley power, forward-over-reverse (torch.func)",
+            ours("power", "forward_over_reverse"),
+            'strategy="forward_over_reverse"',
+        ),
+        Row(
+            "torchvalley Lanczos, same HVP count",
+            ours("lanczos"),
+            'method="lanczos", max_iter=N, tol=0',
+        ),
+    ]
+    return rows
+
+
+def measure(rows: Sequence[Row], repeats: int) -> None:
+    """One warm-up run per row, then ``repeats`` rotated rounds of timed runs."""
+    for row in rows:
+        _, row.hvps = row.run(-1)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for round_index in range(repeats):
+            shift = round_index % len(rows)
+            for row in list(rows[shift:]) + list(rows[:shift]):
+                start = time.perf_counter()
+                value, hvps = row.run(round_index)
+                row.times.append(time.perf_counter() - start)
+                row.eigenvalues.append(value)
+                if hvps != row.hvps:
+                    raise RuntimeError(f"{row.label}: {hvps} HVPs, then {row.hvps}")
+            gc.collect()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def summarize(rows: Sequence[Row], iterations: int) -> list[dict[str, Any]]:
+    """Per row: median/IQR seconds, ms per HVP, ratio and paired ratio to the reference."""
+    reference = rows[0] if rows[0].label == REFERENCE else None
+    lanczos = statistics.median(next(r for r in rows if "Lanczos" in r.label).eigenvalues)
+    out = []
+    for row in rows:
+        q1, median, q3 = _quartiles(row.times)
+        entry: dict[str, Any] = {
+            "label": row.label,
+            "note": row.note,
+            "median_s": median,
+            "iqr_s": q3 - q1,
+            "times_s": row.times,
+            "hvps": row.hvps,
+            "ms_per_hvp": 1000 * median / max(1, row.hvps or iterations),
+            "eigenvalue": statistics.median(row.eigenvalues),
+            "eigenvalues": row.eigenvalues,
+            "relative_to_lanczos": abs(statistics.median(row.eigenvalues) / lanczos - 1),
+        }
+        if reference is not None:
+            entry["ratio"] = median / statistics.median(reference.times)
+            entry["paired_ratio"] = statistics.median(
+                a / b for a, b in zip(row.times, reference.times, strict=True)
+            )
+        out.append(entry)
+    return out
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except (AttributeError, OSError):
+        return "n/a"
+
+
+def render_markdown(facts: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
+    """The report: machine facts, the table, the agreement check."""
+    lines = [
+        "# Hessian λ_max: torchvalley vs PyHessian",
+        "",
+        f"- date: {facts['date']}; torch {facts['torch']} (CPU capability "
+        f"{facts['cpu_capability']}), {facts['threads']} intra-op thread(s); Python "
+        f"{facts['python']}; PyHessian {facts['pyhessian'] or 'not installed'}",
+        f"- CPU: {facts['cpu_model']} ({facts['logical_cpus']} logical CPUs); load average at "
+        f"start {facts['load_start']}, at end {facts['load_end']}",
+        f"- workload: {facts['task']} ({facts['model']}, {facts['parameters']:,} float32 "
+        f"parameters, model seed {facts['seed']}), batch of {facts['batch']} training examples, "
+        "cross-entropy, eval mode",
+        f"- power iterations N = {facts['iterations']} (tol = 0), HVPs per run verified: "
+        f"PyHessian {facts['pyhessian_hvps']}; {facts['repeats']} rotated rounds after one "
+        "warm-up run per row",
+        "",
+        "| row | s/run (median) | IQR (s) | HVPs | ms/HVP | ratio to PyHessian "
+        "| paired ratio | λ_max (median) | rel. diff. to Lanczos |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "—"
+        paired = f"{r['paired_ratio']:.2f}" if "paired_ratio" in r else "—"
+        lines.append(
+            f"| {r['label']} | {r['median_s']:.3f} | {r['iqr_s']:.3f} | {r['hvps']} | "
+            f"{r['ms_per_hvp']:.1f} | {ratio} | {paired} | {r['eigenvalue']:.6g} | "
+            f"{r['relative_to_lanczos']:.1e} |"
+        )
+    lines += ["", facts["agreement"], ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--batch", type=int, default=1000, help="examples in the batch")
+    parser.add_argument("--iterations", type=int, default=40, help="power iterations N")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0, help="model seed")
+    parser.add_argument(
+        "--task",
+        default="mnist1d_cnn",
+        choices=("mnist1d_cnn", "mnist1d_mlp"),
+        help="the workload (mnist1d_mlp: no BatchNorm, nothing to fold)",
+    )
+    parser.add_argument("--quick", action="store_true", help="batch 200, N = 5, 2 rounds")
+    parser.add_argument("--no-pyhessian", action="store_true", help="skip the reference")
+    parser.add_argument("--out", type=Path, help="write the markdown report here")
+    parser.add_argument("--json", type=Path, help="write the raw results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print the report; 1 if the λ_max check or an HVP count fails."""
+    args = parse_args(argv)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace) -> int:
+    load_start = load_average()
+    version = library_version("pyhessian")
+    with_pyhessian = version is not None and not args.no_pyhessian
+    model, loss_fn, data = workload(args.batch, args.seed, args.task)
+    rows = build_rows(model, loss_fn, data, args.iterations, args.seed, with_pyhessian)
+    counted = pyhessian_hvp_count(model, loss_fn, data, args.iterations) if with_pyhessian else None
+    measure(rows, args.repeats)
+    results = summarize(rows, args.iterations)
+    ok = all(r["hvps"] == args.iterations for r in results[1 if with_pyhessian else 0 :])
+    ok &= counted in (None, args.iterations)
+    if with_pyhessian:
+        difference = abs(results[1]["eigenvalue"] / results[0]["eigenvalue"] - 1)
+        agrees = difference <= AGREEMENT
+        ok &= agrees or args.quick  # --quick is a smoke run: N too small to converge
+        agreement = (
+            f"λ_max check (medians over the rounds): PyHessian {results[0]['eigenvalue']:.6g} "
+            f"vs torchvalley power "
+            f"{results[1]['eigenvalue']:.6g}, relative difference {difference:.1e} "
+            f"({'≤' if agrees else '>'} {AGREEMENT:g}: {'ok' if agrees else 'FAILED'})"
+        )
+    else:
+        agreement = "λ_max check: skipped (PyHessian not run)"
+    facts = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "pyhessian": version,
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "load_start": load_start,
+        "load_end": load_average(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "task": args.task,
+        "model": get_task(args.task).model_name,
+        "seed": args.seed,
+        "batch": args.batch,
+        "iterations": args.iterations,
+        "repeats": args.repeats,
+        "pyhessian_hvps": counted if counted is not None else "not run",
+        "agreement": agreement,
+    }
+    report = render_markdown(facts, results)
+    print(report, end="")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"facts": facts, "results": results, "ok": ok}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,774 @@
+"""The Hessian's spectrum without forming it: top eigenvalues, trace and eigenvalue density.
+
+Every function here works with Hessian-vector products (:mod:`torchvalley.landscape.hvp`) at
+the model's current parameters and takes the conventions of :mod:`torchvalley.landscape._core`
+(``loss_fn(outputs, targets)`` a mean loss; ``data`` a batch or an iterable of batches, averaged
+by batch size; ``bn_mode`` ``"eval"`` or ``"train"``; ``parameters`` a subset by name). They
+also accept ``curvature="gauss_newton"`` or ``"fisher"`` (empirical) to analyse those matrices
+instead. Computation runs in the parameters' dtype and on their device; returned eigenvalues,
+trace samples and quadrature nodes are float64 CPU tensors.
+
+* :func:`hessian_eigenvalues`: the ``k`` largest eigenvalues, either *algebraic* (``λ_max``
+  first, the most positive) or by *magnitude* (largest ``|λ|`` first, negative ones included, as
+  PyHessian reports), by
+
+  - **Lanczos** (Lanczos, *An iteration method for the solution of the eigenvalue problem of
+    linear differential and integral operators*, J. Res. NBS 1950) with full
+    reorthogonalisation (classical Gram–Schmidt, twice): ``m`` products give a tridiagonal
+    ``T_m = Q_mᵀ H Q_m``; its eigenpairs ``(θ_i, s_i)`` (``torch.linalg.eigh``) are Ritz pairs
+    ``(θ_i, Q_m s_i)`` with residual ``‖H y_i − θ_i y_i‖ = β_m |s_{m,i}|``. Iteration stops when
+    the wanted Ritz pairs have residuals ``≤ tol·‖T_m‖``. On an exact breakdown (an invariant
+    Krylov subspace, e.g. a low-rank Hessian) it restarts from a random vector orthogonal to the
+    basis, so repeated eigenvalues are found once per restart. Memory: the ``m × P`` basis.
+  - **power iteration** with deflation, as in PyHessian (Yao et al., *PyHessian*, IEEE BigData
+    2020): ``v ← Hv/‖Hv‖`` with ``v`` orthogonalised (Gram–Schmidt) against the eigenvectors
+    found so far; the estimate is the Rayleigh quotient ``vᵀHv`` and an eigenvalue is accepted
+    when it changes by less than ``tol`` relatively between iterations (PyHessian's rule).
+    Power iteration converges to the largest ``|λ|``; for ``mode="algebraic"``, whenever that
+    is negative (``λ_-``), the iteration is rerun on ``H − λ_- I``, whose spectrum on the
+    deflated subspace is ``≥ 0`` and whose top eigenvector is ``H``'s algebraic top (a spectral
+    shift; the shift is kept for the remaining eigenvalues).
+
+* :func:`hessian_trace`: Hutchinson's estimator ``tr H = E[zᵀHz]`` with Rademacher ``z``
+  (Hutchinson, *A stochastic estimator of the trace of the influence matrix for Laplacian
+  smoothing splines*, Comm. Stat. Simul. Comput. 1989), the mean of ``samples`` draws with its
+  standard error ``std/√n``.
+
+* :func:`spectral_density`: stochastic Lanczos quadrature (Ubaru, Chen & Saad, *Fast
+  estimation of tr(f(A)) via stochastic Lanczos quadrature*, SIAM J. Matrix Anal. Appl. 2017;
+  as used by Ghorbani, Krishnan & Xiao 2019 and PyHessian): for each of ``n_probes`` unit
+  Rademacher vectors ``v``, ``m`` Lanczos steps give the Gauss quadrature rule of the measure
+  ``Σ_i (vᵀu_i)² δ_{λ_i}`` — nodes ``θ_j`` (eigenvalues of ``T_m``) and weights ``s_{1j}²``
+  (squared first components of its eigenvectors; Golub & Welsch, *Calculation of Gauss
+  quadrature rules*, Math. Comp. 1969) — exact for polynomials of degree ``≤ 2m − 1``, and
+  ``E[Σ_j w_j f(θ_j)] = tr f(H)/P``. :meth:`SpectralDensity.density` smooths the rule with
+  Gaussians; :func:`plot_spectral_density` draws it on a log-density axis like PyHessian.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchvalley.landscape._core import LossFunction, ParameterFunction, Vector
+from torchvalley.landscape.hvp import CURVATURES, STRATEGIES, CurvatureOperator, PerExampleLoss
+
+__all__ = [
+    "METHODS",
+    "MODES",
+    "HessianEigenResult",
+    "HessianTrace",
+    "SpectralDensity",
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "plot_spectral_density",
+    "spectral_density",
+]
+
+METHODS = ("lanczos", "power")
+MODES = ("algebraic", "magnitude")
+
+_F64 = torch.float64
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HessianEigenResult:
+    """Top eigenvalues from :func:`hessian_eigenvalues`.
+
+    Attributes:
+        eigenvalues: ``(k,)`` float64; descending (``mode="algebraic"``) or by descending
+            magnitude (``mode="magnitude"``).
+        eigenvectors: ``k`` unit vectors (tuples of parameter-shaped tensors), when asked for
+            with ``return_vectors=True``; else ``None``.
+        residuals: ``(k,)`` float64 ``‖Hv − λv‖`` per eigenpair (power: measured at the last
+            iterate; Lanczos: the Ritz estimate ``β_m |s_{m,i}|``).
+        converged: per eigenvalue, whether the stopping rule was met within ``max_iter``.
+        hvp_count: curvature-vector products used.
+        method: ``"lanczos"`` or ``"power"``.
+        mode: ``"algebraic"`` or ``"magnitude"``.
+    """
+
+    eigenvalues: torch.Tensor
+    eigenvectors: tuple[Vector, ...] | None
+    residuals: torch.Tensor
+    converged: tuple[bool, ...]
+    hvp_count: int
+    method: str
+    mode: str
+
+
+@dataclasses.dataclass(frozen=True)
+class HessianTrace:
+    """Hutchinson's trace estimate from :func:`hessian_trace`.
+
+    Attributes:
+        estimate: the mean of the samples ``zᵀHz``.
+        standard_error: ``std(samples, ddof=1)/√n``.
+        samples: ``n``, the number of probe vectors.
+        values: ``(n,)`` float64, the samples ``zᵀHz``.
+        dimension: ``P``, the number of parameters (``estimate/P`` is the mean eigenvalue).
+    """
+
+    estimate: float
+    standard_error: float
+    samples: int
+    values: torch.Tensor
+    dimension: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralDensity:
+    """Stochastic Lanczos quadrature rules from :func:`spectral_density`.
+
+    Probe ``p``'s rule is ``Σ_j weights[p, j] f(nodes[p, j]) ≈ vᵀf(H)v``; the average over the
+    probes estimates ``tr f(H)/P``. Probes whose Krylov space was exhausted before
+    ``lanczos_steps`` are padded with zero weights.
+
+    Attributes:
+        nodes: ``(n_probes, m)`` float64 Ritz values, ascending per probe.
+        weights: ``(n_probes, m)`` float64, non-negative, each row summing to 1.
+        dimension: ``P``, the number of parameters.
+    """
+
+    nodes: torch.Tensor
+    weights: torch.Tensor
+    dimension: int
+
+    @property
+    def n_probes(self) -> int:
+        return int(self.nodes.shape[0])
+
+    def moment(self, power: int) -> torch.Tensor:
+        """Per-probe estimates ``Σ_j w_j θ_j^power`` of ``tr(H^power)/P``, shape ``(n_probes,)``."""
+        return (self.weights * self.nodes**power).sum(dim=1)
+
+    def default_sigma(self) -> float:
+        """PyHessian's kernel width: variance ``1e-5·max(1, λ_max − λ_min)`` of the nodes."""
+        width = float(self.nodes.max() - self.nodes.min())
+        return math.sqrt(1e-5 * max(1.0, width))
+
+    def grid(self, points: int = 10000, sigma: float | None = None) -> torch.Tensor:
+        """An evenly spaced float64 grid over ``[min node − 5σ, max node + 5σ]`` (+ 1 % margin)."""
+        sigma = self.default_sigma() if sigma is None else float(sigma)
+        low, high = float(self.nodes.min()), float(self.nodes.max())
+        margin = 0.01 * (high - low) + 5.0 * sigma
+        return torch.linspace(low - margin, high + margin, int(points), dtype=_F64)
+
+    def density(
+        self, grid: torch.Tensor | Sequence[float], sigma: float | None = None
+    ) -> torch.Tensor:
+        """The Gaussian-smoothed spectral density on ``grid``.
+
+        ``φ(t) = (1/n_probes) Σ_p Σ_j w_pj N(t; θ_pj, σ²)``, which integrates to 1 (each Gaussian
+        is normalised analytically, not on the grid).
+
+        Args:
+            grid: evaluation points.
+            sigma: the kernel's standard deviation (default :meth:`default_sigma`).
+
+        Returns:
+            A float64 tensor shaped like ``grid``.
+        """
+        sigma = self.default_sigma() if sigma is None else float(sigma)
+        if not sigma > 0:
+            raise ValueError(f"Invalid sigma: {sigma!r} (must be > 0)")
+        points = torch.as_tensor(grid, dtype=_F64)
+        if points.numel() == 0:
+            return points.clone()
+        nodes, weights = self.nodes.reshape(1, -1), self.weights.reshape(1, -1)
+        norm = self.n_probes * sigma * math.sqrt(2 * math.pi)
+        values = [
+            (torch.exp(-0.5 * ((chunk.reshape(-1, 1) - nodes) / sigma) ** 2) * weights).sum(dim=1)
+            for chunk in points.reshape(-1).split(1024)
+        ]
+        return (torch.cat(values) / norm).reshape(points.shape)
+
+
+# -- argument handling ------------------------------------------------------------------------
+
+
+def _make_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator:
+    if generator is not None and seed is not None:
+        raise ValueError("Invalid arguments: pass generator or seed, not both")
+    if generator is not None:
+        return generator
+    if seed is None:  # follow the global RNG (reproducible under torch.manual_seed)
+        seed = int(torch.randint(0, 2**62, ()))
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Invalid {name}: {value!r} (an integer ≥ {minimum})")
+    return value
+
+
+def _choice(name: str, value: Any, options: Sequence[str]) -> str:
+    if value not in options:
+        raise ValueError(f"Invalid {name}: {value!r} (one of {', '.join(map(repr, options))})")
+    return value
+
+
+def _operator(
+    model: nn.Module,
+    loss_fn: LossFunction,
+    data: Any,
+    *,
+    bn_mode: str,
+    parameters: Sequence[str] | None,
+    strategy: str,
+    curvature: str,
+    per_example_loss: PerExampleLoss | None,
+) -> CurvatureOperator:
+    _choice("strategy", strategy, STRATEGIES)
+    _choice("curvature", curvature, CURVATURES)
+    function = ParameterFunction(model, loss_fn, data, parameters=parameters, bn_mode=bn_mode)
+    return CurvatureOperator(
+        function, curvature=curvature, strategy=strategy, per_example_loss=per_example_loss
+    )
+
+
+def _gaussian(op: CurvatureOperator, generator: torch.Generator) -> torch.Tensor:
+    sample = torch.randn(op.dimension, generator=generator, dtype=op.dtype)
+    return sample.to(op.device)
+
+
+def _rademacher(op: CurvatureOperator, generator: torch.Generator) -> torch.Tensor:
+    bits = torch.randint(0, 2, (op.dimension,), generator=generator)
+    return (bits.to(op.dtype) * 2 - 1).to(op.device)
+
+
+# -- linear algebra on flat vectors -----------------------------------------------------------
+
+
+def _orthogonalize(vector: torch.Tensor, basis: torch.Tensor | None, times: int = 1):
+    """``vector`` minus its projection on the orthonormal rows of ``basis``."""
+    if basis is None or basis.shape[0] == 0:
+        return vector
+    for _ in range(times):
+        vector = vector - basis.T @ (basis @ vector)
+    return vector
+
+
+class _Basis:
+    """Orthonormal rows ``q_0, q_1, ...`` in a buffer that doubles when full (so memory follows
+    the steps actually taken, not ``max_iter``)."""
+
+    def __init__(self, like: torch.Tensor, capacity: int) -> None:
+        self.rows = torch.empty(
+            max(1, capacity), like.numel(), dtype=like.dtype, device=like.device
+        )
+        self.count = 0
+
+    def append(self, row: torch.Tensor) -> None:
+        if self.count == self.rows.shape[0]:
+            rows, columns = self.rows.shape
+            grown = self.rows.new_empty(2 * rows, columns)
+            grown[: self.count] = self.rows
+            self.rows = grown
+        self.rows[self.count] = row
+        self.count += 1
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        return self.rows[: self.count]
+
+
+def _tridiagonal(alphas: Sequence[float], betas: Sequence[float]) -> torch.Tensor:
+    m = len(alphas)
+    t = torch.diag(torch.tensor(alphas, dtype=_F64))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=_F64)
+        t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    return t
+
+
+def _wanted(values: torch.Tensor, k: int, mode: str) -> torch.Tensor:
+    """Indices of the ``k`` wanted values, in output order."""
+    keys = values if mode == "algebraic" else values.abs()
+    return torch.argsort(keys, descending=True, stable=True)[:k]
+
+
+@dataclasses.dataclass
+class _LanczosState:
+    alphas: list[float]
+    betas: list[float]  # betas[j] couples q_j and q_{j+1} (0.0 after a restart)
+    basis: _Basis
+    last_beta: float  # the residual norm after the last step
+
+
+def _lanczos(
+    matvec: MatVec,
+    start: torch.Tensor,
+    steps: int,
+    *,
+    restart: Callable[[], torch.Tensor] | None = None,
+    stop: Callable[[_LanczosState], bool] | None = None,
+) -> _LanczosState:
+    """Lanczos with full reorthogonalisation (CGS2) for at most ``steps`` products.
+
+    ``restart`` (if given) draws a new start vector after an exact breakdown; otherwise the
+    iteration ends there. ``stop(state)`` is asked after every step that is not a breakdown.
+    """
+    dimension = start.numel()
+    eps = torch.finfo(start.dtype).eps
+    state = _LanczosState([], [], _Basis(start, min(steps, dimension, 16)), 0.0)
+    q = start / torch.linalg.vector_norm(start)
+    scale = 0.0
+    for j in range(steps):
+        state.basis.append(q)
+        w = matvec(q)
+        alpha = float(torch.dot(q, w))
+        w = w - alpha * q
+        if j > 0 and state.betas[j - 1] != 0.0:
+            w = w - state.betas[j - 1] * state.basis.rows[j - 1]
+        w = _orthogonalize(w, state.basis.matrix, times=2)
+        beta = float(torch.linalg.vector_norm(w))
+        state.alphas.append(alpha)
+        state.last_beta = beta
+        scale = max(scale, abs(alpha) + beta + (state.betas[-1] if state.betas else 0.0))
+        exhausted = state.basis.count >= dimension
+        breakdown = beta <= 100 * eps * max(scale, torch.finfo(start.dtype).tiny)
+        if exhausted or (breakdown and restart is None):
+            state.last_beta = 0.0
+            break
+        if not breakdown and stop is not None and stop(state):
+            break
+        if j == steps - 1:
+            break
+        if breakdown:
+            assert restart is not None
+            fresh = _orthogonalize(restart(), state.basis.matrix, times=2)
+            state.betas.append(0.0)
+            state.last_beta = 0.0
+            q = fresh / torch.linalg.vector_norm(fresh)
+        else:
+            state.betas.append(beta)
+            q = w / beta
+    return state
+
+
+def _ritz(state: _LanczosState) -> tuple[torch.Tensor, torch.Tensor]:
+    values, vectors = torch.linalg.eigh(_tridiagonal(state.alphas, state.betas))
+    return values, vectors
+
+
+def _power(
+    matvec: MatVec,
+    start: torch.Tensor,
+    basis: torch.Tensor | None,
+    shift: float,
+    max_iter: int,
+    tol: float,
+) -> tuple[float, torch.Tensor, float, bool]:
+    """Power iteration on ``(H − shift·I)`` restricted to the complement of ``basis``.
+
+    Returns ``(λ, v, ‖Hv − λv‖, converged)`` with ``λ = vᵀHv`` the Rayleigh quotient of ``H``.
+    """
+    v = _orthogonalize(start, basis)
+    v = v / torch.linalg.vector_norm(v)
+    previous: float | None = None
+    value, residual, converged = 0.0, math.inf, False
+    for _ in range(max_iter):
+        product = matvec(v)
+        value = float(torch.dot(v, product))
+        residual = float(torch.linalg.vector_norm(product - value * v))
+        w = _orthogonalize(product, basis)
+        shifted = w - shift * v if shift != 0.0 else w
+        norm = float(torch.linalg.vector_norm(shifted))
+        if norm == 0.0 or residual == 0.0:  # an exact eigenvector (or a zero operator)
+            converged = True
+            break
+        if previous is not None and abs(value - previous) < tol * abs(value):
+            converged = True
+            break
+        previous = value
+        v = _orthogonalize(shifted / norm, basis)
+        v = v / torch.linalg.vector_norm(v)
+    return value, v, residual, converged
+
+
+# -- eigenvalues ------------------------------------------------------------------------------
+
+
+def hessian_eigenvalues(
+    model: nn.Module,
+    loss_fn: LossFunction,
+    data: Any,
+    k: int = 1,
+    *,
+    method: str = "lanczos",
+    mode: str = "algebraic",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    return_vectors: bool = False,
+    bn_mode: str = "eval",
+    parameters: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    strategy: str = "auto",
+    curvature: str = "hessian",
+    per_example_loss: PerExampleLoss | None = None,
+) -> HessianEigenResult:
+    """The ``k`` largest eigenvalues of the Hessian (algebraic or by magnitude).
+
+    See the module docstring for the algorithms (Lanczos 1950; power iteration with deflation
+    and a spectral shift, as PyHessian, Yao et al. 2020).
+
+    Args:
+        model: the network (not modified).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss.
+        data: one ``(inputs, targets)`` batch or an iterable of batches.
+        k: how many eigenvalues.
+        method: ``"lanczos"`` (default) or ``"power"``.
+        mode: ``"algebraic"`` (largest values, ``λ_max`` first) or ``"magnitude"`` (largest
+            ``|λ|`` first; PyHessian's convention).
+        max_iter: Lanczos: the most Lanczos steps (products; capped at ``P``, must be ``≥ k``);
+            power: the most iterations (products) per eigenvalue and per shift.
+        tol: Lanczos: stop when the wanted Ritz residuals are ``≤ tol·‖T‖``; power: stop when the
+            Rayleigh quotient changes by less than ``tol`` relatively (``tol=0`` runs exactly
+            ``max_iter`` iterations).
+        return_vectors: also return the unit eigenvectors.
+        bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics).
+        parameters: names of the parameters (default: all that require grad).
+        generator: CPU ``torch.Generator`` for the start vectors.
+        seed: seed of a new generator (instead of ``generator``); with neither, a seed is drawn
+            from the global RNG.
+        strategy: Hessian products: ``"auto"``, ``"double_backward"``,
+            ``"double_backward_per_batch"`` or ``"forward_over_reverse"`` (see
+            :mod:`torchvalley.landscape.hvp`; ``"auto"`` keeps one batch's gradient graph and
+            backpropagates through it for every product).
+        curvature: ``"hessian"``, ``"gauss_newton"`` or ``"fisher"`` (empirical).
+        per_example_loss: for ``curvature="fisher"`` (see
+            :func:`~torchvalley.landscape.hvp.fisher_vector_product`).
+
+    Returns:
+        A :class:`HessianEigenResult`.
+
+    Raises:
+        ValueError: for an invalid ``k`` (not in ``1..P``), ``method``, ``mode``, ``bn_mode``,
+            ``strategy``, ``curvature``, ``max_iter`` or ``tol``.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(4, 1)).double()
+        >>> data = (torch.randn(16, 3).double(), torch.randn(16, 1).double())
+        >>> result = hessian_eigenvalues(model, torch.nn.functional.mse_loss, data, k=2, seed=0)
+        >>> result.eigenvalues.shape, all(result.converged)
+        (torch.Size([2]), True)
+    """
+    _choice("method", method, METHODS)
+    _choice("mode", mode, MODES)
+    _positive_int("k", k)
+    _positive_int("max_iter", max_iter)
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        raise ValueError(f"Invalid tol: {tol!r} (a number ≥ 0)")
+    op = _operator(
+        model,
+        loss_fn,
+        data,
+        bn_mode=bn_mode,
+        parameters=parameters,
+        strategy=strategy,
+        curvature=curvature,
+        per_example_loss=per_example_loss,
+    )
+    if k > op.dimension:
+        raise ValueError(f"Invalid k: {k} (more than the {op.dimension} parameters)")
+    rng = _make_generator(generator, seed)
+    if method == "lanczos":
+        if max_iter < k:
+            raise ValueError(f"Invalid max_iter: {max_iter} (Lanczos needs at least k = {k})")
+        values, vectors, residuals, converged = _lanczos_top(op, k, mode, max_iter, tol, rng)
+    else:
+        values, vectors, residuals, converged = _power_top(op, k, mode, max_iter, tol, rng)
+    eigenvectors = tuple(op.unflatten(v) for v in vectors) if return_vectors else None
+    return HessianEigenResult(
+        eigenvalues=torch.tensor(values, dtype=_F64),
+        eigenvectors=eigenvectors,
+        residuals=torch.tensor(residuals, dtype=_F64),
+        converged=tuple(converged),
+        hvp_count=op.products,
+        method=method,
+        mode=mode,
+    )
+
+
+def _lanczos_top(
+    op: CurvatureOperator, k: int, mode: str, max_iter: int, tol: float, rng: torch.Generator
+) -> tuple[list[float], list[torch.Tensor], list[float], list[bool]]:
+    def residuals(state: _LanczosState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        values, vectors = _ritz(state)
+        wanted = _wanted(values, k, mode)
+        return values, vectors, (state.last_beta * vectors[-1, wanted]).abs()
+
+    def stop(state: _LanczosState) -> bool:
+        if len(state.alphas) < k:
+            return False
+        values, _, res = residuals(state)
+        return bool((res <= tol * values.abs().max()).all())
+
+    state = _lanczos(
+        op.matvec_flat,
+        _gaussian(op, rng),
+        min(max_iter, op.dimension),
+        restart=lambda: _gaussian(op, rng),
+        stop=stop,
+    )
+    values, vectors, res = residuals(state)
+    wanted = _wanted(values, k, mode)
+    basis = state.basis.matrix
+    eigenvectors = []
+    for index in wanted.tolist():
+        y = basis.T @ vectors[:, index].to(dtype=basis.dtype, device=basis.device)
+        eigenvectors.append(y / torch.linalg.vector_norm(y))
+    bound = tol * float(values.abs().max())
+    return (
+        values[wanted].tolist(),
+        eigenvectors,
+        res.tolist(),
+        [float(r) <= bound for r in res],
+    )
+
+
+def _power_top(
+    op: CurvatureOperator, k: int, mode: str, max_iter: int, tol: float, rng: torch.Generator
+) -> tuple[list[float], list[torch.Tensor], list[float], list[bool]]:
+    values: list[float] = []
+    vectors: list[torch.Tensor] = []
+    residuals: list[float] = []
+    converged: list[bool] = []
+    shift = 0.0
+    for _ in range(k):
+        basis = torch.stack(vectors) if vectors else None
+        value, vector, residual, ok = _power(
+            op.matvec_flat, _gaussian(op, rng), basis, shift, max_iter, tol
+        )
+        if mode == "algebraic" and shift == 0.0 and value < 0.0:
+            # The dominant eigenvalue of the rest is negative: every remaining eigenvalue is
+            # ≥ value, so H − value·I is PSD there and its top eigenvector is the algebraic top.
+            shift = value
+            value, vector, residual, ok = _power(
+                op.matvec_flat, _gaussian(op, rng), basis, shift, max_iter, tol
+            )
+        values.append(value)
+        vectors.append(vector)
+        residuals.append(residual)
+        converged.append(ok)
+    if mode == "algebraic":
+        order = sorted(range(k), key=lambda i: -values[i])
+    else:
+        order = sorted(range(k), key=lambda i: -abs(values[i]))
+    return (
+        [values[i] for i in order],
+        [vectors[i] for i in order],
+        [residuals[i] for i in order],
+        [converged[i] for i in order],
+    )
+
+
+# -- trace ------------------------------------------------------------------------------------
+
+
+def hessian_trace(
+    model: nn.Module,
+    loss_fn: LossFunction,
+    data: Any,
+    *,
+    samples: int = 100,
+    probes_per_pass: int = 1,
+    bn_mode: str = "eval",
+    parameters: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    strategy: str = "auto",
+    curvature: str = "hessian",
+    per_example_loss: PerExampleLoss | None = None,
+) -> HessianTrace:
+    """Hutchinson's estimate of ``tr H`` with its standard error (Hutchinson 1989).
+
+    ``tr H ≈ (1/n) Σ_i z_iᵀ H z_i`` with ``n = samples`` Rademacher vectors ``z_i`` (entries
+    ±1, each draw's variance is ``2 Σ_{a≠b} H_ab²``); the standard error is the sample standard
+    deviation over ``√n``.
+
+    Args:
+        model: the network (not modified).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss.
+        data: a batch or an iterable of batches.
+        samples: number of probe vectors ``n`` (``≥ 2``).
+        probes_per_pass: Hessian products computed together (batched backward or
+            ``vmap``); the probes and the result do not depend on it.
+        bn_mode: ``"eval"`` or ``"train"``.
+        parameters: names of the parameters (default: all that require grad).
+        generator: CPU ``torch.Generator`` for the probes.
+        seed: seed of a new generator instead; with neither, drawn from the global RNG.
+        strategy: Hessian products (see :func:`hessian_eigenvalues`).
+        curvature: ``"hessian"``, ``"gauss_newton"`` or ``"fisher"`` (empirical).
+        per_example_loss: for ``curvature="fisher"``.
+
+    Returns:
+        A :class:`HessianTrace`.
+
+    Raises:
+        ValueError: for invalid ``samples``, ``probes_per_pass``, ``bn_mode``, ``strategy`` or
+            ``curvature``.
+    """
+    _positive_int("samples", samples, minimum=2)
+    _positive_int("probes_per_pass", probes_per_pass)
+    op = _operator(
+        model,
+        loss_fn,
+        data,
+        bn_mode=bn_mode,
+        parameters=parameters,
+        strategy=strategy,
+        curvature=curvature,
+        per_example_loss=per_example_loss,
+    )
+    rng = _make_generator(generator, seed)
+    values = []
+    for start in range(0, samples, probes_per_pass):
+        probes = torch.stack(
+            [_rademacher(op, rng) for _ in range(min(probes_per_pass, samples - start))]
+        )
+        products = op.matmat_flat(probes)
+        values.append((probes * products).sum(dim=1).to(device="cpu", dtype=_F64))
+    draws = torch.cat(values)
+    return HessianTrace(
+        estimate=float(draws.mean()),
+        standard_error=float(draws.std(correction=1) / math.sqrt(samples)),
+        samples=samples,
+        values=draws,
+        dimension=op.dimension,
+    )
+
+
+# -- spectral density -------------------------------------------------------------------------
+
+
+def spectral_density(
+    model: nn.Module,
+    loss_fn: LossFunction,
+    data: Any,
+    *,
+    n_probes: int = 1,
+    lanczos_steps: int = 100,
+    bn_mode: str = "eval",
+    parameters: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    strategy: str = "auto",
+    curvature: str = "hessian",
+    per_example_loss: PerExampleLoss | None = None,
+) -> SpectralDensity:
+    """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ubaru et al. 2017).
+
+    For each probe (a unit Rademacher vector ``v``), ``m = lanczos_steps`` steps of Lanczos with
+    full reorthogonalisation give ``T_m``; its eigenvalues are the quadrature nodes and the
+    squared first components of its eigenvectors the weights (Golub & Welsch 1969).
+
+    Args:
+        model: the network (not modified).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss.
+        data: a batch or an iterable of batches.
+        n_probes: number of probe vectors.
+        lanczos_steps: Lanczos steps per probe (capped at ``P``; fewer if the Krylov space of a
+            probe is exhausted).
+        bn_mode: ``"eval"`` or ``"train"``.
+        parameters: names of the parameters (default: all that require grad).
+        generator: CPU ``torch.Generator`` for the probes.
+        seed: seed of a new generator instead; with neither, drawn from the global RNG.
+        strategy: Hessian products (see :func:`hessian_eigenvalues`).
+        curvature: ``"hessian"``, ``"gauss_newton"`` or ``"fisher"`` (empirical).
+        per_example_loss: for ``curvature="fisher"``.
+
+    Returns:
+        A :class:`SpectralDensity` (``n_probes × m`` nodes and weights).
+
+    Raises:
+        ValueError: for invalid ``n_probes``, ``lanczos_steps``, ``bn_mode``, ``strategy`` or
+            ``curvature``.
+    """
+    _positive_int("n_probes", n_probes)
+    _positive_int("lanczos_steps", lanczos_steps)
+    op = _operator(
+        model,
+        loss_fn,
+        data,
+        bn_mode=bn_mode,
+        parameters=parameters,
+        strategy=strategy,
+        curvature=curvature,
+        per_example_loss=per_example_loss,
+    )
+    rng = _make_generator(generator, seed)
+    steps = min(lanczos_steps, op.dimension)
+    nodes = torch.zeros(n_probes, steps, dtype=_F64)
+    weights = torch.zeros(n_probes, steps, dtype=_F64)
+    for probe in range(n_probes):
+        state = _lanczos(op.matvec_flat, _rademacher(op, rng), steps)
+        values, vectors = _ritz(state)
+        m = values.shape[0]
+        nodes[probe, :m] = values
+        nodes[probe, m:] = values[-1]
+        weights[probe, :m] = vectors[0] ** 2
+    return SpectralDensity(nodes=nodes, weights=weights, dimension=op.dimension)
+
+
+def plot_spectral_density(
+    result: SpectralDensity,
+    path: str | Path,
+    *,
+    sigma: float | None = None,
+    points: int = 10000,
+    title: str | None = None,
+    floor: float = 1e-10,
+    dpi: int = 110,
+) -> Path:
+    """Plot the smoothed eigenvalue density on a logarithmic density axis (PyHessian's style).
+
+    Args:
+        result: from :func:`spectral_density`.
+        path: the PNG file to write (parent folders are created).
+        sigma: the kernel's standard deviation (default :meth:`SpectralDensity.default_sigma`).
+        points: grid points (:meth:`SpectralDensity.grid`).
+        title: the figure title (default: the probes and Lanczos steps).
+        floor: densities below ``floor × max`` are drawn at that level (the axis' bottom).
+        dpi: the resolution.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = result.grid(points, sigma)
+    values = result.density(grid, sigma)
+    top = float(values.max())
+    bottom = top * floor
+    figure = Figure(figsize=(6.0, 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.semilogy(grid.numpy(), values.clamp_min(bottom).numpy(), linewidth=1.2)
+    axes.set_ylim(bottom, top * 3.0)
+    axes.set_xlabel("Eigenvalue")
+    axes.set_ylabel("Density (log scale)")
+    axes.set_title(
+        title
+        or f"Eigenvalue density (SLQ: {result.n_probes} probes × {result.nodes.shape[1]} steps)"
+    )
+    axes.grid(True, which="major", alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi, format="png")
+    return path
