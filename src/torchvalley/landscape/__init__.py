@@ -8,6 +8,22 @@ from torchvalley.landscape._core import ParameterFunction as ParameterFunction
 from torchvalley.landscape.alignment import LayerAlignment as LayerAlignment
 from torchvalley.landscape.alignment import layer_alignment as layer_alignment
 from torchvalley.landscape.alignment import max_margin_direction as max_margin_direction
+from torchvalley.landscape.directions import VMFConcentration as VMFConcentration
+from torchvalley.landscape.directions import VMFFit as VMFFit
+from torchvalley.landscape.directions import VMFNull as VMFNull
+from torchvalley.landscape.directions import sample_vmf as sample_vmf
+from torchvalley.landscape.directions import uniform_null as uniform_null
+from torchvalley.landscape.directions import vmf_concentration as vmf_concentration
+from torchvalley.landscape.directions import vmf_fit as vmf_fit
+from torchvalley.landscape.directions import vmf_kappa_from_rbar as vmf_kappa_from_rbar
+from torchvalley.landscape.directions import (
+    vmf_mean_resultant_length as vmf_mean_resultant_length,
+)
+from torchvalley.landscape.fdr import FDREstimate as FDREstimate
+from torchvalley.landscape.fdr import FDRMonitor as FDRMonitor
+from torchvalley.landscape.fdr import FDRScheduler as FDRScheduler
+from torchvalley.landscape.fdr import batch_means_ratio as batch_means_ratio
+from torchvalley.landscape.fdr import fdr1_coefficient as fdr1_coefficient
 from torchvalley.landscape.hessian import HessianEigenResult as HessianEigenResult
 from torchvalley.landscape.hessian import HessianTrace as HessianTrace
 from torchvalley.landscape.hessian import SpectralDensity as SpectralDensity
