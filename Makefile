@@ -49,12 +49,12 @@ bench: $(ANCHORS_STAMP)
 	$(PY) benchmarks/step_overhead.py --out reports/step_overhead.md --json reports/step_overhead.json
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff format --check src tests benchmarks examples
 
 format: $(STAMP)
-	$(PY) -m ruff format src tests benchmarks
-	$(PY) -m ruff check --fix src tests benchmarks
+	$(PY) -m ruff format src tests benchmarks examples
+	$(PY) -m ruff check --fix src tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .ruff_cache build dist src/*.egg-info
