@@ -437,6 +437,14 @@ _DIGITS_REFERENCE = (
 _MNIST1D_INFO = {"num_classes": 10, "input_length": 40, "train_size": 4000, "test_size": 1000}
 _DIGITS_INFO = {"num_classes": 10, "image_size": (8, 8), "train_size": 1437, "test_size": 360}
 
+# What the four classification tasks share: cross-entropy, accuracy, higher is better.
+_CLASSIFICATION = {
+    "loss_fn": F.cross_entropy,
+    "metric_name": "accuracy",
+    "metric_fn": classification_accuracy,
+    "higher_is_better": True,
+}
+
 register_task(
     Task(
         name="mnist1d_mlp",
@@ -444,10 +452,7 @@ register_task(
         model_name="MLP 40-100-100-10 ReLU",
         build_model=_mnist1d_mlp,
         load_data=load_mnist1d,
-        loss_fn=F.cross_entropy,
-        metric_name="accuracy",
-        metric_fn=classification_accuracy,
-        higher_is_better=True,
+        **_CLASSIFICATION,
         target=0.58,
         batch_size=100,
         default_epochs=50,
@@ -464,10 +469,7 @@ register_task(
         model_name="1-D CNN 32-32-32 + BatchNorm",
         build_model=Mnist1dCNN,
         load_data=load_mnist1d,
-        loss_fn=F.cross_entropy,
-        metric_name="accuracy",
-        metric_fn=classification_accuracy,
-        higher_is_better=True,
+        **_CLASSIFICATION,
         target=0.9,
         batch_size=100,
         default_epochs=20,
@@ -484,10 +486,7 @@ register_task(
         model_name="MLP 64-128-10 ReLU",
         build_model=_digits_mlp,
         load_data=load_digits_data,
-        loss_fn=F.cross_entropy,
-        metric_name="accuracy",
-        metric_fn=classification_accuracy,
-        higher_is_better=True,
+        **_CLASSIFICATION,
         target=0.95,
         batch_size=32,
         default_epochs=20,
@@ -504,10 +503,7 @@ register_task(
         model_name="2-D CNN 16-32 + max-pool",
         build_model=DigitsCNN,
         load_data=load_digits_data,
-        loss_fn=F.cross_entropy,
-        metric_name="accuracy",
-        metric_fn=classification_accuracy,
-        higher_is_better=True,
+        **_CLASSIFICATION,
         target=0.96,
         batch_size=32,
         default_epochs=20,

@@ -722,59 +722,57 @@ def _wrapper(**fixed: Any) -> Callable[..., SAM]:
 
 _SGD_EXAMPLE = {"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
 
-register_optimizer(
-    "sam",
-    SAM,
-    capabilities=_SAM_CAPABILITIES,
-    hyperparameters=_hyperparameters(0.05, "sam"),
-    summary="sharpness-aware minimization over any base optimizer",
-    family="sharpness-aware",
-    paper="Foret, Kleiner, Mobahi, Neyshabur, Sharpness-Aware Minimization, ICLR 2021",
-    example={**_SGD_EXAMPLE, "rho": 0.05},
-    group_example={"rho": 0.5, "lr": 0.01},
+# name, fixed constructor arguments, default rho (ASAM and SAM-ON work at larger radii), summary,
+# paper. Each entry's example uses its default rho; the second group takes a larger one.
+_VARIANTS = (
+    (
+        "sam",
+        {},
+        0.05,
+        "sharpness-aware minimization over any base optimizer",
+        "Foret, Kleiner, Mobahi, Neyshabur, Sharpness-Aware Minimization, ICLR 2021",
+    ),
+    (
+        "asam",
+        {"ascent": "asam"},
+        0.5,
+        "adaptive SAM: scale-invariant ascent T = |w| + eta (official element-wise)",
+        "Kwon, Kim, Park, Choi, ASAM, ICML 2021",
+    ),
+    (
+        "fisher_sam",
+        {"ascent": "fisher"},
+        0.1,
+        "Fisher SAM: ascent in the diagonal-Fisher ellipsoid (eps^T F eps = gamma^2)",
+        "Kim, Li, Hu, Hospedales, Fisher SAM, ICML 2022",
+    ),
+    (
+        "sam_on",
+        {"perturb": "norm"},
+        0.5,
+        "SAM-ON: perturb only normalization-layer affine parameters (any ascent)",
+        "Mueller, Vlaar, Rolnick, Hein, Normalization Layers Are All That SAM Needs, NeurIPS 2023",
+    ),
+    (
+        "monge_sam",
+        {"ascent": "monge"},
+        0.05,
+        "Monge SAM: reparametrization-invariant ascent under G = I + g g^T",
+        "Jacobsen & Arvanitidis, Monge SAM, 2025 (arXiv 2502.08448)",
+    ),
 )
-register_optimizer(
-    "asam",
-    _wrapper(ascent="asam"),
-    capabilities=_SAM_CAPABILITIES,
-    hyperparameters=_hyperparameters(0.5, "asam"),
-    summary="adaptive SAM: scale-invariant ascent T = |w| + eta (official element-wise)",
-    family="sharpness-aware",
-    paper="Kwon, Kim, Park, Choi, ASAM, ICML 2021",
-    example={**_SGD_EXAMPLE, "rho": 0.5},
-    group_example={"rho": 2.0, "lr": 0.01},
-)
-register_optimizer(
-    "fisher_sam",
-    _wrapper(ascent="fisher"),
-    capabilities=_SAM_CAPABILITIES,
-    hyperparameters=_hyperparameters(0.1, "fisher"),
-    summary="Fisher SAM: ascent in the diagonal-Fisher ellipsoid (eps^T F eps = gamma^2)",
-    family="sharpness-aware",
-    paper="Kim, Li, Hu, Hospedales, Fisher SAM, ICML 2022",
-    example={**_SGD_EXAMPLE, "rho": 0.1},
-    group_example={"rho": 0.5, "lr": 0.01},
-)
-register_optimizer(
-    "sam_on",
-    _wrapper(perturb="norm"),
-    capabilities=_SAM_CAPABILITIES,
-    hyperparameters=_hyperparameters(0.5, "sam", "norm"),
-    summary="SAM-ON: perturb only normalization-layer affine parameters (any ascent)",
-    family="sharpness-aware",
-    paper="Mueller, Vlaar, Rolnick, Hein, Normalization Layers Are All That SAM Needs, "
-    "NeurIPS 2023",
-    example={**_SGD_EXAMPLE, "rho": 0.5},
-    group_example={"rho": 2.0, "lr": 0.01},
-)
-register_optimizer(
-    "monge_sam",
-    _wrapper(ascent="monge"),
-    capabilities=_SAM_CAPABILITIES,
-    hyperparameters=_hyperparameters(0.05, "monge"),
-    summary="Monge SAM: reparametrization-invariant ascent under G = I + g g^T",
-    family="sharpness-aware",
-    paper="Jacobsen & Arvanitidis, Monge SAM, 2025 (arXiv 2502.08448)",
-    example={**_SGD_EXAMPLE, "rho": 0.05},
-    group_example={"rho": 0.5, "lr": 0.01},
-)
+
+for _name, _fixed, _rho, _summary, _paper in _VARIANTS:
+    register_optimizer(
+        _name,
+        _wrapper(**_fixed) if _fixed else SAM,
+        capabilities=_SAM_CAPABILITIES,
+        hyperparameters=_hyperparameters(
+            _rho, _fixed.get("ascent", "sam"), _fixed.get("perturb", "all")
+        ),
+        summary=_summary,
+        family="sharpness-aware",
+        paper=_paper,
+        example={**_SGD_EXAMPLE, "rho": _rho},
+        group_example={"rho": 10 * _rho if _rho < 0.5 else 4 * _rho, "lr": 0.01},
+    )
