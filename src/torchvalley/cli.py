@@ -182,7 +182,7 @@ def _sweep(args: argparse.Namespace, tasks: list[str], specs: list, title: str) 
             data_seed=args.data_seed,
             batch_size=args.batch_size,
             store=store,
-            progress=not args.no_progress,
+            progress=False if args.no_progress else None,  # None: bars on a terminal only
         )
         print(
             f"sweep finished in {time.perf_counter() - started:.1f} s; store: {args.store}",

@@ -4,9 +4,11 @@ Each submodule imports its framework when the submodule itself is imported, neve
 ``torchvalley`` is: ``import torchvalley`` works without them. Install them with
 ``pip install 'torchvalley[integrations]'``.
 
-- :mod:`torchvalley.integrations.lightning`: PyTorch Lightning (automatic optimization works
-  as is in fp32/bf16; :func:`~torchvalley.integrations.lightning.sam_manual_step` for manual
-  optimization and ``16-mixed``).
+- :mod:`torchvalley.integrations.lightning`: PyTorch Lightning
+  (:class:`~torchvalley.integrations.lightning.SAMCallback` turns an ordinary optimizer into
+  SAM under every precision, ``16-mixed`` included; a SAM optimizer under automatic
+  optimization works as is in fp32/bf16;
+  :func:`~torchvalley.integrations.lightning.sam_manual_step` for manual optimization).
 - :mod:`torchvalley.integrations.hf`: Hugging Face ``Trainer``
   (:class:`~torchvalley.integrations.hf.SAMTrainer`).
 """
