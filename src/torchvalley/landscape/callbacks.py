@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,8 +36,8 @@ __all__ = [
 ]
 
 
-class LandscapeCallback:
-    """Base class: when to measure and on which data.
+class LandscapeCallback(abc.ABC):
+    """Base class: when to measure and on which data; subclasses define :meth:`measure`.
 
     Args:
         every: measure at epochs ``0, every, 2·every, ...``.
@@ -68,9 +69,9 @@ class LandscapeCallback:
         batch = (inputs[: self.examples], targets[: self.examples])
         return self.measure(context.model, context.task.loss_fn, batch)
 
+    @abc.abstractmethod
     def measure(self, model: nn.Module, loss_fn: LossFunction, batch: Batch) -> dict[str, float]:
-        """The measurement itself (``{name: value}``); subclasses implement it."""
-        raise NotImplementedError
+        """The measurement itself: ``{name: value}``."""
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
