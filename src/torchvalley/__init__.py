@@ -1,6 +1,7 @@
 """torchvalley: optimizers, samplers and diagnostics for the valleys of loss landscapes."""
 
 from torchvalley import optim  # noqa: F401  (importing registers the optimizers)
+from torchvalley.noise import CounterNoise as CounterNoise
 from torchvalley.registry import Capabilities as Capabilities
 from torchvalley.registry import Hyperparameter as Hyperparameter
 from torchvalley.registry import OptimizerEntry as OptimizerEntry
