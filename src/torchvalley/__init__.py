@@ -1,6 +1,8 @@
 """torchvalley: optimizers, samplers and diagnostics for the valleys of loss landscapes."""
 
+from torchvalley import manifolds as manifolds
 from torchvalley import optim  # noqa: F401  (importing registers the optimizers)
+from torchvalley.manifolds import ManifoldParameter as ManifoldParameter
 from torchvalley.noise import CounterNoise as CounterNoise
 from torchvalley.registry import Capabilities as Capabilities
 from torchvalley.registry import Hyperparameter as Hyperparameter

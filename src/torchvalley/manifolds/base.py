@@ -1,0 +1,258 @@
+"""The abstract manifold surface shared by every manifold in :mod:`torchvalley.manifolds`.
+
+A manifold here is a plain Python object (not an ``nn.Module``) that acts on tensors whose
+trailing ``ndim`` dimensions hold one point; leading dimensions are a batch. The surface follows
+Absil, Mahony & Sepulchre, *Optimization Algorithms on Matrix Manifolds* (2008):
+
+* ``projx(x)``: a point of the ambient space mapped onto the manifold;
+* ``proju(x, u)``: an ambient vector mapped onto the tangent space T_x M;
+* ``egrad2rgrad(x, g)``: the Riemannian gradient from the Euclidean one, G(x)⁻¹ g projected;
+* ``retr(x, u)``: a retraction R_x(u) (first order: R_x(0) = x, dR_x(0) = id);
+* ``transp(x, y, v)``: a vector transport T_x M → T_y M (``transp_is_isometry`` says whether it is
+  the parallel transport, an isometry, or a projection, which is not);
+* ``inner``/``norm``: the Riemannian metric;
+* ``expmap``/``logmap``/``dist``: the exponential map, its inverse and the geodesic distance,
+  where a closed form exists (``has_logmap`` is False where ``logmap``/``dist`` have none);
+* ``random``: random points; ``check_point``/``check_vector``: membership with an explanation.
+
+Manifolds compare by value: two manifolds are equal when they have the same type and the same
+hyperparameters (e.g. the curvature), so ``Sphere() == Sphere()``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Manifold", "default_tolerance"]
+
+
+def default_tolerance(dtype: torch.dtype) -> float:
+    """Default ``atol``/``rtol`` of the membership checks: 1e-5, as in geoopt, for every dtype.
+
+    Args:
+        dtype: the dtype of the checked tensor (kept for future dtype-specific defaults).
+
+    Returns:
+        The tolerance.
+    """
+    del dtype
+    return 1e-5
+
+
+def _as_shape(shape: Sequence[Any]) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+        shape = tuple(shape[0])
+    return tuple(int(s) for s in shape)
+
+
+class Manifold(abc.ABC):
+    """Base class: a Riemannian manifold acting on the trailing ``ndim`` dimensions of a tensor.
+
+    Subclasses implement ``projx``, ``proju``, ``retr``, ``random``, ``_check_point`` and
+    ``_check_vector``; the defaults are ``egrad2rgrad = proju`` (embedded submanifolds with the
+    induced metric), ``transp(x, y, v) = proju(y, v)`` (a projection transport, not an isometry)
+    and the Euclidean inner product over the point dimensions.
+    """
+
+    ndim: int = 0
+    transp_is_isometry: bool = False
+    retr_is_expmap: bool = False
+    has_expmap: bool = True
+    has_logmap: bool = True
+
+    # ----------------------------------------------------------------------------- identity
+    def _hparams(self) -> tuple[tuple[str, Any], ...]:
+        """The hyperparameters, as ``(name, value)`` pairs, that define equality and repr."""
+        return ()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifold):
+            return NotImplemented
+        return type(self) is type(other) and self._hparams() == other._hparams()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._hparams()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._hparams())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------------ dimensions
+    def _point_dims(self, x: Tensor) -> tuple[int, ...]:
+        """The tensor dimensions that form one point (the last ``ndim``)."""
+        return tuple(range(x.dim() - self.ndim, x.dim()))
+
+    def _reduce(self, t: Tensor, keepdim: bool) -> Tensor:
+        dims = self._point_dims(t)
+        if not dims:
+            return t
+        return t.sum(dim=dims, keepdim=keepdim)
+
+    # ------------------------------------------------------------------------ interface
+    @abc.abstractmethod
+    def projx(self, x: Tensor) -> Tensor:
+        """Project an ambient point onto the manifold."""
+
+    @abc.abstractmethod
+    def proju(self, x: Tensor, u: Tensor) -> Tensor:
+        """Project an ambient vector ``u`` onto the tangent space at ``x``."""
+
+    def egrad2rgrad(self, x: Tensor, g: Tensor) -> Tensor:
+        """Riemannian gradient from the Euclidean gradient ``g``: here ``proju(x, g)``."""
+        return self.proju(x, g)
+
+    @abc.abstractmethod
+    def retr(self, x: Tensor, u: Tensor) -> Tensor:
+        """Retraction R_x(u) of a tangent vector ``u`` at ``x``."""
+
+    def transp(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """Vector transport of ``v`` ∈ T_x M to T_y M; by default the projection ``proju(y, v)``."""
+        del x
+        return self.proju(y, v)
+
+    def inner(self, x: Tensor, u: Tensor, v: Tensor | None = None, keepdim: bool = False) -> Tensor:
+        """Riemannian inner product ⟨u, v⟩_x (⟨u, u⟩_x when ``v`` is None), one value per point."""
+        del x
+        if v is None:
+            v = u
+        return self._reduce(u * v, keepdim)
+
+    def norm(self, x: Tensor, u: Tensor, keepdim: bool = False) -> Tensor:
+        """Riemannian norm ‖u‖_x = sqrt(⟨u, u⟩_x)."""
+        return self.inner(x, u, keepdim=keepdim).clamp_min(0).sqrt()
+
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
+        """Exponential map exp_x(u): the geodesic from ``x`` with initial velocity ``u`` at t=1."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form expmap")
+
+    def logmap(self, x: Tensor, y: Tensor) -> Tensor:
+        """Logarithmic map log_x(y), the inverse of ``expmap`` inside the injectivity radius."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form logmap")
+
+    def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
+        """Geodesic distance d(x, y)."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form distance")
+
+    @abc.abstractmethod
+    def random(
+        self,
+        *shape: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Random points of the given full tensor shape (batch dimensions then point dims)."""
+
+    # ------------------------------------------------------------------------- checks
+    def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
+        if len(shape) < self.ndim:
+            return (
+                False,
+                f"{self!r} needs at least {self.ndim} dimensions, got shape {tuple(shape)}",
+            )
+        return True, None
+
+    @abc.abstractmethod
+    def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
+        """Whether ``x`` is on the manifold, and if not, why."""
+
+    @abc.abstractmethod
+    def _check_vector(
+        self, x: Tensor, u: Tensor, atol: float, rtol: float
+    ) -> tuple[bool, str | None]:
+        """Whether ``u`` is tangent at ``x``, and if not, why."""
+
+    def check_point(
+        self,
+        x: Tensor,
+        explain: bool = False,
+        atol: float | None = None,
+        rtol: float | None = None,
+    ) -> bool | tuple[bool, str | None]:
+        """Whether ``x`` is a point (or a batch of points) of the manifold.
+
+        Args:
+            x: the tensor to check.
+            explain: if True, return ``(ok, reason)`` where ``reason`` describes the violation
+                (None when ``ok``).
+            atol: absolute tolerance of the constraint (default :func:`default_tolerance`).
+            rtol: relative tolerance of the constraint (default :func:`default_tolerance`).
+
+        Returns:
+            ``ok``, or ``(ok, reason)`` when ``explain`` is True.
+        """
+        result = self._check(x, None, atol, rtol)
+        return result if explain else result[0]
+
+    def check_vector(
+        self,
+        x: Tensor,
+        u: Tensor,
+        explain: bool = False,
+        atol: float | None = None,
+        rtol: float | None = None,
+    ) -> bool | tuple[bool, str | None]:
+        """Whether ``u`` is tangent at ``x`` (``x`` is assumed to be a point).
+
+        Args:
+            x: the base point.
+            u: the vector to check.
+            explain: if True, return ``(ok, reason)``.
+            atol: absolute tolerance.
+            rtol: relative tolerance.
+
+        Returns:
+            ``ok``, or ``(ok, reason)`` when ``explain`` is True.
+        """
+        result = self._check(x, u, atol, rtol)
+        return result if explain else result[0]
+
+    def _check(
+        self, x: Tensor, u: Tensor | None, atol: float | None, rtol: float | None
+    ) -> tuple[bool, str | None]:
+        if not isinstance(x, Tensor):
+            return False, f"expected a tensor, got {type(x).__name__}"
+        atol = default_tolerance(x.dtype) if atol is None else float(atol)
+        rtol = default_tolerance(x.dtype) if rtol is None else float(rtol)
+        ok, reason = self._check_shape(x.shape)
+        if not ok:
+            return ok, reason
+        with torch.no_grad():
+            x = x.detach()
+            if not bool(torch.isfinite(x).all()):
+                return False, "the point has non-finite (NaN or Inf) entries"
+            if u is None:
+                return self._check_point(x, atol, rtol)
+            u = u.detach()
+            if u.shape != x.shape:
+                return False, f"vector shape {tuple(u.shape)} differs from point {tuple(x.shape)}"
+            if not bool(torch.isfinite(u).all()):
+                return False, "the vector has non-finite (NaN or Inf) entries"
+            return self._check_vector(x, u, atol, rtol)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Manifold:
+        # Manifolds are immutable values: sharing them is a faithful copy.
+        return self
+
+
+def _randn(
+    shape: Sequence[Any],
+    generator: torch.Generator | None,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+) -> Tensor:
+    return torch.randn(
+        _as_shape(shape),
+        generator=generator,
+        dtype=dtype or torch.get_default_dtype(),
+        device=device,
+    )
+
+
+def _violation_reason(what: str, value: float, bound: float) -> str:
+    return f"{what} is {value:.3e}, above the tolerance {bound:.3e}"

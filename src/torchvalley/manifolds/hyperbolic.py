@@ -1,0 +1,351 @@
+"""Hyperbolic space: the Poincaré ball and the Lorentz (hyperboloid) model.
+
+Poincaré ball 𝔻ⁿ_c = {x : c‖x‖² < 1}, curvature −c (Ganea, Bécigneul & Hofmann, "Hyperbolic
+Neural Networks", NeurIPS 2018; Ungar's gyrovector formalism), with λ_x = 2 / (1 − c‖x‖²):
+
+* metric ⟨u, v⟩_x = λ_x² ⟨u, v⟩; Riemannian gradient = g / λ_x² = g (1 − c‖x‖²)² / 4;
+* Möbius addition x ⊕ y = ((1 + 2c⟨x,y⟩ + c‖y‖²) x + (1 − c‖x‖²) y) / (1 + 2c⟨x,y⟩ + c²‖x‖²‖y‖²);
+* exp_x(u) = x ⊕ (tanh(√c λ_x ‖u‖ / 2) u / (√c ‖u‖));
+* log_x(y) = 2 / (√c λ_x) artanh(√c ‖−x ⊕ y‖) (−x ⊕ y) / ‖−x ⊕ y‖;
+* d(x, y) = 2/√c artanh(√c ‖−x ⊕ y‖) = arcosh(1 + 2c‖x−y‖² / ((1−c‖x‖²)(1−c‖y‖²))) / √c;
+* parallel transport P_{x→y}(v) = (λ_x / λ_y) gyr[y, −x] v (an isometry).
+
+``retr(x, u) = projx(x + u)`` (first order, as in geoopt and Bécigneul & Ganea, ICLR 2019).
+Numerics follow Ganea's guidance: points are kept strictly inside the ball, at norm at most
+(1 − eps)/√c with eps = 4e-3 (float32) or 1e-5 (float64); tanh inputs are clipped to 15, artanh
+inputs to 1 − machine eps, and denominators are clamped away from 0.
+
+Lorentz model ℍⁿ_k = {x ∈ ℝ^{n+1} : ⟨x, x⟩_L = −k, x₀ > 0}, ⟨x, y⟩_L = −x₀y₀ + Σᵢ xᵢyᵢ
+(Nickel & Kiela, ICML 2018, curvature −1/k):
+
+* proju(x, u) = u + ⟨x, u⟩_L x / k; projx recomputes x₀ = sqrt(k + ‖x_{1:}‖²);
+* Riemannian gradient = proju(x, J g) with J = diag(−1, 1, …, 1);
+* exp_x(u) = cosh(θ) x + (sinh θ / θ) u, θ = ‖u‖_L / √k;
+* d(x, y) = √k arcosh(−⟨x, y⟩_L / k), computed as 2√k arsinh(‖x − y‖_L / (2√k));
+* log_x(y) = (θ / sinh θ)(y + ⟨x, y⟩_L x / k), θ = d(x, y)/√k;
+* parallel transport P_{x→y}(v) = v + ⟨y, v⟩_L / (k − ⟨x, y⟩_L) (x + y) (an isometry).
+
+``retr`` is the exponential map followed by ``projx`` (which only removes rounding drift).
+Both models are far better behaved in float64; float32 is supported but loses accuracy near
+the boundary / far from the origin.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchvalley.manifolds.base import Manifold, _randn, _violation_reason
+
+__all__ = ["Lorentz", "PoincareBall", "boundary_eps"]
+
+_BALL_EPS = {torch.float64: 1e-5, torch.float32: 4e-3, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+_MIN_NORM = 1e-15
+
+
+def boundary_eps(dtype: torch.dtype) -> float:
+    """Relative distance to the boundary that :meth:`PoincareBall.projx` keeps for ``dtype``."""
+    return _BALL_EPS.get(dtype, 4e-3)
+
+
+def _positive_float(value: float, name: str) -> float:
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite positive float, got {value!r}")
+    return v
+
+
+def _sinhc(t: Tensor) -> Tensor:
+    """sinh(t)/t, smooth at 0."""
+    small = t.abs() < 1e-4
+    safe = torch.where(small, torch.ones_like(t), t)
+    return torch.where(small, 1 + t * t / 6, torch.sinh(safe) / safe)
+
+
+class PoincareBall(Manifold):
+    """Poincaré ball of curvature −c over the last dimension (see the module docstring).
+
+    Args:
+        c: the (positive) negated curvature; the ball has radius 1/√c.
+    """
+
+    ndim = 1
+    transp_is_isometry = True
+
+    def __init__(self, c: float = 1.0) -> None:
+        self.c = _positive_float(c, "c")
+        self._sqrt_c = math.sqrt(self.c)
+
+    def _hparams(self) -> tuple[tuple[str, Any], ...]:
+        return (("c", self.c),)
+
+    # ---------------------------------------------------------------- helpers
+    def max_norm(self, dtype: torch.dtype) -> float:
+        """Largest Euclidean norm kept by ``projx``: (1 − eps(dtype)) / √c."""
+        return (1 - boundary_eps(dtype)) / self._sqrt_c
+
+    def lambda_x(self, x: Tensor, keepdim: bool = True) -> Tensor:
+        """Conformal factor λ_x = 2 / (1 − c‖x‖²)."""
+        den = (1 - self.c * (x * x).sum(-1, keepdim=keepdim)).clamp_min(_MIN_NORM)
+        return 2 / den
+
+    def mobius_add(self, x: Tensor, y: Tensor) -> Tensor:
+        """Möbius addition x ⊕_c y."""
+        c = self.c
+        x2 = (x * x).sum(-1, keepdim=True)
+        y2 = (y * y).sum(-1, keepdim=True)
+        xy = (x * y).sum(-1, keepdim=True)
+        num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
+        den = (1 + 2 * c * xy + c * c * x2 * y2).clamp_min(_MIN_NORM)
+        return num / den
+
+    def gyration(self, a: Tensor, b: Tensor, w: Tensor) -> Tensor:
+        """gyr[a, b] w = ⊖(a ⊕ b) ⊕ (a ⊕ (b ⊕ w)), in Ungar's closed form (linear in ``w``)."""
+        k = -self.c
+        a2 = (a * a).sum(-1, keepdim=True)
+        b2 = (b * b).sum(-1, keepdim=True)
+        ab = (a * b).sum(-1, keepdim=True)
+        aw = (a * w).sum(-1, keepdim=True)
+        bw = (b * w).sum(-1, keepdim=True)
+        k2 = k * k
+        coef_a = -k2 * aw * b2 - k * bw + 2 * k2 * ab * bw
+        coef_b = -k2 * bw * a2 + k * aw
+        den = (1 - 2 * k * ab + k2 * a2 * b2).clamp_min(_MIN_NORM)
+        return w + 2 * (coef_a * a + coef_b * b) / den
+
+    def _artanh(self, z: Tensor) -> Tensor:
+        return torch.atanh(z.clamp(max=1 - torch.finfo(z.dtype).eps))
+
+    # ---------------------------------------------------------------- interface
+    def projx(self, x: Tensor) -> Tensor:
+        """Rescale points with norm above ``max_norm`` onto that radius."""
+        norm = x.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
+        maxnorm = self.max_norm(x.dtype)
+        return torch.where(norm > maxnorm, x / norm * maxnorm, x)
+
+    def proju(self, x: Tensor, u: Tensor) -> Tensor:
+        """Identity: the tangent space is ℝⁿ."""
+        return u
+
+    def egrad2rgrad(self, x: Tensor, g: Tensor) -> Tensor:
+        """g / λ_x² = g (1 − c‖x‖²)² / 4."""
+        return g / self.lambda_x(x).square()
+
+    def inner(self, x: Tensor, u: Tensor, v: Tensor | None = None, keepdim: bool = False) -> Tensor:
+        """λ_x² ⟨u, v⟩."""
+        if v is None:
+            v = u
+        return self.lambda_x(x, keepdim=keepdim).square() * (u * v).sum(-1, keepdim=keepdim)
+
+    def retr(self, x: Tensor, u: Tensor) -> Tensor:
+        """projx(x + u)."""
+        return self.projx(x + u)
+
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
+        """x ⊕ (tanh(√c λ_x ‖u‖ / 2) u / (√c ‖u‖)), projected into the ball."""
+        sc = self._sqrt_c
+        un = u.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
+        arg = (sc * self.lambda_x(x) * un / 2).clamp(max=15)
+        second = torch.tanh(arg) * u / (sc * un)
+        return self.projx(self.mobius_add(x, second))
+
+    def expmap0(self, u: Tensor) -> Tensor:
+        """exp_0(u) = tanh(√c ‖u‖) u / (√c ‖u‖)."""
+        sc = self._sqrt_c
+        un = u.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
+        return self.projx(torch.tanh((sc * un).clamp(max=15)) * u / (sc * un))
+
+    def logmap(self, x: Tensor, y: Tensor) -> Tensor:
+        """2 / (√c λ_x) artanh(√c ‖−x ⊕ y‖) (−x ⊕ y) / ‖−x ⊕ y‖."""
+        sc = self._sqrt_c
+        w = self.mobius_add(-x, y)
+        wn = w.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
+        return 2 / (sc * self.lambda_x(x)) * self._artanh(sc * wn) * w / wn
+
+    def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
+        """2/√c artanh(√c ‖−x ⊕ y‖)."""
+        sc = self._sqrt_c
+        wn = self.mobius_add(-x, y).norm(dim=-1, keepdim=keepdim)
+        return 2 / sc * self._artanh(sc * wn)
+
+    def dist0(self, x: Tensor, keepdim: bool = False) -> Tensor:
+        """Distance to the origin, 2/√c artanh(√c ‖x‖)."""
+        sc = self._sqrt_c
+        return 2 / sc * self._artanh(sc * x.norm(dim=-1, keepdim=keepdim))
+
+    def transp(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """Parallel transport (λ_x / λ_y) gyr[y, −x] v."""
+        return self.gyration(y, -x, v) * self.lambda_x(x) / self.lambda_x(y)
+
+    def origin(
+        self,
+        *shape: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """The origin (zeros) of the given shape."""
+        return torch.zeros(shape, dtype=dtype or torch.get_default_dtype(), device=device)
+
+    def random(
+        self,
+        *shape: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        std: float = 0.5,
+    ) -> Tensor:
+        """exp_0 of a Gaussian tangent vector with entries of standard deviation ``std``."""
+        return self.expmap0(std * _randn(shape, generator, dtype, device))
+
+    def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
+        if len(shape) < 1 or shape[-1] < 1:
+            return False, f"PoincareBall needs a non-empty last dimension, got {tuple(shape)}"
+        return True, None
+
+    def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
+        scaled = float(x.norm(dim=-1).max()) * self._sqrt_c
+        if scaled >= 1:
+            return False, (
+                f"max √c‖x‖ is {scaled:.6g}: points must lie strictly inside the ball of radius "
+                f"1/√c = {1 / self._sqrt_c:.6g}"
+            )
+        return True, None
+
+    def _check_vector(
+        self, x: Tensor, u: Tensor, atol: float, rtol: float
+    ) -> tuple[bool, str | None]:
+        return True, None
+
+
+class Lorentz(Manifold):
+    """Hyperboloid ⟨x, x⟩_L = −k, x₀ > 0, over the last dimension (see the module docstring).
+
+    Args:
+        k: the (positive) constant with curvature −1/k.
+    """
+
+    ndim = 1
+    transp_is_isometry = True
+    retr_is_expmap = True
+
+    def __init__(self, k: float = 1.0) -> None:
+        self.k = _positive_float(k, "k")
+        self._sqrt_k = math.sqrt(self.k)
+
+    def _hparams(self) -> tuple[tuple[str, Any], ...]:
+        return (("k", self.k),)
+
+    @staticmethod
+    def ldot(u: Tensor, v: Tensor, keepdim: bool = False) -> Tensor:
+        """Minkowski product −u₀v₀ + Σᵢ uᵢvᵢ."""
+        uv = u * v
+        out = uv[..., 1:].sum(-1, keepdim=keepdim) - (uv[..., 0:1] if keepdim else uv[..., 0])
+        return out
+
+    def _theta_max(self, dtype: torch.dtype) -> float:
+        # cosh(θ)² must stay finite: exp(2·40) < float32 max, exp(2·300) < float64 max.
+        return 300.0 if dtype == torch.float64 else 40.0
+
+    def projx(self, x: Tensor) -> Tensor:
+        """Recompute x₀ = sqrt(k + ‖x_{1:}‖²) from the spatial part."""
+        xs = x[..., 1:]
+        x0 = (self.k + (xs * xs).sum(-1, keepdim=True)).sqrt()
+        return torch.cat([x0, xs], dim=-1)
+
+    def proju(self, x: Tensor, u: Tensor) -> Tensor:
+        """u + ⟨x, u⟩_L x / k."""
+        return u + self.ldot(x, u, keepdim=True) / self.k * x
+
+    def egrad2rgrad(self, x: Tensor, g: Tensor) -> Tensor:
+        """proju(x, J g), J = diag(−1, 1, …, 1)."""
+        return self.proju(x, torch.cat([-g[..., 0:1], g[..., 1:]], dim=-1))
+
+    def inner(self, x: Tensor, u: Tensor, v: Tensor | None = None, keepdim: bool = False) -> Tensor:
+        """⟨u, v⟩_L (positive definite on tangent vectors)."""
+        return self.ldot(u, u if v is None else v, keepdim=keepdim)
+
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
+        """cosh θ x + (sinh θ / θ) u with θ = ‖u‖_L / √k (θ clipped against overflow)."""
+        nu = self.ldot(u, u, keepdim=True).clamp_min(0).sqrt()
+        theta = nu / self._sqrt_k
+        tmax = self._theta_max(u.dtype)
+        clipped = theta.clamp(max=tmax)
+        scale = torch.where(theta > tmax, clipped / theta.clamp_min(_MIN_NORM), 1.0)
+        return torch.cosh(clipped) * x + _sinhc(clipped) * scale * u
+
+    def retr(self, x: Tensor, u: Tensor) -> Tensor:
+        """projx(exp_x(u))."""
+        return self.projx(self.expmap(x, u))
+
+    def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
+        """√k arcosh(−⟨x, y⟩_L / k) = 2√k arsinh(‖x − y‖_L / (2√k))."""
+        d = x - y
+        chord = self.ldot(d, d, keepdim=keepdim).clamp_min(0).sqrt()
+        return 2 * self._sqrt_k * torch.asinh(chord / (2 * self._sqrt_k))
+
+    def logmap(self, x: Tensor, y: Tensor) -> Tensor:
+        """(θ / sinh θ)(y + ⟨x, y⟩_L x / k), θ = d(x, y)/√k, with 1 + ⟨x,y⟩_L/k = −‖x−y‖²_L/2k."""
+        d = y - x
+        chord2 = self.ldot(d, d, keepdim=True).clamp_min(0)
+        v = d - chord2 / (2 * self.k) * x
+        theta = 2 * torch.asinh(chord2.sqrt() / (2 * self._sqrt_k))
+        return v / _sinhc(theta)
+
+    def transp(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """Parallel transport v + ⟨y, v⟩_L / (k − ⟨x, y⟩_L) (x + y)."""
+        coef = self.ldot(y, v, keepdim=True) / (self.k - self.ldot(x, y, keepdim=True))
+        return v + coef * (x + y)
+
+    def origin(
+        self,
+        *shape: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """The point (√k, 0, …, 0) of the given shape."""
+        o = torch.zeros(shape, dtype=dtype or torch.get_default_dtype(), device=device)
+        o[..., 0] = self._sqrt_k
+        return o
+
+    def random(
+        self,
+        *shape: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        std: float = 0.5,
+    ) -> Tensor:
+        """exp at the origin of a Gaussian tangent vector (0, std·ε)."""
+        u = std * _randn(shape, generator, dtype, device)
+        u = torch.cat([torch.zeros_like(u[..., :1]), u[..., 1:]], dim=-1)
+        o = self.origin(*u.shape, dtype=u.dtype, device=u.device)
+        return self.retr(o, u)
+
+    def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
+        if len(shape) < 1 or shape[-1] < 2:
+            return False, f"Lorentz needs a last dimension of size ≥ 2, got {tuple(shape)}"
+        return True, None
+
+    def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
+        if bool((x[..., 0] <= 0).any()):
+            return False, "x₀ must be positive (upper sheet of the hyperboloid)"
+        err = (self.ldot(x, x) + self.k).abs()
+        bound = atol + rtol * (self.k + (x * x).sum(-1))
+        if bool((err > bound).any()):
+            i = int((err - bound).flatten().argmax())
+            return False, _violation_reason(
+                "|⟨x, x⟩_L + k|", float(err.flatten()[i]), float(bound.flatten()[i])
+            )
+        return True, None
+
+    def _check_vector(
+        self, x: Tensor, u: Tensor, atol: float, rtol: float
+    ) -> tuple[bool, str | None]:
+        err = self.ldot(x, u).abs()
+        bound = atol + rtol * x.norm(dim=-1) * u.norm(dim=-1)
+        if bool((err > bound).any()):
+            return False, _violation_reason("max |⟨x, u⟩_L|", float(err.max()), float(bound.max()))
+        return True, None

@@ -1,0 +1,163 @@
+"""Product manifolds M₁ × … × M_m over a flat last dimension.
+
+Convention: a point has shape ``(..., D)`` with D = Σᵢ prod(shapeᵢ); the slice of the last
+dimension belonging to factor i is reshaped to ``(..., *shapeᵢ)`` and handed to Mᵢ. The metric
+is the sum of the factor metrics, d(x, y)² = Σᵢ dᵢ(xᵢ, yᵢ)², and every map (projections,
+retraction, exp/log, transport, Riemannian gradient) acts factor by factor. The product's
+transport is an isometry exactly when every factor's is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchvalley.manifolds.base import Manifold
+
+__all__ = ["Product"]
+
+
+class Product(Manifold):
+    """Product of manifolds laid out as consecutive slices of the last dimension.
+
+    Args:
+        *factors: ``(manifold, shape)`` pairs; ``shape`` (an int or a tuple) is the point shape of
+            that factor, e.g. ``Product((Sphere(), 3), (PoincareBall(), 2), (Stiefel(), (4, 2)))``
+            acts on tensors of shape ``(..., 3 + 2 + 8)``. ``shape`` must have at least
+            ``manifold.ndim`` dimensions; ``Stiefel(flatten=True)`` is not allowed as a factor.
+    """
+
+    ndim = 1
+
+    def __init__(self, *factors: tuple[Manifold, int | Sequence[int]]) -> None:
+        if not factors:
+            raise ValueError("Product needs at least one (manifold, shape) factor")
+        parsed: list[tuple[Manifold, tuple[int, ...]]] = []
+        for item in factors:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Manifold)):
+                raise TypeError(f"factors must be (manifold, shape) pairs, got {item!r}")
+            manifold, shape = item
+            shape_t = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+            if len(shape_t) < manifold.ndim or any(s < 1 for s in shape_t):
+                raise ValueError(f"shape {shape_t} is not a valid point shape for {manifold!r}")
+            if getattr(manifold, "flatten", False):
+                raise ValueError("Stiefel(flatten=True) cannot be a Product factor")
+            parsed.append((manifold, shape_t))
+        self.factors: tuple[tuple[Manifold, tuple[int, ...]], ...] = tuple(parsed)
+        sizes = [math.prod(s) for _, s in parsed]
+        self.sizes = tuple(sizes)
+        self.total = sum(sizes)
+        self.transp_is_isometry = all(m.transp_is_isometry for m, _ in parsed)
+        self.retr_is_expmap = all(m.retr_is_expmap for m, _ in parsed)
+        self.has_expmap = all(m.has_expmap for m, _ in parsed)
+        self.has_logmap = all(m.has_logmap for m, _ in parsed)
+
+    def _hparams(self) -> tuple[tuple[str, Any], ...]:
+        return (("factors", self.factors),)
+
+    # ---------------------------------------------------------------- split / join
+    def _split(self, t: Tensor) -> list[Tensor]:
+        batch = t.shape[:-1]
+        parts = torch.split(t, list(self.sizes), dim=-1)
+        return [p.reshape(*batch, *s) for p, (_, s) in zip(parts, self.factors, strict=True)]
+
+    def _join(self, parts: Sequence[Tensor], batch: torch.Size) -> Tensor:
+        return torch.cat([p.reshape(*batch, -1) for p in parts], dim=-1)
+
+    def _map(self, fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
+        batch = tensors[0].shape[:-1]
+        split = [self._split(t) for t in tensors]
+        outs = [fn(m, *(s[i] for s in split)) for i, (m, _) in enumerate(self.factors)]
+        return self._join(outs, batch)
+
+    def _sum_factors(self, values: list[Tensor], batch: torch.Size, keepdim: bool) -> Tensor:
+        total = sum(v.reshape(*batch, -1).sum(-1) for v in values)
+        assert isinstance(total, Tensor)
+        return total.unsqueeze(-1) if keepdim else total
+
+    # ---------------------------------------------------------------- interface
+    def projx(self, x: Tensor) -> Tensor:
+        """Factor-wise ``projx``."""
+        return self._map(lambda m, a: m.projx(a), x)
+
+    def proju(self, x: Tensor, u: Tensor) -> Tensor:
+        """Factor-wise ``proju``."""
+        return self._map(lambda m, a, b: m.proju(a, b), x, u)
+
+    def egrad2rgrad(self, x: Tensor, g: Tensor) -> Tensor:
+        """Factor-wise ``egrad2rgrad``."""
+        return self._map(lambda m, a, b: m.egrad2rgrad(a, b), x, g)
+
+    def retr(self, x: Tensor, u: Tensor) -> Tensor:
+        """Factor-wise ``retr``."""
+        return self._map(lambda m, a, b: m.retr(a, b), x, u)
+
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
+        """Factor-wise ``expmap``."""
+        return self._map(lambda m, a, b: m.expmap(a, b), x, u)
+
+    def logmap(self, x: Tensor, y: Tensor) -> Tensor:
+        """Factor-wise ``logmap``."""
+        return self._map(lambda m, a, b: m.logmap(a, b), x, y)
+
+    def transp(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """Factor-wise ``transp``."""
+        return self._map(lambda m, a, b, c: m.transp(a, b, c), x, y, v)
+
+    def inner(self, x: Tensor, u: Tensor, v: Tensor | None = None, keepdim: bool = False) -> Tensor:
+        """Σᵢ ⟨uᵢ, vᵢ⟩_{xᵢ}."""
+        v = u if v is None else v
+        xs, us, vs = self._split(x), self._split(u), self._split(v)
+        vals = [m.inner(a, b, c) for (m, _), a, b, c in zip(self.factors, xs, us, vs, strict=True)]
+        return self._sum_factors(vals, x.shape[:-1], keepdim)
+
+    def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
+        """sqrt(Σᵢ dᵢ(xᵢ, yᵢ)²)."""
+        xs, ys = self._split(x), self._split(y)
+        vals = [m.dist(a, b) ** 2 for (m, _), a, b in zip(self.factors, xs, ys, strict=True)]
+        return self._sum_factors(vals, x.shape[:-1], keepdim).sqrt()
+
+    def random(
+        self,
+        *shape: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Independent random points of each factor; ``shape[-1]`` must equal the total size."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+            shape = tuple(shape[0])
+        if not shape or shape[-1] != self.total:
+            raise ValueError(f"the last dimension must be {self.total}, got shape {shape}")
+        batch = torch.Size(shape[:-1])
+        parts = [
+            m.random(*batch, *s, generator=generator, dtype=dtype, device=device)
+            for m, s in self.factors
+        ]
+        return self._join(parts, batch)
+
+    def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
+        if len(shape) < 1 or shape[-1] != self.total:
+            return False, f"Product needs a last dimension of size {self.total}, got {tuple(shape)}"
+        return True, None
+
+    def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
+        for i, ((m, _), part) in enumerate(zip(self.factors, self._split(x), strict=True)):
+            ok, reason = m._check(part, None, atol, rtol)
+            if not ok:
+                return False, f"factor {i} ({m!r}): {reason}"
+        return True, None
+
+    def _check_vector(
+        self, x: Tensor, u: Tensor, atol: float, rtol: float
+    ) -> tuple[bool, str | None]:
+        parts = zip(self.factors, self._split(x), self._split(u), strict=True)
+        for i, ((m, _), a, b) in enumerate(parts):
+            ok, reason = m._check(a, b, atol, rtol)
+            if not ok:
+                return False, f"factor {i} ({m!r}): {reason}"
+        return True, None

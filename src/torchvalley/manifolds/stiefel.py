@@ -1,0 +1,181 @@
+"""The Stiefel manifold St(n, p) = {X ∈ ℝ^{n×p} : XᵀX = I_p}, n ≥ p, embedded metric.
+
+Formulas (Absil, Mahony & Sepulchre 2008, Example 3.6.2 and §4.1.1; Edelman, Arias & Smith
+1998 for the geodesic; Wen & Yin 2013 for the Cayley transform):
+
+* proju(X, U) = U − X sym(XᵀU), sym(A) = (A + Aᵀ)/2; projx(X) = UVᵀ from the SVD X = UΣVᵀ;
+* retractions: ``"qr"``  R(X, U) = qf(X + U) (Q with a positive diagonal of R, first order);
+  ``"polar"`` R(X, U) = (X + U)(I + UᵀU)^{−1/2} = projx(X + U) (second order);
+  ``"cayley"`` R(X, U) = (I − W/2)⁻¹(I + W/2) X with W = P U Xᵀ − X Uᵀ P, P = I − XXᵀ/2
+  (so that W X = U for tangent U), solved through the Woodbury identity on a 2p×2p system
+  instead of an n×n one (W = A Bᵀ with A = [PU, X], B = [X, −PU]);
+* exp_X(U) = [X, U] expm([[XᵀU, −UᵀU], [I, XᵀU]]) [I; 0] expm(−XᵀU) (embedded metric geodesic).
+
+There is no closed-form logarithm or distance (``has_logmap = False``). ``transp`` is the
+projection ``proju(Y, V)``, not an isometry.
+
+Matrix-view convention: the last two dimensions of a point form a matrix (leading ones are a
+batch). A *wide* matrix (rows < columns) is handled as its transpose, i.e. it must have
+orthonormal rows (XXᵀ = I). With ``flatten=True`` the whole tensor is one point: a conv weight of
+shape ``(out, in, kh, kw)`` is viewed as the ``(out, in·kh·kw)`` matrix, which again must have
+orthonormal columns when out ≥ in·kh·kw and orthonormal rows (filters orthonormal) otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchvalley.manifolds.base import Manifold, _randn, _violation_reason
+
+__all__ = ["Stiefel"]
+
+_RETRACTIONS = ("cayley", "qr", "polar")
+
+
+def _sym(a: Tensor) -> Tensor:
+    return (a + a.transpose(-1, -2)) / 2
+
+
+def _qf(m: Tensor) -> Tensor:
+    q, r = torch.linalg.qr(m)
+    d = torch.diagonal(r, dim1=-2, dim2=-1).sign()
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    return q * d.unsqueeze(-2)
+
+
+def _polar(m: Tensor) -> Tensor:
+    u, _, vh = torch.linalg.svd(m, full_matrices=False)
+    return u @ vh
+
+
+def _cayley(x: Tensor, u: Tensor) -> Tensor:
+    p = x.shape[-1]
+    xtu = x.transpose(-1, -2) @ u
+    pu = u - 0.5 * (x @ xtu)
+    a = torch.cat([pu, x], dim=-1)
+    b = torch.cat([x, -pu], dim=-1)
+    bt = b.transpose(-1, -2)
+    z = x + 0.5 * (a @ (bt @ x))
+    eye = torch.eye(2 * p, dtype=x.dtype, device=x.device)
+    small = eye - 0.5 * (bt @ a)
+    return z + 0.5 * (a @ torch.linalg.solve(small, bt @ z))
+
+
+class Stiefel(Manifold):
+    """Stiefel manifold of n×p matrices with orthonormal columns (n ≥ p), embedded metric.
+
+    See the module docstring for the formulas and the matrix-view convention (wide matrices
+    and ``flatten=True`` conv weights).
+
+    Args:
+        retraction: ``"cayley"`` (default), ``"qr"`` or ``"polar"``.
+        flatten: view the whole tensor ``(out, *rest)`` as one ``(out, prod(rest))`` matrix.
+    """
+
+    ndim = 2
+
+    def __init__(self, retraction: str = "cayley", flatten: bool = False) -> None:
+        if retraction not in _RETRACTIONS:
+            raise ValueError(f"retraction must be one of {_RETRACTIONS}, got {retraction!r}")
+        self.retraction = retraction
+        self.flatten = bool(flatten)
+
+    has_logmap = False
+
+    def _hparams(self) -> tuple[tuple[str, Any], ...]:
+        return (("retraction", self.retraction), ("flatten", self.flatten))
+
+    # ------------------------------------------------------------------- matrix view
+    def _point_dims(self, x: Tensor) -> tuple[int, ...]:
+        if self.flatten:
+            return tuple(range(x.dim()))
+        return (x.dim() - 2, x.dim() - 1)
+
+    def _mat_shape(self, shape: torch.Size) -> tuple[int, int]:
+        if self.flatten:
+            return shape[0], math.prod(shape[1:])
+        return shape[-2], shape[-1]
+
+    def _tall(self, t: Tensor) -> Tensor:
+        rows, cols = self._mat_shape(t.shape)
+        m = t.reshape(rows, cols) if self.flatten else t
+        return m.transpose(-1, -2) if rows < cols else m
+
+    def _untall(self, m: Tensor, shape: torch.Size) -> Tensor:
+        rows, cols = self._mat_shape(shape)
+        if rows < cols:
+            m = m.transpose(-1, -2)
+        return m.reshape(shape) if self.flatten else m
+
+    # ------------------------------------------------------------------- operations
+    def projx(self, x: Tensor) -> Tensor:
+        """Polar factor UVᵀ (the closest point in Frobenius norm)."""
+        return self._untall(_polar(self._tall(x)), x.shape)
+
+    def proju(self, x: Tensor, u: Tensor) -> Tensor:
+        """U − X sym(XᵀU)."""
+        xm, um = self._tall(x), self._tall(u)
+        return self._untall(um - xm @ _sym(xm.transpose(-1, -2) @ um), u.shape)
+
+    def retr(self, x: Tensor, u: Tensor) -> Tensor:
+        """The selected retraction (``cayley``, ``qr`` or ``polar``)."""
+        xm, um = self._tall(x), self._tall(u)
+        if self.retraction == "qr":
+            y = _qf(xm + um)
+        elif self.retraction == "polar":
+            y = _polar(xm + um)
+        else:
+            y = _cayley(xm, um)
+        return self._untall(y, x.shape)
+
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
+        """Embedded-metric geodesic (Edelman, Arias & Smith 1998, eq. 2.45)."""
+        xm, um = self._tall(x), self._tall(u)
+        p = xm.shape[-1]
+        a = xm.transpose(-1, -2) @ um
+        s = um.transpose(-1, -2) @ um
+        eye = torch.eye(p, dtype=x.dtype, device=x.device).expand_as(a)
+        blk = torch.cat([torch.cat([a, -s], -1), torch.cat([eye, a], -1)], -2)
+        e = torch.linalg.matrix_exp(blk)[..., :, :p]
+        y = torch.cat([xm, um], -1) @ e @ torch.linalg.matrix_exp(-a)
+        return self._untall(y, x.shape)
+
+    def random(
+        self,
+        *shape: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Haar-distributed points: Q of the QR factorisation of a Gaussian matrix."""
+        g = _randn(shape, generator, dtype, device)
+        return self._untall(_qf(self._tall(g)), g.shape)
+
+    # ------------------------------------------------------------------- checks
+    def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
+        if len(shape) < 2 or math.prod(shape) == 0:
+            return False, f"Stiefel needs a non-empty matrix (≥ 2 dims), got {tuple(shape)}"
+        return True, None
+
+    def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
+        xm = self._tall(x)
+        eye = torch.eye(xm.shape[-1], dtype=x.dtype, device=x.device)
+        err = float((xm.transpose(-1, -2) @ xm - eye).abs().max())
+        bound = atol + rtol
+        if err > bound:
+            return False, _violation_reason("max |XᵀX − I| (tall view)", err, bound)
+        return True, None
+
+    def _check_vector(
+        self, x: Tensor, u: Tensor, atol: float, rtol: float
+    ) -> tuple[bool, str | None]:
+        xm, um = self._tall(x), self._tall(u)
+        err = float(_sym(xm.transpose(-1, -2) @ um).abs().max())
+        bound = atol + rtol * float(um.abs().max())
+        if err > bound:
+            return False, _violation_reason("max |sym(XᵀU)|", err, bound)
+        return True, None

@@ -1,0 +1,241 @@
+"""Contract suite run over every manifold × float32/float64 (seeds 1–5 inside each test).
+
+rest.md §14 items 1–5 and 7. Tolerances are float64 unless marked; float32 uses looser ones.
+Transports: Euclidean, PoincareBall, Lorentz (and products of them) are parallel transports and
+are checked for isometry; Sphere, Oblique, Stiefel use the projection ``proju(y, v)``, checked
+for tangency only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from torchvalley.manifolds import (
+    Euclidean,
+    Lorentz,
+    Manifold,
+    Oblique,
+    PoincareBall,
+    Product,
+    Sphere,
+    Stiefel,
+)
+
+SEEDS = (1, 2, 3, 4, 5)
+DTYPES = (torch.float64, torch.float32)
+
+CASES: list[tuple[str, Manifold, tuple[int, ...]]] = [
+    ("euclidean0", Euclidean(), (4, 3)),
+    ("euclidean1", Euclidean(ndim=1), (4, 3)),
+    ("sphere", Sphere(), (4, 5)),
+    ("stiefel-cayley", Stiefel("cayley"), (2, 6, 3)),
+    ("stiefel-qr", Stiefel("qr"), (2, 6, 3)),
+    ("stiefel-polar", Stiefel("polar"), (2, 6, 3)),
+    ("stiefel-wide", Stiefel("cayley"), (3, 5)),
+    ("stiefel-conv", Stiefel("polar", flatten=True), (4, 2, 3, 3)),
+    ("oblique-rows", Oblique("rows"), (2, 4, 5)),
+    ("oblique-cols", Oblique("columns"), (5, 4)),
+    ("poincare", PoincareBall(), (4, 3)),
+    ("poincare-c0.5", PoincareBall(0.5), (4, 3)),
+    ("lorentz", Lorentz(), (4, 4)),
+    ("lorentz-k2", Lorentz(2.0), (4, 3)),
+    (
+        "product",
+        Product((Sphere(), 3), (PoincareBall(), 2), (Euclidean(), 2), (Stiefel("qr"), (3, 2))),
+        (4, 13),
+    ),
+    ("product-hyp", Product((Lorentz(), 3), (PoincareBall(2.0), 2), (Euclidean(1), 2)), (3, 7)),
+]
+IDS = [c[0] for c in CASES]
+
+TOL = {
+    torch.float64: {"idem": 1e-12, "member": 1e-10, "map": 1e-8, "iso": 1e-10},
+    torch.float32: {"idem": 1e-5, "member": 1e-5, "map": 2e-3, "iso": 1e-4},
+}
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
+    torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def _point(m: Manifold, shape: tuple[int, ...], seed: int, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return m.random(*shape, generator=g, dtype=dtype)
+
+
+def _tangent(m: Manifold, x: torch.Tensor, seed: int, scale: float = 0.3) -> torch.Tensor:
+    """A tangent vector of Riemannian norm ``scale`` per point (inside injectivity radii)."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    u = m.proju(x, torch.randn(x.shape, generator=g, dtype=x.dtype))
+    n = m.norm(x, u, keepdim=True)
+    while n.dim() < u.dim():
+        n = n.unsqueeze(-1)
+    return u / n.clamp_min(1e-12) * scale
+
+
+def _pairs() -> list[tuple[str, Manifold, tuple[int, ...], torch.dtype]]:
+    return [(n, m, s, d) for n, m, s in CASES for d in DTYPES]
+
+
+CASE_PARAMS = pytest.mark.parametrize(
+    ("name", "m", "shape", "dtype"),
+    _pairs(),
+    ids=[f"{n}-{str(d)[6:]}" for n, _, _, d in _pairs()],
+)
+
+
+@CASE_PARAMS
+def test_projections_idempotent(name, m, shape, dtype):
+    tol = TOL[dtype]["idem"]
+    for seed in SEEDS:
+        g = torch.Generator().manual_seed(seed)
+        raw = torch.randn(shape, generator=g, dtype=dtype)
+        if isinstance(m, Lorentz):
+            raw = raw.abs()
+        x = m.projx(raw)
+        _close(m.projx(x), x, tol)
+        u = m.proju(x, torch.randn(shape, generator=g, dtype=dtype))
+        _close(m.proju(x, u), u, tol)
+
+
+@CASE_PARAMS
+def test_membership_after_projx_and_random(name, m, shape, dtype):
+    tol = TOL[dtype]["member"]
+    for seed in SEEDS:
+        x = _point(m, shape, seed, dtype)
+        ok, why = m.check_point(x, explain=True, atol=tol, rtol=tol)
+        assert ok, why
+        g = torch.Generator().manual_seed(seed)
+        y = m.projx(3 * torch.randn(shape, generator=g, dtype=dtype))
+        ok, why = m.check_point(y, explain=True, atol=tol, rtol=tol)
+        assert ok, why
+
+
+@CASE_PARAMS
+def test_tangency_of_proju_and_egrad2rgrad(name, m, shape, dtype):
+    tol = TOL[dtype]["member"]
+    for seed in SEEDS:
+        x = _point(m, shape, seed, dtype)
+        g = torch.Generator().manual_seed(seed)
+        for v in (
+            m.proju(x, torch.randn(shape, generator=g, dtype=dtype)),
+            m.egrad2rgrad(x, torch.randn(shape, generator=g, dtype=dtype)),
+        ):
+            ok, why = m.check_vector(x, v, explain=True, atol=tol, rtol=tol)
+            assert ok, why
+
+
+@CASE_PARAMS
+def test_egrad2rgrad_is_riesz_representer(name, m, shape, dtype):
+    """⟨egrad2rgrad(x, g), u⟩_x = ⟨g, u⟩ (Euclidean pairing) for every tangent u."""
+    tol = TOL[dtype]["iso"]
+    for seed in SEEDS:
+        x = _point(m, shape, seed, dtype)
+        g = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        u = _tangent(m, x, seed)
+        lhs = m.inner(x, m.egrad2rgrad(x, g), u)
+        rhs = m._reduce(g * u, keepdim=False)
+        _close(lhs, rhs, tol)
+
+
+@CASE_PARAMS
+def test_retr_at_zero_is_identity(name, m, shape, dtype):
+    tol = TOL[dtype]["idem"] * 10
+    for seed in SEEDS:
+        x = _point(m, shape, seed, dtype)
+        _close(m.retr(x, torch.zeros_like(x)), x, tol)
+        _close(m.expmap(x, torch.zeros_like(x)), x, tol)
+
+
+def _gap(m: Manifold, a: torch.Tensor, b: torch.Tensor) -> float:
+    if m.has_logmap:
+        return float(m.dist(a, b).max())
+    return float((a - b).abs().max())
+
+
+def loglog_slope(ts: list[float], errs: list[float]) -> float:
+    lt = torch.tensor([math.log(t) for t in ts], dtype=torch.float64)
+    le = torch.tensor([math.log(e) for e in errs], dtype=torch.float64)
+    lt = lt - lt.mean()
+    return float((lt * (le - le.mean())).sum() / (lt * lt).sum())
+
+
+SLOPES: dict[str, float] = {}
+
+
+@pytest.mark.parametrize(("name", "m", "shape"), CASES, ids=IDS)
+def test_retraction_order(name, m, shape):
+    """‖dist(exp_x(tu), R_x(tu))‖ = O(t²): log-log slope ≥ 2 (less 0.1 for the fit)."""
+    ts = [10.0 ** (-3 + 0.25 * i) for i in range(9)]  # 1e-3 … 1e-1
+    for seed in SEEDS[:3]:
+        x = _point(m, shape, seed, torch.float64)
+        u = _tangent(m, x, seed, scale=1.0)
+        errs = [_gap(m, m.expmap(x, t * u), m.retr(x, t * u)) for t in ts]
+        if m.retr_is_expmap or max(errs) < 1e-13:
+            assert max(errs) < 1e-12, errs
+            continue
+        slope = loglog_slope(ts, errs)
+        SLOPES[f"{name}/{seed}"] = slope
+        assert slope >= 1.9, (slope, errs)
+
+
+@CASE_PARAMS
+def test_logmap_inverts_expmap_and_dist_is_norm(name, m, shape, dtype):
+    if not m.has_logmap:
+        pytest.skip(f"{m!r} has no closed-form logmap/dist")
+    tol = TOL[dtype]["map"]
+    for seed in SEEDS:
+        x = _point(m, shape, seed, dtype)
+        u = _tangent(m, x, seed, scale=0.7)
+        y = m.expmap(x, u)
+        _close(m.logmap(x, y), u, tol)
+        _close(m.dist(x, y), m.norm(x, u), tol)
+        _close(m.dist(x, x), torch.zeros_like(m.dist(x, x)), tol)
+
+
+@CASE_PARAMS
+def test_transport(name, m, shape, dtype):
+    tol_t = TOL[dtype]["member"]
+    tol_i = TOL[dtype]["iso"]
+    for seed in SEEDS:
+        x = _point(m, shape, seed, dtype)
+        y = m.retr(x, _tangent(m, x, seed, scale=0.8))
+        u = _tangent(m, x, seed + 50, scale=1.0)
+        v = _tangent(m, x, seed + 60, scale=2.0)
+        pu, pv = m.transp(x, y, u), m.transp(x, y, v)
+        ok, why = m.check_vector(y, pu, explain=True, atol=tol_t, rtol=tol_t)
+        assert ok, why
+        _close(m.transp(x, x, u), u, 10 * tol_i)
+        if m.transp_is_isometry:
+            _close(m.inner(y, pu, pv), m.inner(x, u, v), tol_i)
+            _close(m.norm(y, pu), m.norm(x, u), tol_i)
+
+
+def _closed_form_dist(m: Manifold, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if isinstance(m, Sphere):
+        return torch.arccos((x * y).sum(-1).clamp(-1, 1))
+    if isinstance(m, Oblique):
+        dim = -1 if m.unit == "rows" else -2
+        return torch.arccos((x * y).sum(dim).clamp(-1, 1)).square().sum(-1).sqrt()
+    if isinstance(m, PoincareBall):
+        c = m.c
+        num = 2 * c * (x - y).square().sum(-1)
+        den = (1 - c * x.square().sum(-1)) * (1 - c * y.square().sum(-1))
+        return torch.arccosh(1 + num / den) / math.sqrt(c)
+    if isinstance(m, Lorentz):
+        return math.sqrt(m.k) * torch.arccosh((-Lorentz.ldot(x, y) / m.k).clamp_min(1))
+    raise AssertionError(m)
+
+
+CLOSED = [c for c in CASES if isinstance(c[1], (Sphere, Oblique, PoincareBall, Lorentz))]
+
+
+@pytest.mark.parametrize(("name", "m", "shape"), CLOSED, ids=[c[0] for c in CLOSED])
+def test_closed_form_distances(name, m, shape):
+    for seed in SEEDS:
+        x = _point(m, shape, seed, torch.float64)
+        y = _point(m, shape, seed + 100, torch.float64)
+        torch.testing.assert_close(m.dist(x, y), _closed_form_dist(m, x, y), atol=1e-10, rtol=1e-10)
