@@ -30,6 +30,9 @@ DEMO_SPECS: dict[str, tuple[str, ...]] = {
         "sam_on:base_optimizer=sgd,lr=0.05,momentum=0.9,rho=0.5",
         "monge_sam:base_optimizer=sgd,lr=0.05,momentum=0.9,rho=0.05",
     ),
+    # BAOAB at a small temperature, matched to the SGD row: mu = exp(-0.46*0.23) = 0.90,
+    # eta = lr**2 (1 + mu) / 2 = 0.050 (torchvalley.dynamics.physical_to_sgd).
+    "langevin": ("baoab:lr=0.23,friction=0.46,temperature=1e-6",),
 }
 
 

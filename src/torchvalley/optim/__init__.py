@@ -7,6 +7,7 @@ so the baselines are registered first.
 # isort: off
 from torchvalley.optim import torch_baselines as torch_baselines
 from torchvalley.optim import sam as sam
+from torchvalley import dynamics as dynamics
 
 # isort: on
 from torchvalley.optim.sam import SAM as SAM
