@@ -18,6 +18,18 @@ Dynamics (``theta`` parameters, ``p`` momenta, ``U`` the loss, ``m`` mass, ``gam
 * ``"sgld"`` (Welling & Teh 2011): ``theta = theta - h grad U + sqrt(2 h tau) R`` (no momentum,
   ``mass`` and ``friction`` unused).
 
+Partitions (LaLa, AdLaLa, LOL; Leimkuhler, Matthews & Vlaar 2019). Dynamics and hyperparameters
+are per param group, so a partitioned integrator is a list of groups, e.g. from
+:func:`partition_by_layer`. The registry entries ``"adlala"``, ``"lol"`` and ``"lala"`` accept
+``model=`` (as the benchmark harness passes it): given the model and a flat parameter list (e.g.
+``model.parameters()``), they build the paper's partition themselves, one group per layer
+(module owning parameters, in ``model.named_modules()`` order, restricted to the given
+parameters): AdLaLa ``adaptive`` on the first layer and ``langevin`` on every later layer, LOL
+``langevin`` on the first layer and ``overdamped`` on every later layer, LaLa ``langevin`` on
+each. The flat hyperparameters then apply to every group. Explicit param groups are used as
+given, as is a flat list holding a tensor the model does not own; without ``model`` the list is
+one group with the entry's default dynamics (``langevin``), as before.
+
 Schemes. A scheme is a string of operator letters (see :mod:`torchvalley.dynamics.operators`):
 each letter covers ``h / k`` where ``k`` is how often it appears (``"BAOAB"`` is
 ``B_{h/2} A_{h/2} O_h A_{h/2} B_{h/2}``, ``"OBABO"`` is ``O_{h/2} B_{h/2} A_h B_{h/2} O_{h/2}``,
@@ -35,6 +47,18 @@ scheme's head from the initial ``p = 0`` (for BAOAB: the initial half kick
 ``p = -(h/2) grad U``, then ``A O A``; afterwards the merged kick ``B_{h/2} B_{h/2}``). Hence the
 positions after every ``step()`` are exactly those of the full scheme, while the stored momenta
 lag by the tail (for BAOAB they are the momenta before the final half kick).
+
+Missing gradients. A parameter whose ``grad`` is ``None`` on step ``k`` is left untouched on
+that step (no drift, kick, friction or noise; its momentum keeps its value) and it does *not*
+receive the tail it owed from step ``k-1``: the group's pending tail still advances to step
+``k``, so that owed tail is skipped for it. When it next has a gradient, on step ``k'``, it
+receives the tail of step ``k'-1`` (that step's ``lr`` and noise keys) and then the head of
+``k'``. Its noise keys, and every other parameter's, are unaffected (the index ``i`` counts
+every parameter of the optimizer). If no parameter of a group has a gradient, the group is
+skipped as a whole and its pending tail is kept, so it runs (with its original ``lr`` and noise
+keys) on the group's next step with gradients. ``sgld`` has no tail: the parameter is simply
+not updated on that step. The adaptive thermostat's ``N`` counts only the elements with a
+gradient on the step.
 
 Noise. Every draw is ``CounterNoise(seed).gaussian(p, step=16 * k + slot, index=i,
 dtype=float32)`` cast to the parameter dtype, with ``k`` the optimizer step the operator belongs
@@ -500,11 +524,39 @@ def partition_by_layer(
     return groups
 
 
+def _model_partition(params: Any, model: torch.nn.Module, first: str, rest: str) -> Any:
+    """The registry factories' partition: :func:`partition_by_layer` restricted to ``params``.
+
+    Explicit param groups (any ``dict`` in ``params``) are returned unchanged, as is a flat list
+    holding a tensor that is not a trainable parameter of ``model`` (no layer to assign it to).
+    Layers none of whose parameters are in ``params`` are dropped, so "the first layer" is the
+    first layer (in ``model.named_modules()`` order) that has a parameter being optimized.
+    """
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    params = list(params)
+    if not params or any(isinstance(p, Mapping) for p in params):
+        return params
+    wanted = {id(p) for p in params}
+    owned = {id(p) for p in model.parameters() if p.requires_grad}
+    if not wanted <= owned:
+        return params
+    groups: list[dict[str, Any]] = []
+    for group in partition_by_layer(model, first, rest):
+        kept = [p for p in group["params"] if id(p) in wanted]
+        wanted -= {id(p) for p in kept}  # a parameter shared by two layers goes to the first
+        if kept:
+            dyn = first if not groups else rest
+            groups.append({"params": kept, "dynamics": dyn})
+    return groups
+
+
 # ----------------------------------------------------------------------------------------------
 # Registry entries
 # ----------------------------------------------------------------------------------------------
 
 _CAPS = Capabilities(noisy=True, separable=False)
+_CAPS_MODEL = Capabilities(noisy=True, separable=False, accepts_model=True)
 _DOCS = {
     "lr": ("positive", "step size h"),
     "friction": ("non_negative", "friction gamma"),
@@ -534,19 +586,36 @@ def _register(
     example: Mapping[str, Any],
     group_example: Mapping[str, Any],
     dynamics_choices: tuple[str, ...] = (),
+    partition: tuple[str, str] | None = None,
 ) -> None:
     fixed = {} if dynamics_choices else {"dynamics": dynamics}
 
-    def factory(params: Any, **kwargs: Any) -> LangevinSplitting:
+    def factory(
+        params: Any, model: torch.nn.Module | None = None, **kwargs: Any
+    ) -> LangevinSplitting:
+        if partition is not None and model is not None:
+            params = _model_partition(params, model, *partition)
         return LangevinSplitting(params, **{"dynamics": dynamics, **defaults, **kwargs, **fixed})
 
     factory.__name__ = name
     factory.__doc__ = f"{summary} (:class:`LangevinSplitting` with dynamics={dynamics!r})."
+    if partition is not None:
+        factory.__doc__ += (
+            f" Given ``model=`` and a flat parameter list, the params are split with "
+            f":func:`partition_by_layer` (first layer {partition[0]!r}, every later layer its "
+            f"own {partition[1]!r} group); explicit param groups are used as given."
+        )
     base = LangevinSplitting.__init__.__defaults__
     init_defaults = dict(
         zip(LangevinSplitting.__init__.__code__.co_varnames[2:], base, strict=False)
     )
     hps = [_hp(n, defaults.get(n, init_defaults[n])) for n in names]
+    if partition is not None:
+        hps.append(
+            Hyperparameter(
+                "model", "any", None, "the module: a flat param list is partitioned per layer"
+            )
+        )
     if dynamics_choices:
         hps.insert(
             0,
@@ -557,7 +626,7 @@ def _register(
     register_optimizer(
         name,
         factory,
-        capabilities=_CAPS,
+        capabilities=_CAPS_MODEL if partition is not None else _CAPS,
         hyperparameters=tuple(hps),
         summary=summary,
         family="langevin",
@@ -629,30 +698,36 @@ _register(
     "langevin",
     _UNDER,
     {},
-    "layer-wise Langevin (LaLa): each param group its own friction/temperature",
+    "layer-wise Langevin (LaLa): each param group its own friction/temperature; with model=, "
+    "one group per layer",
     _LMV,
     _EX,
     {"lr": 0.05, "friction": 3.0, "temperature": 1e-2, "mass": 2.0, "scheme": "OBABO"},
+    partition=("langevin", "langevin"),
 )
 _register(
     "adlala",
     "langevin",
     _UNDER + _ADAPT,
     {},
-    "AdLaLa: adaptive Langevin on some partitions (e.g. the first layer), Langevin on the rest",
+    "AdLaLa: adaptive Langevin on some partitions (with model=: the first layer), Langevin on "
+    "the rest",
     _LMV,
     {**_EX, "noise_scale": 0.01},
     {"dynamics": "adaptive", "temperature": 1e-2, "friction": 3.0, "lr": 0.05, "mass": 2.0},
     dynamics_choices=("langevin", "adaptive"),
+    partition=("adaptive", "langevin"),
 )
 _register(
     "lol",
     "langevin",
     _UNDER,
     {},
-    "LOL: Langevin on some partitions, overdamped (BAOAB limit) Langevin on others",
+    "LOL: Langevin on some partitions (with model=: the first layer), overdamped (BAOAB limit) "
+    "Langevin on the rest",
     _LMV,
     _EX,
     {"dynamics": "overdamped", "temperature": 1e-2, "friction": 3.0, "lr": 0.05, "mass": 2.0},
     dynamics_choices=("langevin", "overdamped"),
+    partition=("langevin", "overdamped"),
 )
