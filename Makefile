@@ -14,7 +14,7 @@ DEMO_OUT ?= reports/demo
 .PHONY: help install demo test test-slow bench lint format clean
 
 help:
-	@echo "make demo       set up and run the demo suite (MNIST-1D CNN, every optimizer family, 3 seeds)"
+	@echo "make demo       set up and run the demo (MNIST-1D CNN, every family; two spirals; 3 seeds)"
 	@echo "make test       set up and run the test suite (fast; slow statistical checks excluded)"
 	@echo "make test-slow  the slow statistical / benchmark checks (marker: slow)"
 	@echo "make bench      the optimizer step-overhead benchmark (~11M parameters)"

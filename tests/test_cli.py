@@ -112,3 +112,22 @@ def test_demo_covers_every_registered_family(monkeypatch):
     monkeypatch.setattr(demo, "DEMO_SPECS", {})
     with pytest.raises(ValueError, match="without a demo spec: baseline"):
         demo.demo_specs()
+
+
+def test_demo_suite_option_runs_only_that_suite(capsys, tmp_path):
+    out_dir = tmp_path / "demo"
+    argv = ["demo", "--suite", "spirals", "--epochs", "1", "--seeds", "0", "--no-progress"]
+    status, out, _ = _run(capsys, *argv, "--out", str(out_dir), "--threads", "1")
+    assert status == 0 and "spirals" in out
+    with sqlite3.connect(out_dir / "demo.db") as connection:
+        rows = connection.execute("select task, optimizer, status from runs").fetchall()
+    assert {task for task, _, _ in rows} == {"spirals"}
+    assert {name for _, name, _ in rows} == {"adlala", "baoab", "adam"}
+    assert {state for _, _, state in rows} == {"finished"}
+    assert set(demo.DEFAULT_SUITES) <= set(demo.DEMO_SUITES)
+    # The spirals suite is not bound to cover every family; an unknown suite is an error.
+    assert [spec.name for spec in demo.demo_specs("spirals")] == ["adam", "adlala", "baoab"]
+    with pytest.raises(ValueError, match="unknown demo suite"):
+        demo.demo_specs("nope")
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--suite", "nope", "--out", str(out_dir)])

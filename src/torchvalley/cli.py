@@ -213,9 +213,12 @@ def _command_report(args: argparse.Namespace) -> int:
 
 def _command_demo(args: argparse.Namespace) -> int:
     from torchvalley.bench import demo
+    from torchvalley.bench.runner import run_sweep
+    from torchvalley.bench.store import Store
 
+    names = list(dict.fromkeys(args.suite or demo.DEFAULT_SUITES))
     try:
-        specs = demo.demo_specs()
+        suites = [(demo.get_suite(name), demo.demo_specs(name)) for name in names]
     except ValueError as error:
         raise CommandError(str(error)) from None
     out = Path(args.out)
@@ -223,13 +226,26 @@ def _command_demo(args: argparse.Namespace) -> int:
     store_path = out / "demo.db"
     if args.fresh and store_path.exists():
         store_path.unlink()
-    args.store = str(store_path)
-    args.report = str(out)
-    args.seeds = args.seeds or list(demo.DEMO_SEEDS)
-    args.epochs = args.epochs or demo.DEMO_EPOCHS
-    args.data_seed = None
-    args.batch_size = None
-    return _sweep(args, [demo.DEMO_TASK], specs, title="torchvalley demo: MNIST-1D CNN")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    with Store(str(store_path)) as store:
+        for suite, specs in suites:
+            run_sweep(
+                [suite.task],
+                specs,
+                args.seeds or list(suite.seeds),
+                epochs=args.epochs or suite.epochs,
+                store=store,
+                progress=False if args.no_progress else None,  # None: bars on a terminal only
+            )
+        print(
+            f"demo finished in {time.perf_counter() - started:.1f} s; store: {store_path}",
+            file=sys.stderr,
+        )
+        title = "torchvalley demo: " + "; ".join(suite.title for suite, _ in suites)
+        _write_report(store, out, [suite.task for suite, _ in suites], title)
+    return 0
 
 
 def _command_landscape(args: argparse.Namespace) -> int:
@@ -361,6 +377,14 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the demo suite (what `make demo` runs)")
     demo.add_argument("--out", default="reports/demo", help="output folder (store + report)")
     demo.add_argument("--fresh", action="store_true", help="discard earlier demo runs")
+    from torchvalley.bench.demo import DEFAULT_SUITES, DEMO_SUITES
+
+    demo.add_argument(
+        "--suite",
+        action="append",
+        choices=DEMO_SUITES,
+        help=f"run only this suite (repeatable; default: {' and '.join(DEFAULT_SUITES)})",
+    )
     add_run_options(demo, None)
     demo.set_defaults(handler=_command_demo)
     return parser

@@ -1,15 +1,35 @@
-"""The demo suite that ``make demo`` runs: the MNIST-1D CNN with every optimizer family.
+"""The demo suites that ``make demo`` runs.
 
-Each issue that adds an optimizer family adds its tuned spec(s) here; a test checks that every
-registered family appears, so the demo always shows the whole library.
+* ``"mnist1d"``: the MNIST-1D CNN with every optimizer family. Each issue that adds an optimizer
+  family adds its tuned spec(s) to :data:`DEMO_SPECS`; a test checks that every registered
+  family appears, so the demo always shows the whole library.
+* ``"spirals"``: the two-spirals problem of the AdLaLa paper (Leimkuhler, Matthews & Vlaar
+  2019), AdLaLa (its paper partition: adaptive first layer, Langevin output layer) against BAOAB
+  and Adam with the paper's hyperparameters, on fewer epochs than the paper's 4000.
+
+``torchvalley demo`` runs :data:`DEFAULT_SUITES`; ``torchvalley demo --suite spirals`` one suite.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 from torchvalley.bench.specs import OptimizerSpec
 from torchvalley.registry import optimizer_entries
 
-__all__ = ["DEMO_EPOCHS", "DEMO_SEEDS", "DEMO_SPECS", "DEMO_TASK", "demo_specs"]
+__all__ = [
+    "DEFAULT_SUITES",
+    "DEMO_EPOCHS",
+    "DEMO_SEEDS",
+    "DEMO_SPECS",
+    "DEMO_SUITES",
+    "DEMO_TASK",
+    "SPIRALS_DEMO_EPOCHS",
+    "DemoSuite",
+    "demo_specs",
+    "get_suite",
+]
 
 DEMO_TASK = "mnist1d_cnn"
 DEMO_SEEDS = (0, 1, 2)
@@ -35,15 +55,100 @@ DEMO_SPECS: dict[str, tuple[str, ...]] = {
     "langevin": ("baoab:lr=0.23,friction=0.46,temperature=1e-6",),
 }
 
+#: Epochs of the spirals demo (the task's default is 1000, the paper's 4000).
+SPIRALS_DEMO_EPOCHS = 300
 
-def demo_specs() -> list[OptimizerSpec]:
-    """The demo's optimizer specs, validated against the registry.
+# The paper's hyperparameters (h, gamma, tau_1 = tau_2, sigma_A, eps, xi_0); see
+# benchmarks/spirals.sh for the full comparison.
+_SPIRALS_LA = "lr=0.25,friction=0.1,temperature=1e-4"
+_SPIRALS_SPECS: dict[str, tuple[str, ...]] = {
+    "baseline": ("adam:lr=0.005",),
+    "langevin": (
+        f"adlala:{_SPIRALS_LA},noise_scale=0.01,thermostat_coupling=0.05,thermostat_init=0.1",
+        f"baoab:{_SPIRALS_LA}",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSuite:
+    """One demo suite: a task and the optimizer specs run on it.
+
+    Attributes:
+        name: the suite's name (``torchvalley demo --suite NAME``).
+        task: the benchmark task.
+        specs: registry family name -> spec strings.
+        seeds: model-init / data-order seeds.
+        epochs: epochs per run (``None``: the task's default).
+        title: a one-line description (for the report and the CLI help).
+        every_family: the suite must cover every registered optimizer family.
+    """
+
+    name: str
+    task: str
+    specs: Mapping[str, tuple[str, ...]]
+    seeds: tuple[int, ...]
+    epochs: int | None
+    title: str
+    every_family: bool = False
+
+
+def _suites() -> dict[str, DemoSuite]:
+    # Built on each call so that a monkeypatched DEMO_SPECS/DEMO_TASK (tests) is seen.
+    return {
+        "mnist1d": DemoSuite(
+            "mnist1d",
+            DEMO_TASK,
+            DEMO_SPECS,
+            DEMO_SEEDS,
+            DEMO_EPOCHS,
+            "MNIST-1D CNN, every optimizer family",
+            every_family=True,
+        ),
+        "spirals": DemoSuite(
+            "spirals",
+            "spirals",
+            _SPIRALS_SPECS,
+            (0, 1, 2),
+            SPIRALS_DEMO_EPOCHS,
+            f"two spirals (AdLaLa paper), AdLaLa vs BAOAB vs Adam, {SPIRALS_DEMO_EPOCHS} epochs",
+        ),
+    }
+
+
+#: The suites by name.
+DEMO_SUITES: tuple[str, ...] = ("mnist1d", "spirals")
+
+#: What ``torchvalley demo`` (and ``make demo``) runs without ``--suite``.
+DEFAULT_SUITES: tuple[str, ...] = ("mnist1d", "spirals")
+
+
+def get_suite(name: str) -> DemoSuite:
+    """The demo suite called ``name``.
 
     Raises:
-        ValueError: if a registered family has no demo spec (add one to ``DEMO_SPECS``).
+        ValueError: if there is no such suite.
     """
-    families = {entry.family for entry in optimizer_entries()}
-    missing = sorted(families - set(DEMO_SPECS))
-    if missing:
-        raise ValueError(f"optimizer families without a demo spec: {', '.join(missing)}")
-    return [OptimizerSpec.parse(text) for family in DEMO_SPECS for text in DEMO_SPECS[family]]
+    suites = _suites()
+    if name not in suites:
+        raise ValueError(f"unknown demo suite {name!r}; known: {', '.join(suites)}")
+    return suites[name]
+
+
+def demo_specs(suite: str = "mnist1d") -> list[OptimizerSpec]:
+    """A demo suite's optimizer specs, validated against the registry.
+
+    Args:
+        suite: the suite's name (a key of :data:`DEMO_SUITES`).
+
+    Raises:
+        ValueError: if the suite is unknown, or if it must cover every family and a registered
+            family has no demo spec (add one to ``DEMO_SPECS``).
+    """
+    chosen = get_suite(suite)
+    if chosen.every_family:
+        families = {entry.family for entry in optimizer_entries()}
+        missing = sorted(families - set(chosen.specs))
+        if missing:
+            raise ValueError(f"optimizer families without a demo spec: {', '.join(missing)}")
+    return [OptimizerSpec.parse(text) for family in chosen.specs for text in chosen.specs[family]]
