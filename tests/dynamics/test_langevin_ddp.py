@@ -15,10 +15,6 @@ spawned interpreter cannot import a test module that pytest loaded in importlib 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -27,6 +23,7 @@ from torch.nn import functional as F
 
 import torchvalley
 from torchvalley.dynamics import partition_by_layer
+from torchvalley.testing.distributed import launch_workers
 
 WORLD_SIZE = 2
 STEPS = 100
@@ -125,41 +122,8 @@ def _ddp_worker(rank: int, world_size: int, out: Path) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch_ddp(out: Path) -> list[dict]:
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [sys.executable, __file__, "--ddp-worker", "--world-size", str(WORLD_SIZE)]
-    workers = [
-        subprocess.Popen(
-            [*command, "--rank", str(rank), "--out", str(out)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for rank in range(WORLD_SIZE)
-    ]
-    logs = []
-    try:
-        for worker in workers:
-            logs.append(worker.communicate(timeout=120)[0].decode(errors="replace"))
-    finally:
-        for worker in workers:  # only the processes started here
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-    for rank, worker in enumerate(workers):
-        assert worker.returncode == 0, f"rank {rank} failed:\n{logs[rank][-4000:]}"
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    return launch_workers(__file__, out, world_size=WORLD_SIZE)
 
 
 def _max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

@@ -17,10 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +27,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from torchvalley.optim import SAM
+from torchvalley.testing.distributed import launch_workers
 
 Params = dict[str, torch.Tensor]
 
@@ -250,12 +247,6 @@ def _detach(value):
     return value
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ddp_two_gloo_processes(tmp_path):
     # One launch (2 ranks, ~10 s) for every DDP check below: a module-scoped fixture would be
     # set up once per pytest-xdist worker running one of several tests.
@@ -268,34 +259,7 @@ def test_ddp_two_gloo_processes(tmp_path):
 
 
 def _launch_ddp(out: Path) -> list[dict]:
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [sys.executable, __file__, "--ddp-worker", "--world-size", str(WORLD_SIZE)]
-    workers = [
-        subprocess.Popen(
-            [*command, "--rank", str(rank), "--out", str(out)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for rank in range(WORLD_SIZE)
-    ]
-    logs = []
-    try:
-        for worker in workers:
-            logs.append(worker.communicate(timeout=120)[0].decode(errors="replace"))
-    finally:
-        for worker in workers:  # only the processes started here
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-    for rank, worker in enumerate(workers):
-        assert worker.returncode == 0, f"rank {rank} failed:\n{logs[rank][-4000:]}"
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    return launch_workers(__file__, out, world_size=WORLD_SIZE)
 
 
 def _assert_replicas_identical(results: list[dict], key: str) -> None:
