@@ -1,6 +1,7 @@
 """The Langevin step benchmark of the thermodynamic issue: the ``sgld`` and ``baoab`` steps as a
 ratio to (an SGD-momentum step + one ``torch.randn_like`` per parameter), all timed in one run of
 the step benchmark (``benchmarks/step_overhead.py``) on its 11M-parameter set. Goal: <= 1.2x.
+The row ``baoab-fused`` is ``baoab`` with ``fused=True`` (compiled during the warm-up steps).
 
 Usage: python benchmarks/langevin_overhead.py [step_overhead.py options, e.g. --threads 1]
 """
@@ -48,6 +49,11 @@ reference = OptimizerEntry(
 )
 entries = [reference, *(torchvalley.get_optimizer_entry(n) for n in ("sgld", "baoab"))]
 entries = [dataclasses.replace(e) for e in entries]
+# The opt-in fused BAOAB path (one compiled pass per tensor); the first warm-up step compiles.
+baoab = entries[-1]
+entries.append(
+    dataclasses.replace(baoab, name="baoab-fused", example={**baoab.example, "fused": True})
+)
 
 with tempfile.TemporaryDirectory() as folder:
     raw = Path(folder) / "raw.json"
@@ -57,7 +63,7 @@ with tempfile.TemporaryDirectory() as folder:
     results = {r["label"].split(" (")[0]: r for r in json.loads(raw.read_text())["rows"]}
 base = results[reference.name]["median_ms"]
 print("\n| optimizer | ms/step (median) | ratio to SGD-momentum + randn_like |\n|---|--:|--:|")
-for name in (reference.name, "sgld", "baoab"):
+for name in (reference.name, "sgld", "baoab", "baoab-fused"):
     print(
         f"| {name} | {results[name]['median_ms']:.3f} | {results[name]['median_ms'] / base:.2f} |"
     )
