@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 import torchvalley.bench.builtin_tasks  # noqa: F401  (registers the tasks)
+from torchvalley.bench.machine import cpu_model
 from torchvalley.bench.runner import global_seed, shuffle_seed
 from torchvalley.bench.tasks import Task, get_task
 from torchvalley.landscape.fdr import FDRScheduler
@@ -174,16 +175,6 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads != torch.get_num_threads():
@@ -228,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {_cpu_name()}, {torch.get_num_threads()} torch thread(s), "
+        f"Machine: {cpu_model()}, {torch.get_num_threads()} torch thread(s), "
         f"torch {torch.__version__}, Python {platform.python_version()}; "
         f"total wall time {wall:.0f} s (machine shared with other jobs, so times are indicative).",
         "",

@@ -72,6 +72,7 @@ import torch
 from torch import nn
 
 import torchvalley.landscape.hvp as hvp_module
+from torchvalley.bench.machine import cpu_model, load_average
 from torchvalley.bench.tasks import get_task
 from torchvalley.landscape.hessian import hessian_eigenvalues
 
@@ -259,24 +260,6 @@ def summarize(rows: Sequence[Row], iterations: int) -> list[dict[str, Any]]:
             )
         out.append(entry)
     return out
-
-
-def cpu_model() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except (AttributeError, OSError):
-        return "n/a"
 
 
 def render_markdown(facts: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:

@@ -22,7 +22,6 @@ import argparse
 import gc
 import importlib.util
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from torchvalley.bench.machine import cpu_model, load_average
 from torchvalley.noise import DEFAULT_BLOCK_SIZE, CounterNoise
 
 
@@ -43,17 +43,6 @@ def _load_shapes() -> list[tuple[int, ...]]:
     sys.modules["step_overhead"] = module  # dataclasses in it look their module up
     spec.loader.exec_module(module)
     return module.resnet18_shapes()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,11 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         gc.enable()
 
     ref = statistics.median(times[names[0]])
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {_cpu_model()}, "
-        f"os.cpu_count() {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} "
-        f"{load[2]:.2f}; {len(params)} tensors, {total:,} float32 elements; "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()}, "
+        f"os.cpu_count() {os.cpu_count()}, load average {load_average()}; "
+        f"{len(params)} tensors, {total:,} float32 elements; "
         f"{args.repeats} interleaved repeats\n"
     )
     print("| row | median ms | IQR ms | ratio to reference |")

@@ -98,6 +98,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import torchvalley
+from torchvalley.bench.machine import cpu_model, load_average
 from torchvalley.registry import (
     OptimizerEntry,
     get_optimizer_entry,
@@ -1000,24 +1001,6 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except (AttributeError, OSError):
-        return "n/a"
-
-
 def _fmt_ms(value: float | None) -> str:
     if value is None:
         return "—"
@@ -1250,7 +1233,7 @@ def _machine_facts(args: argparse.Namespace, load_start: str) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "load_start": load_start,
-        "load_end": _load_average(),
+        "load_end": load_average(),
         "warmup": args.warmup,
         "repeats": args.repeats,
         "steps": args.steps,
@@ -1285,7 +1268,7 @@ def _run(args: argparse.Namespace, entries: Sequence[OptimizerEntry] | None) -> 
     ref_params, ref_grads = make_reference_tensors(shapes, args.seed)
 
     anchor_text, versions = _anchor_text(args)
-    load_start = _load_average()
+    load_start = load_average()
     rows, notes = build_rows(
         entries,
         ref_params,
@@ -1319,7 +1302,7 @@ def _run_training(args: argparse.Namespace, entries: Sequence[OptimizerEntry]) -
         args.train_model, width=args.width, batch_size=args.train_batch, seed=args.seed
     )
     anchor_text, versions = _anchor_text(args)
-    load_start = _load_average()
+    load_start = load_average()
     rows = build_training_rows(chosen, model, batches, anchors=not args.no_anchors)
     measure(rows, warmup=args.warmup, repeats=args.repeats, steps=args.steps)
     results = [summarize(row, rows[0]) for row in rows]

@@ -521,17 +521,15 @@ class SAM(torch.optim.Optimizer):
                 self.first_step(zero_grad=True)
                 closure()
             self.restore()
+            seen = [p for p in params if p.grad is not None and p in accumulated]
+            if seen:
+                torch._foreach_add_([accumulated[p] for p in seen], [p.grad for p in seen])
             for p in params:
-                if p.grad is None:
-                    continue
-                buffer = accumulated.get(p)
-                if buffer is None:
+                if p.grad is not None and p not in accumulated:
                     # At least float32 (fp16/bf16 sums lose bits), never below the gradient's
                     # own precision (a float32 buffer would round float64 gradients).
                     dtype = torch.promote_types(p.grad.dtype, torch.float32)
                     accumulated[p] = p.grad.detach().to(dtype, copy=True)
-                else:
-                    buffer.add_(p.grad)
             self.zero_grad(set_to_none=True)
         scale = 1.0 / len(closures)
         buffers = list(accumulated.values())
