@@ -239,3 +239,18 @@ def test_closed_form_distances(name, m, shape):
         x = _point(m, shape, seed, torch.float64)
         y = _point(m, shape, seed + 100, torch.float64)
         torch.testing.assert_close(m.dist(x, y), _closed_form_dist(m, x, y), atol=1e-10, rtol=1e-10)
+
+
+@CASE_PARAMS
+def test_rgrad2egrad_inverts_egrad2rgrad(name, m, shape, dtype):
+    """egrad2rgrad(x, rgrad2egrad(x, r)) = r and Σ rgrad2egrad(x, r)·s = ⟨r, s⟩_x (Riesz)."""
+    tol = 1e-10 if dtype == torch.float64 else TOL[dtype]["iso"]
+    for seed in SEEDS:
+        x = _point(m, shape, seed, dtype)
+        g = torch.Generator().manual_seed(seed + 200)
+        r = m.proju(x, torch.randn(shape, generator=g, dtype=dtype))
+        s = m.proju(x, torch.randn(shape, generator=g, dtype=dtype))
+        lowered = m.rgrad2egrad(x, r)
+        assert lowered.shape == r.shape
+        _close(m.egrad2rgrad(x, lowered), r, tol)
+        _close(m._reduce(lowered * s, keepdim=False), m.inner(x, r, s), tol)

@@ -7,6 +7,8 @@ Absil, Mahony & Sepulchre, *Optimization Algorithms on Matrix Manifolds* (2008):
 * ``projx(x)``: a point of the ambient space mapped onto the manifold;
 * ``proju(x, u)``: an ambient vector mapped onto the tangent space T_x M;
 * ``egrad2rgrad(x, g)``: the Riemannian gradient from the Euclidean one, G(x)⁻¹ g projected;
+* ``rgrad2egrad(x, r)``: its inverse on tangent vectors (metric lowering, G(x) r): an ambient
+  vector whose Euclidean pairing with tangent vectors is the metric pairing with ``r``;
 * ``retr(x, u)``: a retraction R_x(u) (first order: R_x(0) = x, dR_x(0) = id);
 * ``transp(x, y, v)``: a vector transport T_x M → T_y M (``transp_is_isometry`` says whether it is
   the parallel transport, an isometry, or a projection, which is not);
@@ -55,8 +57,9 @@ class Manifold(abc.ABC):
 
     Subclasses implement ``projx``, ``proju``, ``retr``, ``random``, ``_check_point`` and
     ``_check_vector``; the defaults are ``egrad2rgrad = proju`` (embedded submanifolds with the
-    induced metric), ``transp(x, y, v) = proju(y, v)`` (a projection transport, not an isometry)
-    and the Euclidean inner product over the point dimensions.
+    induced metric) and its inverse on tangent vectors ``rgrad2egrad(x, r) = r``,
+    ``transp(x, y, v) = proju(y, v)`` (a projection transport, not an isometry) and the
+    Euclidean inner product over the point dimensions.
     """
 
     ndim: int = 0
@@ -105,6 +108,27 @@ class Manifold(abc.ABC):
     def egrad2rgrad(self, x: Tensor, g: Tensor) -> Tensor:
         """Riemannian gradient from the Euclidean gradient ``g``: here ``proju(x, g)``."""
         return self.proju(x, g)
+
+    def rgrad2egrad(self, x: Tensor, r: Tensor) -> Tensor:
+        """Euclidean representative of a tangent vector: the inverse of :meth:`egrad2rgrad`.
+
+        Lowers the index with the metric: returns an ambient vector ``g`` with
+        ``egrad2rgrad(x, g) == r`` and ``Σ g·s == inner(x, r, s)`` for every tangent ``s`` (the
+        Riesz representative of ⟨r, ·⟩_x in the Euclidean pairing). A Euclidean-gradient
+        consumer (a Riemannian optimizer applying ``egrad2rgrad`` at ``x``) thus recovers ``r``
+        exactly. The default, ``r`` itself, is right for embedded submanifolds with the induced
+        metric, where ``egrad2rgrad = proju`` is the identity on tangent vectors; manifolds with
+        another metric override it.
+
+        Args:
+            x: the base point.
+            r: a tangent vector at ``x`` (the result is unspecified for non-tangent ``r``).
+
+        Returns:
+            The ambient vector ``G(x) r`` (same shape as ``r``).
+        """
+        del x
+        return r
 
     @abc.abstractmethod
     def retr(self, x: Tensor, u: Tensor) -> Tensor:

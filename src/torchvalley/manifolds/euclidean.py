@@ -47,6 +47,10 @@ class Euclidean(Manifold):
         """Identity: the Riemannian gradient is the Euclidean one."""
         return g
 
+    def rgrad2egrad(self, x: Tensor, r: Tensor) -> Tensor:
+        """Identity: the Euclidean representative is the vector itself."""
+        return r
+
     def retr(self, x: Tensor, u: Tensor) -> Tensor:
         """x + u."""
         return x + u

@@ -3,7 +3,8 @@
 Poincaré ball 𝔻ⁿ_c = {x : c‖x‖² < 1}, curvature −c (Ganea, Bécigneul & Hofmann, "Hyperbolic
 Neural Networks", NeurIPS 2018; Ungar's gyrovector formalism), with λ_x = 2 / (1 − c‖x‖²):
 
-* metric ⟨u, v⟩_x = λ_x² ⟨u, v⟩; Riemannian gradient = g / λ_x² = g (1 − c‖x‖²)² / 4;
+* metric ⟨u, v⟩_x = λ_x² ⟨u, v⟩; Riemannian gradient = g / λ_x² = g (1 − c‖x‖²)² / 4, and
+  its inverse ``rgrad2egrad(x, r) = λ_x² r``;
 * Möbius addition x ⊕ y = ((1 + 2c⟨x,y⟩ + c‖y‖²) x + (1 − c‖x‖²) y) / (1 + 2c⟨x,y⟩ + c²‖x‖²‖y‖²);
 * exp_x(u) = x ⊕ (tanh(√c λ_x ‖u‖ / 2) u / (√c ‖u‖));
 * log_x(y) = 2 / (√c λ_x) artanh(√c ‖−x ⊕ y‖) (−x ⊕ y) / ‖−x ⊕ y‖;
@@ -19,7 +20,8 @@ Lorentz model ℍⁿ_k = {x ∈ ℝ^{n+1} : ⟨x, x⟩_L = −k, x₀ > 0}, ⟨x
 (Nickel & Kiela, ICML 2018, curvature −1/k):
 
 * proju(x, u) = u + ⟨x, u⟩_L x / k; projx recomputes x₀ = sqrt(k + ‖x_{1:}‖²);
-* Riemannian gradient = proju(x, J g) with J = diag(−1, 1, …, 1);
+* Riemannian gradient = proju(x, J g) with J = diag(−1, 1, …, 1); on tangent vectors its
+  inverse is ``rgrad2egrad(x, r) = J r`` (proju(x, J J r) = proju(x, r) = r);
 * exp_x(u) = cosh(θ) x + (sinh θ / θ) u, θ = ‖u‖_L / √k;
 * d(x, y) = √k arcosh(−⟨x, y⟩_L / k), computed as 2√k arsinh(‖x − y‖_L / (2√k));
 * log_x(y) = (θ / sinh θ)(y + ⟨x, y⟩_L x / k), θ = d(x, y)/√k;
@@ -133,6 +135,10 @@ class PoincareBall(Manifold):
     def egrad2rgrad(self, x: Tensor, g: Tensor) -> Tensor:
         """g / λ_x² = g (1 − c‖x‖²)² / 4."""
         return g / self.lambda_x(x).square()
+
+    def rgrad2egrad(self, x: Tensor, r: Tensor) -> Tensor:
+        """λ_x² r: the inverse of :meth:`egrad2rgrad` (metric lowering with G(x) = λ_x² I)."""
+        return r * self.lambda_x(x).square()
 
     def inner(self, x: Tensor, u: Tensor, v: Tensor | None = None, keepdim: bool = False) -> Tensor:
         """λ_x² ⟨u, v⟩."""
@@ -263,6 +269,14 @@ class Lorentz(Manifold):
         """proju(x, J g), J = diag(−1, 1, …, 1)."""
         return self.proju(x, torch.cat([-g[..., 0:1], g[..., 1:]], dim=-1))
 
+    def rgrad2egrad(self, x: Tensor, r: Tensor) -> Tensor:
+        """J r, J = diag(−1, 1, …, 1): the inverse of :meth:`egrad2rgrad` on tangent vectors.
+
+        For tangent ``r``, egrad2rgrad(x, J r) = proju(x, r) = r, and Σ (J r)·s = ⟨r, s⟩_L.
+        """
+        del x
+        return torch.cat([-r[..., 0:1], r[..., 1:]], dim=-1)
+
     def inner(self, x: Tensor, u: Tensor, v: Tensor | None = None, keepdim: bool = False) -> Tensor:
         """⟨u, v⟩_L (positive definite on tangent vectors)."""
         return self.ldot(u, u if v is None else v, keepdim=keepdim)
@@ -283,7 +297,12 @@ class Lorentz(Manifold):
     def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
         """√k arcosh(−⟨x, y⟩_L / k) = 2√k arsinh(‖x − y‖_L / (2√k))."""
         d = x - y
-        chord = self.ldot(d, d, keepdim=keepdim).clamp_min(0).sqrt()
+        chord2 = self.ldot(d, d, keepdim=keepdim).clamp_min(0)
+        # sqrt has an infinite derivative at 0: the double ``where`` keeps the gradient of
+        # dist² (and of dist at coincident points) finite (0) where x == y.
+        positive = chord2 > 0
+        safe = torch.where(positive, chord2, torch.ones_like(chord2))
+        chord = torch.where(positive, safe.sqrt(), torch.zeros_like(chord2))
         return 2 * self._sqrt_k * torch.asinh(chord / (2 * self._sqrt_k))
 
     def logmap(self, x: Tensor, y: Tensor) -> Tensor:

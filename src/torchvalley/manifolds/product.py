@@ -3,8 +3,8 @@
 Convention: a point has shape ``(..., D)`` with D = Σᵢ prod(shapeᵢ); the slice of the last
 dimension belonging to factor i is reshaped to ``(..., *shapeᵢ)`` and handed to Mᵢ. The metric
 is the sum of the factor metrics, d(x, y)² = Σᵢ dᵢ(xᵢ, yᵢ)², and every map (projections,
-retraction, exp/log, transport, Riemannian gradient) acts factor by factor. The product's
-transport is an isometry exactly when every factor's is.
+retraction, exp/log, transport, Riemannian gradient and its inverse) acts factor by factor.
+The product's transport is an isometry exactly when every factor's is.
 """
 
 from __future__ import annotations
@@ -91,6 +91,10 @@ class Product(Manifold):
     def egrad2rgrad(self, x: Tensor, g: Tensor) -> Tensor:
         """Factor-wise ``egrad2rgrad``."""
         return self._map(lambda m, a, b: m.egrad2rgrad(a, b), x, g)
+
+    def rgrad2egrad(self, x: Tensor, r: Tensor) -> Tensor:
+        """Factor-wise ``rgrad2egrad``."""
+        return self._map(lambda m, a, b: m.rgrad2egrad(a, b), x, r)
 
     def retr(self, x: Tensor, u: Tensor) -> Tensor:
         """Factor-wise ``retr``."""
