@@ -16,6 +16,7 @@ VALID = {
     "optional_bool": (None, True, False),
     "positive_int": (1, 10),
     "optional_positive": (None, 0.5),
+    "optional_positive_int": (None, 1, 4500),
     "any": (None, object()),
 }
 

@@ -24,6 +24,7 @@ __all__ = [
     "check_bool",
     "check_non_negative",
     "check_optional_positive",
+    "check_optional_positive_int",
     "check_positive",
     "check_positive_int",
     "check_unit_interval",
@@ -122,6 +123,11 @@ def check_positive_int(name: str, value: Any) -> int:
     return value
 
 
+def check_optional_positive_int(name: str, value: Any) -> int | None:
+    """``None`` (off) or an ``int`` ``>= 1`` (e.g. a period in steps)."""
+    return None if value is None else check_positive_int(name, value)
+
+
 #: kind name -> check; a registry entry names the kind of each documented hyperparameter.
 CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "non_negative": check_non_negative,
@@ -133,6 +139,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "optional_bool": check_optional_bool,
     "positive_int": check_positive_int,
     "optional_positive": check_optional_positive,
+    "optional_positive_int": check_optional_positive_int,
     "any": check_any,
 }
 
@@ -147,6 +154,7 @@ INVALID_EXAMPLES: dict[str, tuple] = {
     "optional_bool": ("yes", 1, 0.0),
     "positive_int": (0, -3, 1.5, "2", True),
     "optional_positive": (0.0, -1.0, float("nan"), "1"),
+    "optional_positive_int": (0, -3, 1.5, "2", True),
     "any": (),  # validated by the optimizer itself
     # a Hyperparameter of kind "choice" also rejects anything not in its ``choices``
     "choice": ("no_such_choice", 3, None),

@@ -39,4 +39,6 @@ from torchvalley.testing.conformance import (
 )
 from torchvalley.testing.conformance import check_zero_grad as check_zero_grad
 from torchvalley.testing.conformance import default_problem as default_problem
+from torchvalley.testing.conformance import manifold_problem as manifold_problem
+from torchvalley.testing.conformance import problem_for as problem_for
 from torchvalley.testing.conformance import run_conformance as run_conformance

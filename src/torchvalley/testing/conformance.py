@@ -67,6 +67,8 @@ __all__ = [
     "check_state_dict_round_trip",
     "check_zero_grad",
     "default_problem",
+    "manifold_problem",
+    "problem_for",
     "run_conformance",
     "validate_entry_hyperparameters",
 ]
@@ -189,6 +191,79 @@ def default_problem(dtype: torch.dtype = torch.float32, *, with_unused: bool = F
         return torch.nn.functional.mse_loss(module(inputs), targets)
 
     return Problem(model, loss_fn, unused=("unused",) if with_unused else ())
+
+
+class _ManifoldModel(torch.nn.Module):
+    """The tiny MLP's shape with its weights on manifolds, plus two hyperbolic embeddings.
+
+    ``inputs @ stiefel`` (St(6, 4)) -> Linear -> tanh -> LayerNorm -> ``@ sphere.T`` (rows on
+    S^4); the Poincaré-ball and Lorentz points enter the loss through their squared distances
+    to fixed anchors. Euclidean parameters (bias, LayerNorm, linear weight) are mixed in, so a
+    Riemannian optimizer's Euclidean and manifold paths both run.
+    """
+
+    def __init__(self, dtype: torch.dtype, with_unused: bool, generator: torch.Generator):
+        super().__init__()
+        from torchvalley.manifolds import (
+            Lorentz,
+            ManifoldParameter,
+            PoincareBall,
+            Sphere,
+            Stiefel,
+        )
+
+        def draw(*shape: int, scale: float) -> torch.Tensor:
+            return torch.randn(*shape, generator=generator, dtype=torch.float64) * scale
+
+        def on(manifold: Any, *shape: int, scale: float = 1.0) -> torch.nn.Parameter:
+            point = manifold.projx(draw(*shape, scale=scale))
+            return ManifoldParameter(point.to(dtype), manifold, project=True)
+
+        self.stiefel = on(Stiefel(), 6, 4)
+        self.w1 = torch.nn.Parameter(draw(5, 4, scale=0.5).to(dtype))
+        self.b1 = torch.nn.Parameter(draw(5, scale=0.1).to(dtype))
+        self.norm = torch.nn.LayerNorm(5, dtype=dtype)
+        self.sphere = on(Sphere(), 3, 5)
+        self.ball = on(PoincareBall(), 4, 2, scale=0.3)
+        self.lorentz = on(Lorentz(), 3, 3, scale=0.5)
+        self.ball_anchors = PoincareBall().projx(draw(4, 2, scale=0.3)).to(dtype)
+        self.lorentz_anchors = Lorentz().projx(draw(3, 3, scale=0.5)).to(dtype)
+        self.unused = torch.nn.Parameter(draw(4, scale=1.0).to(dtype)) if with_unused else None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        hidden = self.norm(torch.tanh((inputs @ self.stiefel) @ self.w1.T + self.b1))
+        return 2.0 * hidden @ self.sphere.T
+
+    def hyperbolic_term(self) -> torch.Tensor:
+        ball = self.ball.manifold.dist(self.ball, self.ball_anchors) ** 2
+        lorentz = self.lorentz.manifold.dist(self.lorentz, self.lorentz_anchors) ** 2
+        return 0.1 * (ball.mean() + lorentz.mean())
+
+
+def manifold_problem(dtype: torch.dtype = torch.float32, *, with_unused: bool = False) -> Problem:
+    """The :class:`Problem` of ``manifold_aware`` entries: parameters on Stiefel, Sphere,
+    Poincaré ball and Lorentz manifolds next to Euclidean ones (MSE plus hyperbolic distances).
+
+    Args:
+        dtype: dtype of the parameters and data.
+        with_unused: add a parameter ``unused`` that the loss never touches.
+    """
+    generator = torch.Generator().manual_seed(0)
+    model = _ManifoldModel(dtype, with_unused, generator)
+    inputs = torch.randn(16, 6, generator=generator, dtype=torch.float64).to(dtype)
+    targets = torch.randn(16, 3, generator=generator, dtype=torch.float64).to(dtype)
+
+    def loss_fn(module: torch.nn.Module) -> torch.Tensor:
+        assert isinstance(module, _ManifoldModel)
+        return torch.nn.functional.mse_loss(module(inputs), targets) + module.hyperbolic_term()
+
+    return Problem(model, loss_fn, unused=("unused",) if with_unused else ())
+
+
+def problem_for(entry: OptimizerEntry) -> ProblemFactory:
+    """The default problem factory of an entry: :func:`manifold_problem` for ``manifold_aware``
+    entries, :func:`default_problem` otherwise."""
+    return manifold_problem if entry.capabilities.manifold_aware else default_problem
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,7 +508,7 @@ def check_param_groups(
             "param groups: entry.group_example is empty; it must name hyperparameters "
             "that differ from entry.example",
         )
-    make_problem = make_problem or default_problem
+    make_problem = make_problem or problem_for(entry)
 
     def two_groups(overrides: Mapping[str, Any]) -> Callable[[Problem], Any]:
         def params(problem: Problem) -> Any:
@@ -541,7 +616,7 @@ def check_state_dict_round_trip(
       given tensors without copying when dtype and device already match (pytorch/pytorch
       #147288), so every torch-based optimizer updates them in place.
     """
-    make_problem = make_problem or default_problem
+    make_problem = make_problem or problem_for(entry)
     problem, optimizer = _run(entry, make_problem, dtype, steps=steps_before)
     buffer = io.BytesIO()
     try:
@@ -632,7 +707,7 @@ def check_lr_scheduler(
     """
     if scheduler not in _SCHEDULERS:
         raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {scheduler!r}")
-    make_problem = make_problem or default_problem
+    make_problem = make_problem or problem_for(entry)
 
     def attach(optimizer: Any) -> Any:
         if scheduler == "step":
@@ -707,7 +782,7 @@ def check_zero_grad(
     applied to it), that every used parameter moved, and that ``zero_grad(set_to_none=True)``
     leaves every parameter's ``grad`` ``None``.
     """
-    make_problem = make_problem or default_problem
+    make_problem = make_problem or problem_for(entry)
     problem = make_problem(dtype, with_unused=True)
     used, unused = problem.used_and_unused()
     if not unused:
@@ -762,7 +837,7 @@ def check_dtypes(entry: OptimizerEntry, *, make_problem: ProblemFactory | None =
     ``step`` in float32 for any parameter dtype), and that the float32 trajectory stays
     within ``rtol=1e-4, atol=1e-5`` of the float64 one after a few steps.
     """
-    make_problem = make_problem or default_problem
+    make_problem = make_problem or problem_for(entry)
     results = {}
     for dtype in (torch.float32, torch.float64):
         problem, optimizer = _run(entry, make_problem, dtype)
@@ -826,7 +901,7 @@ def check_foreach(
             entry,
             "foreach: capabilities.foreach is set but 'foreach' is not a documented hyperparameter",
         )
-    make_problem = make_problem or default_problem
+    make_problem = make_problem or problem_for(entry)
     rtol, atol = _FOREACH_TOLERANCES.get(dtype, (1e-6, 1e-7))
     runs = [_run(entry, make_problem, dtype, foreach=flag) for flag in (True, False)]
     (multi_problem, multi), (single_problem, single) = runs
@@ -879,7 +954,7 @@ def check_closure(
     returns a loss the closure returned; for other entries, ``loss = closure(); step()`` and
     ``step(closure)`` give bit-identical trajectories.
     """
-    make_problem = make_problem or default_problem
+    make_problem = make_problem or problem_for(entry)
     needs_closure = entry.capabilities.needs_closure
 
     if needs_closure:
@@ -980,7 +1055,7 @@ def check_invalid_hyperparameters(
 
     All failures are reported together.
     """
-    make_problem = make_problem or default_problem
+    make_problem = make_problem or problem_for(entry)
     problem = make_problem(torch.float32)
     first, second = problem.split()
     params = problem.parameters()
