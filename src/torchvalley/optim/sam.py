@@ -17,7 +17,8 @@ weights. The *ascent rule* chooses the metric :math:`M`:
 - ``fisher``: :math:`M = F = \mathrm{diag}(1 + \eta_F g^2)`, so
   :math:`\epsilon = \gamma F^{-1} g / \sqrt{g^\top F^{-1} g}`;
 - ``monge``: :math:`M = I + g g^\top`, so
-  :math:`\epsilon = \rho\, g / (\lVert g\rVert \sqrt{1 + \lVert g\rVert^2})`.
+  :math:`\epsilon = \rho\, g / (\lVert g\rVert \sqrt{1 + \lVert g\rVert^2})`;
+- ``riemannian``: the parameter's own manifold (see below).
 
 Papers: Foret et al., *Sharpness-Aware Minimization*, ICLR 2021 (sam); Kwon et al., *ASAM*,
 ICML 2021 (asam: the official element-wise operator, :math:`T=|w|+\eta` on weights and
@@ -26,7 +27,42 @@ Kim et al., *Fisher SAM*, ICML 2022 (fisher: the ellipsoid normalisation, so
 :math:`\epsilon^\top F \epsilon = \gamma^2` exactly, with the diagonal empirical Fisher
 :math:`1 + \eta_F g^2` of the minibatch gradient); Jacobsen & Arvanitidis, *Monge SAM*, 2025
 (monge: :math:`G = I + \nabla\ell\nabla\ell^\top`, solved by Sherman–Morrison); Mueller et al.,
-*Normalization Layers Are All That SAM Needs*, NeurIPS 2023 (``perturb="norm"``: SAM-ON).
+*Normalization Layers Are All That SAM Needs*, NeurIPS 2023 (``perturb="norm"``: SAM-ON);
+Yun & Yang, *Riemannian SAM: Sharpness-Aware Minimization on Riemannian Manifolds*, NeurIPS
+2023 (riemannian; ``lorentz_sam`` is its Lorentz instance with a Riemannian SGD base).
+
+**Riemannian SAM** (``ascent="riemannian"``). Each perturbed parameter :math:`x` lives on a
+manifold :math:`\mathcal M` (``p.manifold`` for a :class:`~torchvalley.ManifoldParameter`,
+Euclidean otherwise). With the Euclidean gradient :math:`g` in ``.grad``:
+
+.. math::
+
+    r = \operatorname{egrad2rgrad}(x, g), \qquad
+    \lVert r\rVert = \Big(\sum_p \langle r, r\rangle_x\Big)^{1/2}, \qquad
+    \tilde x = R_x(\rho\, r / \lVert r\rVert),
+
+the norm taken in each manifold's metric over all perturbed parameters and :math:`R` the
+manifold's retraction (``retr``). After the perturbed pass (Euclidean gradient
+:math:`\tilde g` at :math:`\tilde x`) :math:`x` is restored bit for bit and the gradient
+handed to the base optimizer is
+
+.. math::
+
+    \operatorname{rgrad2egrad}\big(x, \mathcal T_{\tilde x \to x}\,
+    \operatorname{egrad2rgrad}(\tilde x, \tilde g)\big),
+
+the Riemannian gradient at the ascent point transported back to :math:`T_x\mathcal M`
+(``transp``) and written as a Euclidean gradient, so that a Riemannian base optimizer
+(``rsgd``, ``radam``: they apply ``egrad2rgrad`` at :math:`x`) receives exactly the
+transported Riemannian gradient. Euclidean parameters (plain tensors or a ``Euclidean``
+manifold) take exactly the ``sam`` path: identity metric, :math:`x + \epsilon` and identity
+transport, so on them ``riemannian`` and ``sam`` give the same numbers. A group with
+``rho = 0`` is not perturbed at all (the base step sees the clean gradient unchanged). Under
+DDP the transport is local to each replica, so ``perturbation_sync="local"`` (ascent points
+that differ per replica) is refused with manifold parameters in :meth:`SAM.step` and
+:meth:`SAM.first_step`: the all-reduced second-pass gradient would be transported from a
+different point on each replica. Use ``"global"`` or :meth:`SAM.step_micro_batches` (which
+transports per replica before its single all-reduce).
 
 **Which gradient defines the metric.** Fisher and Monge are not invariant to the scale of
 the gradient. Their :math:`g` is the gradient of the loss the closure back-propagates, i.e.
@@ -71,15 +107,19 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from torchvalley.manifolds.base import Manifold
+from torchvalley.manifolds.euclidean import Euclidean
 from torchvalley.registry import (
     Capabilities,
     Hyperparameter,
+    get_optimizer_entry,
     register_optimizer,
     resolve_base_optimizer,
 )
@@ -142,13 +182,25 @@ def _fisher_scale(params, grads, is_bias, group):
     return fisher
 
 
-#: ascent name -> rule. ``monge`` uses the identity here plus the engine's global factor.
+#: ascent name -> rule. ``monge`` uses the identity here plus the engine's global factor;
+#: ``riemannian`` uses the identity for Euclidean parameters, and the engine handles parameters
+#: on a curved manifold itself (metric norm, retraction, transport; see the module docstring).
 ASCENT_RULES: dict[str, AscentRule] = {
     "sam": _identity_scale,
     "asam": _asam_scale,
     "fisher": _fisher_scale,
     "monge": _identity_scale,
+    "riemannian": _identity_scale,
 }
+
+
+def _curved_manifold(p: torch.Tensor) -> Manifold | None:
+    """The manifold of ``p`` if it is not Euclidean (``None`` for plain tensors and
+    ``Euclidean`` manifold parameters, which the ``riemannian`` rule treats as ``sam``)."""
+    manifold = getattr(p, "manifold", None)
+    if manifold is None or isinstance(manifold, Euclidean):
+        return None
+    return manifold
 
 
 def _check_ascent(name: str, value: Any) -> str:
@@ -166,7 +218,8 @@ class SAM(torch.optim.Optimizer):
         base_optimizer: a registry name (``"sgd"``, ``"adamw"``, ...), an optimizer class, or
             a factory ``f(param_groups, **hyperparameters)``.
         rho: radius of the ascent step in the method's metric (Fisher-SAM's gamma).
-        ascent: ``"sam"``, ``"asam"``, ``"fisher"`` or ``"monge"``.
+        ascent: ``"sam"``, ``"asam"``, ``"fisher"``, ``"monge"`` or ``"riemannian"`` (each
+            :class:`~torchvalley.ManifoldParameter` in its own manifold's geometry).
         perturb: ``"all"``, ``"norm"`` (SAM-ON; needs ``model``), a predicate
             ``(name, parameter) -> bool`` (needs names: ``model`` or named params), or an
             iterable of parameters.
@@ -268,6 +321,10 @@ class SAM(torch.optim.Optimizer):
         self._saved_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._originals: dict[torch.Tensor, torch.Tensor] = {}
         self._batchnorms: list[nn.Module] | None = None
+        # Riemannian ascent: (parameter, manifold) pairs whose second-pass gradient must be
+        # transported back to the restored point before the base step.
+        self._transported: list[tuple[torch.Tensor, Manifold]] = []
+        self._micro_batching = False
         #: Whether the last first_step found a non-finite (scaled) gradient and skipped the ascent.
         self.first_pass_overflowed = False
 
@@ -381,8 +438,40 @@ class SAM(torch.optim.Optimizer):
         self._norm_dtype = norm_dtype
         uses_monge = any(group["ascent"] == "monge" for group, _, _ in groups)
         needs_euclidean = uses_monge or self.diagnostics
+        curved_groups = [self._curved(group, params) for group, params, _ in groups]
+        if (
+            any(curved_groups)
+            and not self._micro_batching
+            and self.perturbation_sync == "local"
+            and self._ddp_module() is not None
+        ):
+            if zero_grad:
+                self.zero_grad(set_to_none=True)
+            raise ValueError(
+                "Invalid perturbation_sync: 'local' with ascent='riemannian' on manifold "
+                "parameters under DDP: each replica would transport the all-reduced "
+                "second-pass gradient from its own ascent point, and the replicas would "
+                "diverge. Use perturbation_sync='global' or step_micro_batches()."
+            )
         scales, norms, euclidean_norms = [], [], []
-        for group, params, grads in groups:
+        for (group, params, grads), curved in zip(groups, curved_groups, strict=True):
+            if curved:
+                # Riemannian rule, curved parameters: r = egrad2rgrad(x, g) in place of g, and
+                # its metric norm; the Euclidean parameters of the group continue as ``sam``.
+                curved_grads = [grads[i] for i, _ in curved]
+                if needs_euclidean:
+                    euclidean_norms.extend(torch._foreach_norm(curved_grads, 2, dtype=norm_dtype))
+                for i, manifold in curved:
+                    p, g = params[i], grads[i]
+                    g.copy_(manifold.egrad2rgrad(p, g))
+                    squared = manifold.inner(p, g).to(norm_dtype).sum().clamp_min(0)
+                    norms.append(squared.sqrt())
+                indices = {i for i, _ in curved}
+                params = [p for i, p in enumerate(params) if i not in indices]
+                grads = [g for i, g in enumerate(grads) if i not in indices]
+                if not grads:
+                    scales.append(None)
+                    continue
             is_bias = [self._is_bias(p) for p in params] if group["ascent"] == "asam" else []
             scale = ASCENT_RULES[group["ascent"]](params, grads, is_bias, group)
             if scale is not None:
@@ -412,8 +501,26 @@ class SAM(torch.optim.Optimizer):
             )
 
         self._perturbed = []
+        self._transported = []
         fold_scale = not self.diagnostics and all(g.device.type == "cpu" for g in all_grads)
-        for (group, params, grads), scale in zip(groups, scales, strict=True):
+        for (group, params, grads), scale, curved in zip(
+            groups, scales, curved_groups, strict=True
+        ):
+            if curved:
+                # rho = 0: the curved parameters stay exactly at w (a retraction by 0 need not
+                # be bitwise the identity) and their gradient is handed over untransported.
+                for i, manifold in curved:
+                    if group["rho"] != 0:
+                        self._perturb_on_manifold(
+                            params[i], grads[i], manifold, group["rho"] * inverse_norm
+                        )
+                    elif self.diagnostics:
+                        grads[i].zero_()  # the (absent) tangent step, for the diagnostics
+                indices = {i for i, _ in curved}
+                params = [p for i, p in enumerate(params) if i not in indices]
+                grads = [g for i, g in enumerate(grads) if i not in indices]
+                if not params:
+                    continue
             if scale is not None:
                 torch._foreach_mul_(grads, scale)  # now M^{-1} g
             factor = group["rho"] * inverse_norm
@@ -446,7 +553,9 @@ class SAM(torch.optim.Optimizer):
         and the BatchNorm buffers of the clean pass) and step the base optimizer with the
         gradients now in ``.grad``. With a ``grad_scaler`` this runs ``unscale_``, clipping,
         ``scaler.step`` and ``scaler.update``; the update is skipped on overflow in either
-        pass."""
+        pass. With ``ascent="riemannian"`` the second-pass gradients of manifold parameters are
+        first transported back to ``w`` (see the module docstring)."""
+        self._transport_gradients()
         self.restore()
         if grad_scaler is not None:
             if self.first_pass_overflowed:
@@ -518,8 +627,15 @@ class SAM(torch.optim.Optimizer):
             closure = torch.enable_grad()(closure)
             with self._no_sync() if distributed else contextlib.nullcontext():
                 losses.append(closure())
-                self.first_step(zero_grad=True)
+                # Every pass is local here and the transport precedes the single all-reduce,
+                # so per-replica Riemannian ascent points are fine.
+                self._micro_batching = True
+                try:
+                    self.first_step(zero_grad=True)
+                finally:
+                    self._micro_batching = False
                 closure()
+            self._transport_gradients()
             self.restore()
             seen = [p for p in params if p.grad is not None and p in accumulated]
             if seen:
@@ -575,6 +691,7 @@ class SAM(torch.optim.Optimizer):
             self._saved[p] = buffer
         return buffer
 
+    @torch.no_grad()
     def restore(self) -> None:
         """Put back every perturbed parameter and BatchNorm buffer (in place: storage identity
         is kept for FSDP, CUDA graphs and compile). A no-op when nothing is perturbed; for
@@ -586,9 +703,51 @@ class SAM(torch.optim.Optimizer):
             else:
                 torch._foreach_copy_(self._perturbed, [self._saved[p] for p in self._perturbed])
             self._perturbed = []
+        self._transported = []
         for buffer, saved in self._saved_buffers:
             buffer.copy_(saved)
         self._saved_buffers = []
+
+    def _curved(self, group: dict, params: list[torch.Tensor]) -> list[tuple[int, Manifold]]:
+        """``(index, manifold)`` of the parameters of a ``riemannian`` group that live on a
+        curved manifold (empty for the other ascent rules)."""
+        if group["ascent"] != "riemannian":
+            return []
+        found = [(i, _curved_manifold(p)) for i, p in enumerate(params)]
+        return [(i, m) for i, m in found if m is not None]
+
+    def _perturb_on_manifold(
+        self, p: torch.Tensor, r: torch.Tensor, manifold: Manifold, factor: torch.Tensor
+    ) -> None:
+        """Move ``p`` to ``retr(p, factor * r)`` (``r`` the Riemannian gradient, overwritten by
+        the tangent step), keeping ``p`` restorable bit for bit, and mark it for transport."""
+        r.mul_(factor.to(r.dtype))  # the tangent step u = rho r / ||r|| (kept for diagnostics)
+        ascent = manifold.retr(p, r)
+        buffer = self._saved_buffer(p)
+        if self.swap_storage:
+            buffer.copy_(ascent)
+            self._originals[p] = p.data
+            p.data = buffer
+        else:
+            buffer.copy_(p)  # exact copy of w
+            p.copy_(ascent)
+        self._perturbed.append(p)
+        self._transported.append((p, manifold))
+
+    def _transport_gradients(self) -> None:
+        """Riemannian ascent: replace each transported parameter's second-pass gradient
+        :math:`\tilde g` (at the ascent point :math:`\tilde x`, where the parameter still is)
+        by ``rgrad2egrad(x, transp(x~, x, egrad2rgrad(x~, g~)))`` at the saved point ``x``.
+        Linear in :math:`\tilde g`, so a ``GradScaler``'s scale and non-finite values pass
+        through to its later ``unscale_``."""
+        for p, manifold in self._transported:
+            if p.grad is None:
+                continue
+            here = self._originals[p] if self.swap_storage else self._saved[p]
+            there = p.detach()
+            riemannian = manifold.transp(there, here, manifold.egrad2rgrad(there, p.grad))
+            p.grad.copy_(manifold.rgrad2egrad(here, riemannian))
+        self._transported = []
 
     def _perturb_by_swapping(self, params, grads, factor, fold_scale: bool) -> None:
         """``swap_storage``: write ``w + eps`` into a spare buffer and point the parameter at it
@@ -714,10 +873,26 @@ _SAM_CAPABILITIES = Capabilities(
 
 
 def _hyperparameters(
-    rho_default: float, ascent_default: str, perturb_default: str = "all"
+    rho_default: float,
+    ascent_default: str,
+    perturb_default: str = "all",
+    base_default: str = "sgd",
 ) -> tuple[Hyperparameter, ...]:
+    """The documented hyperparameters of a SAM registry entry, with that entry's defaults.
+
+    Args:
+        rho_default: default ascent radius.
+        ascent_default: default ascent rule (a key of :data:`ASCENT_RULES`).
+        perturb_default: default ``perturb`` selection.
+        base_default: default base optimizer (a registry name).
+
+    Returns:
+        The hyperparameter specifications.
+    """
     return (
-        Hyperparameter("base_optimizer", "optimizer", "sgd", "registry name or optimizer class"),
+        Hyperparameter(
+            "base_optimizer", "optimizer", base_default, "registry name or optimizer class"
+        ),
         Hyperparameter("rho", "non_negative", rho_default, "radius of the ascent step"),
         Hyperparameter(
             "ascent", "choice", ascent_default, "ascent geometry", choices=tuple(ASCENT_RULES)
@@ -745,6 +920,8 @@ def _hyperparameters(
 
 
 def _wrapper(**fixed: Any) -> Callable[..., SAM]:
+    """A factory building :class:`SAM` with ``fixed`` arguments (overridable) preset."""
+
     def factory(params: Any, **hyperparameters: Any) -> SAM:
         return SAM(params, **{**fixed, **hyperparameters})
 
@@ -806,4 +983,31 @@ for _name, _fixed, _rho, _summary, _paper in _VARIANTS:
         paper=_paper,
         example={**_SGD_EXAMPLE, "rho": _rho},
         group_example={"rho": 10 * _rho if _rho < 0.5 else 4 * _rho, "lr": 0.01},
+    )
+
+
+# Riemannian SAM's named instance: Lorentz SAM over Riemannian SGD. Registered once ``rsgd``
+# is (torchvalley.optim.riemannian is imported before this module): the entry's example and
+# default base optimizer must resolve.
+try:
+    get_optimizer_entry("rsgd")
+except ValueError:  # pragma: no cover - only while the Riemannian optimizers are absent
+    pass
+else:
+    register_optimizer(
+        "lorentz_sam",
+        _wrapper(ascent="riemannian", base_optimizer="rsgd"),
+        capabilities=dataclasses.replace(_SAM_CAPABILITIES, manifold_aware=True),
+        hyperparameters=_hyperparameters(0.05, "riemannian", base_default="rsgd"),
+        summary=(
+            "Riemannian SAM (Lorentz SAM): metric-norm ascent by retraction, gradient "
+            "transported back; Riemannian SGD base"
+        ),
+        family="sharpness-aware",
+        paper=(
+            "Yun & Yang, Riemannian SAM: Sharpness-Aware Minimization on Riemannian Manifolds, "
+            "NeurIPS 2023"
+        ),
+        example={"base_optimizer": "rsgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05},
+        group_example={"rho": 0.5, "lr": 0.01},
     )
