@@ -53,6 +53,9 @@ DEMO_SPECS: dict[str, tuple[str, ...]] = {
     # BAOAB at a small temperature, matched to the SGD row: mu = exp(-0.46*0.23) = 0.90,
     # eta = lr**2 (1 + mu) / 2 = 0.050 (torchvalley.dynamics.physical_to_sgd).
     "langevin": ("baoab:lr=0.23,friction=0.46,temperature=1e-6",),
+    # FG-SGD: every conv/linear weight on unit-norm rows (per output channel) scaled by its
+    # initial norm; the same lr and momentum as the SGD row.
+    "riemannian": ("fgsgd:lr=0.05,momentum=0.9",),
 }
 
 #: Epochs of the spirals demo (the task's default is 1000, the paper's 4000).

@@ -8,6 +8,7 @@ so the baselines (and the Riemannian optimizers, Riemannian SAM's base) are regi
 from torchvalley.optim import torch_baselines as torch_baselines
 from torchvalley.optim import riemannian as riemannian
 from torchvalley.optim import sam as sam
+from torchvalley.optim import fgsgd as fgsgd
 from torchvalley import dynamics as dynamics
 
 # isort: on

@@ -1,0 +1,921 @@
+r"""FG-SGD: fine-grained SGD on products of weight manifolds with multi-norm renormalization.
+
+Paper: M. Ozay, *Fine-grained Optimization of Deep Neural Networks*, NeurIPS 2019
+(arXiv:1905.09054). No public code exists; this module is a reconstruction.
+
+**From the paper.** Generalisation bounds of deep networks depend on several norms of the
+weights (Euclidean/Frobenius and spectral), computed over weights grouped by input channel (PI),
+output channel (PO) or both (PIO). The paper (1) normalises weight groups by these norms and
+reparameterises them so that every norm has a constant upper bound, the weights of a group then
+living on a sphere (Sp), an oblique manifold (OB, unit-norm columns) or a Stiefel manifold (St,
+orthonormal matrices, spectral norm 1); and (2) trains the resulting product of manifolds with
+FG-SGD: per group, project the Euclidean gradient onto the tangent space, take a step whose size
+``g(t, Θ)`` is adaptively bounded using the norm of the Riemannian gradient and the geometry of
+the manifold, update with a retraction and rescale.
+
+**Our interpretation** (the paper's exact step-size formula was not available to us):
+
+* *Groupings* define a matrix view ``M`` of a weight ``W`` of shape ``(out, in, *k)``
+  (``K = prod(k)``, ``K = 1`` for a ``Linear`` weight ``(out, in)``) whose rows are the groups'
+  channels:
+
+  - ``"PO"``: ``M = W.reshape(out, in·K)``; row ``o`` is output channel ``o``'s filter;
+  - ``"PI"``: ``M = W.transpose(0, 1).reshape(in, out·K)``; row ``i`` holds every weight that
+    reads input channel ``i``;
+  - ``"PIO"``: ``M = W.reshape(out·in, K)``; row ``(o, i)`` is one kernel slice ``W[o, i]``
+    (conv weights with ``K > 1`` only: for ``K = 1`` every group would be a single weight).
+
+* *Constraints* act on that view, each with a fixed radius ``r`` per group (the "constant upper
+  bound" of the renormalization), ``W = r · X``:
+
+  - ``"sphere"`` (Sp): every row of ``M`` (every group) has norm ``r_row``; ``X`` has unit-norm
+    rows (an :class:`~torchvalley.manifolds.Oblique` with ``unit="rows"`` on the view);
+  - ``"oblique"`` (OB): every *column* of ``M`` has norm ``r_col``: the textbook
+    ``OB = {X : diag(XᵀX) = 1}`` on the view, e.g. for ``"PO"`` the weights leaving one input
+    position ``(i, k)`` towards all output channels have a fixed norm, and for a conv ``"PI"``
+    each ``W[o, :, k]`` (over input channels) does;
+  - ``"stiefel"`` (St): ``X`` is orthonormal (orthonormal rows when ``M`` is wide, columns when
+    it is tall), so all singular values of ``M`` equal ``r`` and its spectral norm is ``r``.
+    Retraction: the polar one (a projection each step, so no drift off the manifold).
+    ``"PIO"`` is refused: it would make the kernel positions orthonormal, which bounds no
+    operator norm of the layer.
+
+* *Radius*: ``radius=None`` takes each group's initial norm (rows/columns of ``M``; for Stiefel
+  the mean singular value, which makes ``r · polar(M)`` the Frobenius-closest such matrix), so
+  the network function is unchanged up to the projection onto ``r · X``; a number fixes every
+  group's norm to it. The radius is computed when a parameter's state is created and kept in the
+  optimizer state (``state["radius"]``, in the view's shape, with ``state["fg"]``, an int code
+  of the constraint and grouping it belongs to; changing a group's constraint or grouping
+  afterwards raises).
+
+* *Inside the optimizer*: a constrained weight stays a plain parameter ``W``. Each step treats
+  ``X = W / r`` as the point (on the first step ``X = projx(W / r)``), uses ``r · ∇_W L`` (the
+  gradient with respect to ``X``), takes the Riemannian step on ``X`` and writes ``W = r · X``.
+
+* *Step*: with ``ξ = egrad2rgrad(X, r ∇_W L)`` (negated under ``maximize``), heavy-ball
+  momentum in the tangent space like ``torch.optim.SGD`` (``b ← μ b + ξ``, the first buffer is
+  ``ξ``; Nesterov: ``d = ξ + μ b``, else ``d = b``; without momentum ``d = ξ``), the bounded step
+  size per group
+
+  .. math::
+
+      t = \frac{\eta}{\max(1,\ \eta \lVert d\rVert_X / \delta)},
+
+  so a single step never moves a group more than ``δ = step_bound`` in the metric, then
+  ``X ← R_X(−t d)`` and the momentum buffer is carried to the new point with
+  ``manifold.transp``. For the sphere/oblique retraction ``R_x(u) = (x + u)/‖x + u‖`` the
+  geodesic distance moved is ``atan ‖u‖ ≤ ‖u‖ ≤ δ``; for Stiefel (no closed-form distance) the
+  bound holds for the tangent step in the embedded (Frobenius) metric, which bounds the distance
+  moved to first order. The default ``δ = π/4`` is well inside the injectivity radius ``π`` of
+  the unit sphere, in the range where the retraction stays close to the exponential map
+  (``atan(π/4) ≈ 0.67``), so a step can never carry a group past its antipode or wrap around;
+  with ordinary learning rates and gradients only very large (exploding) gradients hit it.
+  ``step_bound=None`` (or ``math.inf``) switches the bound off: plain Riemannian SGD.
+
+* Weight decay on a constrained weight is meaningless (its norm is fixed), so ``weight_decay``
+  applies only to the unconstrained parameters, which get exactly ``torch.optim.SGD``'s update
+  (``torch.optim.sgd.sgd``, dampening 0), momentum, Nesterov and ``maximize`` included.
+
+Which parameters are constrained, per param group with ``constraint`` not ``None``/``"none"``:
+a :class:`~torchvalley.ManifoldParameter` keeps its own manifold (no radius; a ``Euclidean`` one
+is unconstrained); otherwise a parameter with ≥ 2 dims is, except, when ``model=`` is given,
+the ≥ 2-dim parameters of torch's own layers other than the weights of ``nn.Linear`` and
+``nn.Conv1d/2d/3d`` (``nn.Embedding``, RNNs, attention in-projections, transposed
+convolutions, ...). Parameters registered directly on user-defined modules are constrained.
+
+:func:`renormalize_weights` does the renormalization on a model instead: every ``Linear``/``Conv``
+weight becomes ``r · W̄`` through ``torch.nn.utils.parametrize`` with ``W̄`` a
+:class:`~torchvalley.ManifoldParameter` on :func:`fg_manifold`'s manifold.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.optim.sgd import sgd as _torch_sgd
+
+from torchvalley.manifolds.base import Manifold
+from torchvalley.manifolds.euclidean import Euclidean
+from torchvalley.manifolds.oblique import Oblique
+from torchvalley.manifolds.parameter import ManifoldParameter
+from torchvalley.manifolds.sphere import sphere_dist
+from torchvalley.manifolds.stiefel import Stiefel
+from torchvalley.registry import Capabilities, Hyperparameter, register_optimizer
+from torchvalley.validation import (
+    check_bool,
+    check_non_negative,
+    check_optional_bool,
+    check_optional_positive,
+    check_unit_interval_open,
+)
+
+__all__ = [
+    "CONSTRAINTS",
+    "DEFAULT_STEP_BOUND",
+    "FGSGD",
+    "GROUPINGS",
+    "FGManifold",
+    "fg_manifold",
+    "renormalize_weights",
+]
+
+#: Constraints of a weight group (``"none"``/``None``: plain SGD).
+CONSTRAINTS = ("sphere", "oblique", "stiefel")
+#: Groupings: per output channel, per input channel, per (output, input) pair.
+GROUPINGS = ("PO", "PI", "PIO")
+#: Default bound on the metric length of one step (see the module docstring).
+DEFAULT_STEP_BOUND = math.pi / 4
+
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+# --------------------------------------------------------------------------------------------
+# The manifold of a constrained weight
+# --------------------------------------------------------------------------------------------
+
+
+class FGManifold(Manifold):
+    """The manifold of a weight of shape ``weight_shape`` under a constraint and a grouping.
+
+    A point is the whole weight tensor (``ndim = len(weight_shape)``, leading dimensions are a
+    batch). Every operation maps the weight to its matrix view ``M`` (see the module
+    docstring), applies :attr:`base` (``Oblique("rows")`` for ``"sphere"``,
+    ``Oblique("columns")`` for ``"oblique"``, ``Stiefel("polar")`` for ``"stiefel"``) and maps
+    back. The metric is the Euclidean one of the weight (the sum of the groups' metrics).
+
+    Args:
+        weight_shape: the weight's shape ``(out, in, *kernel)``.
+        constraint: ``"sphere"``, ``"oblique"`` or ``"stiefel"``.
+        grouping: ``"PO"``, ``"PI"`` or ``"PIO"``.
+
+    Raises:
+        ValueError: for an unknown constraint/grouping, a weight with fewer than 2 dims, or a
+            combination that is not meaningful for this shape (the message says why).
+    """
+
+    transp_is_isometry = False
+
+    def __init__(self, weight_shape: Iterable[int], constraint: str, grouping: str) -> None:
+        shape = tuple(int(s) for s in weight_shape)
+        if constraint not in CONSTRAINTS:
+            raise ValueError(f"Invalid constraint: {constraint!r} (one of {CONSTRAINTS})")
+        if grouping not in GROUPINGS:
+            raise ValueError(f"Invalid grouping: {grouping!r} (one of {GROUPINGS})")
+        if len(shape) < 2 or math.prod(shape) == 0:
+            raise ValueError(
+                f"Invalid constraint: {constraint!r} needs a non-empty weight with >= 2 dims "
+                f"(out, in, *kernel), got shape {shape}"
+            )
+        out, inp, kernel = shape[0], shape[1], math.prod(shape[2:])
+        if grouping == "PO":
+            rows, cols = out, inp * kernel
+        elif grouping == "PI":
+            rows, cols = inp, out * kernel
+        else:
+            if kernel == 1:
+                raise ValueError(
+                    f"Invalid grouping: 'PIO' groups the kernel of each (output, input) pair, "
+                    f"but the weight of shape {shape} has no kernel (every group would be a "
+                    "single weight); use 'PO' or 'PI'"
+                )
+            if constraint == "stiefel":
+                raise ValueError(
+                    "Invalid grouping: 'PIO' with constraint 'stiefel' would make the kernel "
+                    "positions orthonormal, which bounds no operator norm of the layer; use "
+                    "'PO' or 'PI' (spectral norm of the layer's matrix view)"
+                )
+            rows, cols = out * inp, kernel
+        if constraint == "sphere" and cols == 1:
+            raise ValueError(
+                f"Invalid constraint: 'sphere' with grouping {grouping!r} on shape {shape} makes "
+                "every group a single weight (a 0-dimensional sphere {-1, 1}: nothing to train)"
+            )
+        if constraint == "oblique" and rows == 1:
+            raise ValueError(
+                f"Invalid constraint: 'oblique' with grouping {grouping!r} on shape {shape} "
+                "makes every column of the view a single weight (a 0-dimensional sphere)"
+            )
+        self.weight_shape = shape
+        self.constraint = constraint
+        self.grouping = grouping
+        self.ndim = len(shape)
+        self.view_shape = (rows, cols)
+        self.has_logmap = constraint != "stiefel"
+        self.base: Manifold
+        if constraint == "sphere":
+            self.base = Oblique("rows")
+            self._group_dims: tuple[int, ...] = (-1,)
+        elif constraint == "oblique":
+            self.base = Oblique("columns")
+            self._group_dims = (-2,)
+        else:
+            self.base = Stiefel(retraction="polar")
+            self._group_dims = (-2, -1)
+
+    def _hparams(self) -> tuple[tuple[str, Any], ...]:
+        return (
+            ("weight_shape", self.weight_shape),
+            ("constraint", self.constraint),
+            ("grouping", self.grouping),
+        )
+
+    # ---------------------------------------------------------------------------- views
+    def _batch(self, x: Tensor) -> tuple[int, ...]:
+        if tuple(x.shape[x.dim() - self.ndim :]) != self.weight_shape or x.dim() < self.ndim:
+            raise ValueError(
+                f"{self!r} acts on tensors of shape (..., {', '.join(map(str, self.weight_shape))})"
+                f", got {tuple(x.shape)}"
+            )
+        return tuple(x.shape[: x.dim() - self.ndim])
+
+    def to_view(self, x: Tensor) -> Tensor:
+        """The matrix view ``(..., rows, cols)`` of a weight (or a batch of weights)."""
+        batch = self._batch(x)
+        if self.grouping == "PI":
+            b = len(batch)
+            x = x.transpose(b, b + 1)
+        return x.reshape(*batch, *self.view_shape)
+
+    def from_view(self, m: Tensor) -> Tensor:
+        """The inverse of :meth:`to_view`: weights of shape ``(..., *weight_shape)``."""
+        batch = tuple(m.shape[:-2])
+        if self.grouping == "PI":
+            out, inp, *kernel = self.weight_shape
+            b = len(batch)
+            return m.reshape(*batch, inp, out, *kernel).transpose(b, b + 1).contiguous()
+        return m.reshape(*batch, *self.weight_shape)
+
+    def group_norm(self, u_view: Tensor) -> Tensor:
+        """Per-group Euclidean norms of a view-shaped tensor (kept dims, broadcastable)."""
+        return torch.linalg.vector_norm(u_view, dim=self._group_dims, keepdim=True)
+
+    def radius_of(self, w_view: Tensor) -> Tensor:
+        """The default radius of each group of a view: its norm (Stiefel: mean singular value).
+
+        Args:
+            w_view: the view of a weight (or a batch of weights).
+
+        Returns:
+            A tensor broadcastable against ``w_view`` (rows ``(…, R, 1)``, columns
+            ``(…, 1, C)`` or one value per matrix ``(…, 1, 1)``).
+        """
+        if self.constraint == "stiefel":
+            return torch.linalg.svdvals(w_view).mean(-1)[..., None, None]
+        return self.group_norm(w_view)
+
+    def group_dist(self, x: Tensor, y: Tensor) -> Tensor:
+        """Geodesic distance of every group (sphere: per row, oblique: per column of the view).
+
+        Raises:
+            NotImplementedError: for ``"stiefel"`` (no closed form).
+        """
+        if self.constraint == "stiefel":
+            raise NotImplementedError("the Stiefel manifold has no closed-form distance")
+        return sphere_dist(self.to_view(x), self.to_view(y), self._group_dims[0])
+
+    def _map(self, fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
+        return self.from_view(fn(*(self.to_view(t) for t in tensors)))
+
+    # ------------------------------------------------------------------------ interface
+    def projx(self, x: Tensor) -> Tensor:
+        """Project every group onto its manifold (normalise rows/columns, polar factor)."""
+        return self._map(self.base.projx, x)
+
+    def proju(self, x: Tensor, u: Tensor) -> Tensor:
+        """Tangent projection of the base manifold on the view."""
+        return self._map(self.base.proju, x, u)
+
+    def retr(self, x: Tensor, u: Tensor) -> Tensor:
+        """The base retraction on the view (normalisation; polar for Stiefel)."""
+        return self._map(self.base.retr, x, u)
+
+    def transp(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """Projection transport ``proju(y, v)``."""
+        return self._map(self.base.transp, x, y, v)
+
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
+        """The base exponential map on the view."""
+        return self._map(self.base.expmap, x, u)
+
+    def logmap(self, x: Tensor, y: Tensor) -> Tensor:
+        """The base logarithm on the view (sphere/oblique only)."""
+        return self._map(self.base.logmap, x, y)
+
+    def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
+        """sqrt(Σ_groups d_group²) (sphere/oblique only), one value per weight."""
+        d = self.group_dist(x, y)
+        return (d * d).sum(dim=(-2, -1), keepdim=keepdim).sqrt()
+
+    def random(
+        self,
+        *shape: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Random points of the base manifold, as weights."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+            shape = tuple(shape[0])
+        batch = tuple(shape[: len(shape) - self.ndim])
+        m = self.base.random(
+            *batch, *self.view_shape, generator=generator, dtype=dtype, device=device
+        )
+        return self.from_view(m)
+
+    def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
+        if len(shape) < self.ndim or tuple(shape[len(shape) - self.ndim :]) != self.weight_shape:
+            return False, f"{self!r} needs shape (..., {self.weight_shape}), got {tuple(shape)}"
+        return True, None
+
+    def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
+        return self.base.check_point(self.to_view(x), explain=True, atol=atol, rtol=rtol)
+
+    def _check_vector(
+        self, x: Tensor, u: Tensor, atol: float, rtol: float
+    ) -> tuple[bool, str | None]:
+        return self.base.check_vector(
+            self.to_view(x), self.to_view(u), explain=True, atol=atol, rtol=rtol
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_manifold(shape: tuple[int, ...], constraint: str, grouping: str) -> FGManifold:
+    return FGManifold(shape, constraint, grouping)
+
+
+def fg_manifold(weight_shape: Iterable[int], constraint: str, grouping: str) -> FGManifold:
+    """The manifold a ``Linear`` ``(out, in)`` or ``Conv`` ``(out, in, *k)`` weight lives on.
+
+    See the module docstring for the groupings (the matrix view) and the constraints.
+
+    Args:
+        weight_shape: the weight's shape.
+        constraint: ``"sphere"`` (unit-norm rows of the view: every group), ``"oblique"``
+            (unit-norm columns of the view) or ``"stiefel"`` (orthonormal view).
+        grouping: ``"PO"`` (rows = output channels), ``"PI"`` (rows = input channels) or
+            ``"PIO"`` (rows = kernel slices of (output, input) pairs; conv weights only).
+
+    Returns:
+        The :class:`FGManifold` (cached: equal arguments give the same object).
+
+    Raises:
+        ValueError: for unknown names or a combination that is not meaningful for the shape.
+
+    Example:
+        >>> m = fg_manifold((8, 3, 3, 3), "sphere", "PO")
+        >>> m.view_shape, type(m.base).__name__
+        ((8, 27), 'Oblique')
+    """
+    return _cached_manifold(tuple(int(s) for s in weight_shape), constraint, grouping)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_constraint(value: Any) -> str | None:
+    if value is None or value == "none":
+        return None
+    if not isinstance(value, str) or value not in CONSTRAINTS:
+        raise ValueError(f"Invalid constraint: {value!r} (one of {(*CONSTRAINTS, 'none')})")
+    return value
+
+
+def _check_grouping(value: Any) -> str:
+    if not isinstance(value, str) or value not in GROUPINGS:
+        raise ValueError(f"Invalid grouping: {value!r} (one of {GROUPINGS})")
+    return value
+
+
+def _step_bound(value: Any) -> float | None:
+    """``None`` for no bound (``None`` or ``inf``), else the positive finite bound."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == math.inf:
+        return None
+    check_optional_positive("step_bound", value)
+    return None if value is None else float(value)
+
+
+def _validate_group(group: dict[str, Any]) -> None:
+    check_non_negative("lr", group["lr"])
+    check_unit_interval_open("momentum", group["momentum"])
+    check_non_negative("weight_decay", group["weight_decay"])
+    check_bool("nesterov", group["nesterov"])
+    check_bool("maximize", group["maximize"])
+    _check_constraint(group["constraint"])
+    _check_grouping(group["grouping"])
+    check_optional_positive("radius", group["radius"])
+    _step_bound(group["step_bound"])
+    check_optional_bool("foreach", group["foreach"])
+    if group["nesterov"] and float(group["momentum"]) == 0.0:
+        raise ValueError("Invalid nesterov: Nesterov momentum requires a momentum > 0")
+
+
+def _fg_code(constraint: str, grouping: str) -> int:
+    """``state["fg"]``: the index of ``(constraint, grouping)`` in ``CONSTRAINTS × GROUPINGS``."""
+    return CONSTRAINTS.index(constraint) * len(GROUPINGS) + GROUPINGS.index(grouping)
+
+
+def _fg_name(code: Any) -> str:
+    if not isinstance(code, int) or not 0 <= code < len(CONSTRAINTS) * len(GROUPINGS):
+        return repr(code)
+    return f"{CONSTRAINTS[code // len(GROUPINGS)]}/{GROUPINGS[code % len(GROUPINGS)]}"
+
+
+def _is_torch_layer(module: nn.Module) -> bool:
+    return any(
+        cls.__module__.startswith("torch.")
+        for cls in type(module).__mro__
+        if cls not in (nn.Module, object)
+    )
+
+
+def _euclidean_ids(model: nn.Module) -> set[int]:
+    """Ids of the ≥2-dim parameters of ``model`` that stay Euclidean (see the module doc)."""
+    keep: set[int] = set()
+    constrain: set[int] = set()
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is None or p.dim() < 2:
+                continue
+            if isinstance(module, _LAYERS) and name == "weight":
+                constrain.add(id(p))
+            elif _is_torch_layer(module):
+                keep.add(id(p))
+            else:
+                constrain.add(id(p))
+    return keep - constrain
+
+
+# --------------------------------------------------------------------------------------------
+# The update
+# --------------------------------------------------------------------------------------------
+
+
+def _riemannian_update(
+    manifold: Manifold,
+    x: Tensor,
+    egrad: Tensor,
+    buf: Tensor | None,
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    step_bound: float | None,
+    group_norm: Callable[[Tensor, Tensor], Tensor],
+) -> tuple[Tensor, Tensor | None]:
+    """One FG-SGD step of the point(s) ``x``: returns the new point and the transported buffer."""
+    rgrad = manifold.egrad2rgrad(x, egrad)
+    if momentum != 0.0:
+        buf = rgrad.clone() if buf is None else buf.mul(momentum).add_(rgrad)
+        direction = rgrad.add(buf, alpha=momentum) if nesterov else buf
+    else:
+        direction = rgrad
+    if step_bound is None:
+        step = direction * (-lr)
+    else:
+        scale = lr / (group_norm(x, direction) * (lr / step_bound)).clamp_min(1.0)
+        step = direction * (-scale)
+    x_new = manifold.retr(x, step)
+    if buf is not None:
+        buf = manifold.transp(x, x_new, buf)
+    return x_new, buf
+
+
+class FGSGD(torch.optim.Optimizer):
+    """FG-SGD: Riemannian SGD with momentum on renormalized weight groups (Ozay, NeurIPS 2019).
+
+    See the module docstring for the method, the groupings, the constraints and which
+    parameters are constrained.
+
+    Args:
+        params: parameters or param groups.
+        lr: learning rate ``η`` (≥ 0).
+        momentum: heavy-ball momentum ``μ`` in ``[0, 1)`` (tangent-space buffer, transported).
+        weight_decay: L2 penalty, applied to the unconstrained parameters only.
+        nesterov: Nesterov momentum (needs ``momentum > 0``).
+        maximize: maximize the objective.
+        constraint: ``"sphere"``, ``"oblique"``, ``"stiefel"``, or ``None``/``"none"`` (the
+            group is plain SGD, except for its ``ManifoldParameter``s).
+        grouping: ``"PO"``, ``"PI"`` or ``"PIO"``.
+        radius: ``None`` (each group's initial norm) or the fixed norm of every group.
+        step_bound: bound ``δ`` on the metric length of one step per group; ``None`` or
+            ``math.inf`` for no bound. Default ``π/4``.
+        foreach: batch same-shape constrained weights and use ``torch._foreach_*`` for the
+            unconstrained ones (``None``: when every parameter is on CUDA). Same numbers as the
+            per-tensor path up to rounding.
+        model: the module being trained; restricts the constraint to ``Linear``/``Conv``
+            weights among torch's layers (see the module docstring).
+
+    Raises:
+        ValueError: naming the invalid hyperparameter, or for a weight whose shape does not
+            fit the constraint and grouping.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+        >>> opt = FGSGD(model.parameters(), lr=0.1, momentum=0.9, model=model)
+        >>> model(torch.ones(5, 4)).square().sum().backward()
+        >>> _ = opt.step()
+        >>> r = opt.state[model[0].weight]["radius"]
+        >>> torch.allclose(model[0].weight.norm(dim=1, keepdim=True), r)
+        True
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+        constraint: str | None = "sphere",
+        grouping: str = "PO",
+        radius: float | None = None,
+        step_bound: float | None = DEFAULT_STEP_BOUND,
+        foreach: bool | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
+        if model is not None and not isinstance(model, nn.Module):
+            raise ValueError(f"Invalid model: expected an nn.Module, got {type(model).__name__}")
+        self._euclidean = _euclidean_ids(model) if model is not None else set()
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "constraint": constraint,
+            "grouping": grouping,
+            "radius": radius,
+            "step_bound": step_bound,
+            "foreach": foreach,
+        }
+        _validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group after validating its hyperparameters and weight shapes."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _validate_group(group)
+        for p in group["params"]:
+            self._manifold_of(p, group)
+
+    def _manifold_of(self, p: Tensor, group: dict[str, Any]) -> Manifold | None:
+        """The manifold ``p`` is updated on (``None``: plain SGD)."""
+        if isinstance(p, ManifoldParameter):
+            return None if isinstance(p.manifold, Euclidean) else p.manifold
+        constraint = _check_constraint(group["constraint"])
+        if constraint is None or p.dim() < 2 or id(p) in self._euclidean:
+            return None
+        return fg_manifold(p.shape, constraint, group["grouping"])
+
+    def _init_fg_state(self, p: Tensor, manifold: FGManifold, group: dict[str, Any]) -> None:
+        state = self.state[p]
+        # The (constraint, grouping) the radius belongs to, as an int: torch's load_state_dict
+        # mangles strings in the state (it iterates over them).
+        key = _fg_code(manifold.constraint, manifold.grouping)
+        if "radius" in state:
+            if state.get("fg") != key:
+                raise ValueError(
+                    f"Invalid constraint: a parameter of shape {tuple(p.shape)} was renormalized "
+                    f"as {_fg_name(state.get('fg'))!r} and its group now asks for "
+                    f"{_fg_name(key)!r}; the radius is fixed when the state is created (build "
+                    "a new optimizer to change it)"
+                )
+            return
+        view = manifold.to_view(p.detach())
+        if group["radius"] is None:
+            radius = manifold.radius_of(view)
+            if not bool((radius > 0).all()):
+                raise ValueError(
+                    f"Invalid radius: a weight group of a parameter of shape {tuple(p.shape)} "
+                    "has zero norm, so its initial norm cannot be the radius; pass radius="
+                )
+        else:
+            radius = torch.full_like(manifold.radius_of(view), float(group["radius"]))
+        state["fg"] = key
+        state["radius"] = radius
+        # The first point: the projection of W / r (a no-op up to rounding for the sphere and
+        # oblique constraints with the default radius).
+        p.copy_(manifold.from_view(radius * manifold.base.projx(view / radius)))
+
+    @torch.no_grad()
+    def _fg_step(
+        self,
+        manifold: FGManifold,
+        params: list[Tensor],
+        group: dict[str, Any],
+        lr: float,
+        step_bound: float | None,
+    ) -> None:
+        """The constrained update of same-manifold weights, batched (stacked) together."""
+        momentum = float(group["momentum"])
+        states = [self.state[p] for p in params]
+        batched = len(params) > 1
+        to_view = manifold.to_view
+
+        def stack(tensors: list[Tensor]) -> Tensor:
+            return torch.stack(tensors) if batched else tensors[0]
+
+        radius = stack([s["radius"] for s in states])
+        x = stack([to_view(p) for p in params]) / radius
+        egrad = stack([to_view(p.grad) for p in params]) * radius
+        if group["maximize"]:
+            egrad = -egrad
+        buf = None
+        if momentum != 0.0 and "momentum_buffer" in states[0]:
+            buf = stack([to_view(s["momentum_buffer"]) for s in states])
+        x_new, buf = _riemannian_update(
+            manifold.base,
+            x,
+            egrad,
+            buf,
+            lr=lr,
+            momentum=momentum,
+            nesterov=group["nesterov"],
+            step_bound=step_bound,
+            group_norm=lambda _, d: manifold.group_norm(d),
+        )
+        w_new = manifold.from_view(radius * x_new)
+        buf_w = manifold.from_view(buf) if buf is not None else None
+        for i, (p, s) in enumerate(zip(params, states, strict=True)):
+            p.copy_(w_new[i] if batched else w_new)
+            if buf_w is not None:
+                s["momentum_buffer"] = buf_w[i].clone() if batched else buf_w
+
+    @torch.no_grad()
+    def _manifold_parameter_step(
+        self, p: Tensor, group: dict[str, Any], lr: float, step_bound: float | None
+    ) -> None:
+        """The update of a ``ManifoldParameter`` on its own manifold (no radius).
+
+        The step bound applies per manifold point (``manifold.norm`` with ``keepdim``); on an
+        :class:`FGManifold` (from :func:`renormalize_weights`) per weight group, as for a
+        renormalized plain weight.
+        """
+        manifold: Manifold = p.manifold  # type: ignore[attr-defined]
+        state = self.state[p]
+        momentum = float(group["momentum"])
+        egrad = -p.grad if group["maximize"] else p.grad
+        buf = state.get("momentum_buffer") if momentum != 0.0 else None
+        if isinstance(manifold, FGManifold):
+            fg = manifold
+            x_new, buf = _riemannian_update(
+                fg.base,
+                fg.to_view(p.detach()),
+                fg.to_view(egrad),
+                None if buf is None else fg.to_view(buf),
+                lr=lr,
+                momentum=momentum,
+                nesterov=group["nesterov"],
+                step_bound=step_bound,
+                group_norm=lambda _, d: fg.group_norm(d),
+            )
+            x_new = fg.from_view(x_new)
+            buf = None if buf is None else fg.from_view(buf)
+        else:
+            x_new, buf = _riemannian_update(
+                manifold,
+                p.detach(),
+                egrad,
+                buf,
+                lr=lr,
+                momentum=momentum,
+                nesterov=group["nesterov"],
+                step_bound=step_bound,
+                group_norm=lambda x, d: manifold.norm(x, d, keepdim=True),
+            )
+        p.copy_(x_new)
+        if buf is not None:
+            state["momentum_buffer"] = buf
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """Perform one FG-SGD step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+
+        Returns:
+            The closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                self._group_step(group)
+        return loss
+
+    def _group_step(self, group: dict[str, Any]) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        foreach = group["foreach"]
+        if foreach is None:
+            foreach = all(p.device.type == "cuda" for p in params)
+        lr_value = group["lr"]
+        lr = float(lr_value)
+        step_bound = _step_bound(group["step_bound"])
+
+        plain: list[Tensor] = []
+        buckets: dict[tuple[Any, ...], list[Tensor]] = {}
+        for p in params:
+            manifold = self._manifold_of(p, group)
+            if manifold is None:
+                plain.append(p)
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("FGSGD does not support sparse gradients on constrained weights")
+            if isinstance(p, ManifoldParameter):
+                # its own manifold (an FGManifold too after renormalize_weights): no radius
+                self._manifold_parameter_step(p, group, lr, step_bound)
+            else:
+                assert isinstance(manifold, FGManifold)
+                self._init_fg_state(p, manifold, group)
+                has_buf = "momentum_buffer" in self.state[p]
+                key = (manifold, p.dtype, p.device, has_buf) + (() if foreach else (id(p),))
+                buckets.setdefault(key, []).append(p)
+
+        for (manifold, *_), bucket in buckets.items():
+            self._fg_step(manifold, bucket, group, lr, step_bound)
+
+        if plain:
+            grads = [p.grad for p in plain]
+            momentum = group["momentum"]
+            buffers = [self.state[p].get("momentum_buffer") for p in plain] if momentum else []
+            _torch_sgd(
+                plain,
+                grads,
+                buffers,
+                has_sparse_grad=any(g.is_sparse for g in grads),
+                foreach=foreach,
+                weight_decay=group["weight_decay"],
+                momentum=momentum,
+                lr=lr_value,
+                dampening=0.0,
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+            )
+            if momentum:
+                for p, buf in zip(plain, buffers, strict=True):
+                    self.state[p]["momentum_buffer"] = buf
+
+
+# --------------------------------------------------------------------------------------------
+# Renormalizing a model's weights as ManifoldParameters
+# --------------------------------------------------------------------------------------------
+
+
+class _FixedRadius(nn.Module):
+    """Parametrization ``W = r · W̄`` with a fixed radius buffer (in the manifold's view)."""
+
+    def __init__(self, manifold: FGManifold, radius: Tensor) -> None:
+        super().__init__()
+        self.manifold = manifold
+        self.register_buffer("radius", radius)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.manifold.from_view(self.manifold.to_view(x) * self.radius)
+
+    def right_inverse(self, w: Tensor) -> Tensor:
+        view = self.manifold.to_view(w)
+        return self.manifold.from_view(self.manifold.base.projx(view / self.radius))
+
+
+def renormalize_weights(
+    model: nn.Module,
+    constraint: str = "sphere",
+    grouping: str = "PO",
+    radius: float | None = None,
+) -> list[str]:
+    """Turn every ``Linear``/``Conv1d/2d/3d`` weight into ``r · W̄`` with ``W̄`` on a manifold.
+
+    Each weight ``W`` is replaced, through ``torch.nn.utils.parametrize``, by
+    ``module.parametrizations.weight.original = W̄``, a :class:`~torchvalley.ManifoldParameter`
+    on :func:`fg_manifold` ``(W.shape, constraint, grouping)`` with ``W̄ = projx(W / r)``;
+    ``module.weight`` then computes ``r · W̄`` with the radius ``r`` a buffer (in the
+    manifold's matrix view; ``radius=None``: each group's current norm, so for ``"sphere"`` and
+    ``"oblique"`` the forward is unchanged up to rounding). Any Riemannian optimizer
+    (``FGSGD``, RSGD) then trains ``W̄`` on its manifold. Already parametrized weights are
+    skipped.
+
+    Args:
+        model: the module, modified in place.
+        constraint: ``"sphere"``, ``"oblique"`` or ``"stiefel"``.
+        grouping: ``"PO"``, ``"PI"`` or ``"PIO"``.
+        radius: ``None`` (initial norms) or the fixed norm of every group.
+
+    Returns:
+        The names (as in ``model.named_parameters()`` before the conversion) of the converted
+        weights, e.g. ``["0.weight", "2.weight"]``.
+
+    Raises:
+        ValueError: for an invalid hyperparameter or a weight whose shape does not fit, or a
+            group with zero norm when ``radius`` is ``None``.
+    """
+    _check_constraint(constraint)
+    if constraint is None or constraint == "none":
+        raise ValueError("Invalid constraint: renormalize_weights needs a constraint")
+    _check_grouping(grouping)
+    check_optional_positive("radius", radius)
+    converted: list[str] = []
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, _LAYERS)
+        and not parametrize.is_parametrized(module, "weight")
+        and isinstance(module._parameters.get("weight"), nn.Parameter)
+    ]
+    for name, module in targets:
+        weight = module.weight
+        manifold = fg_manifold(weight.shape, constraint, grouping)
+        with torch.no_grad():
+            view = manifold.to_view(weight.detach())
+            if radius is None:
+                r = manifold.radius_of(view)
+                if not bool((r > 0).all()):
+                    raise ValueError(
+                        f"Invalid radius: a weight group of {name}.weight has zero norm; pass "
+                        "radius="
+                    )
+            else:
+                r = torch.full_like(manifold.radius_of(view), float(radius))
+        requires_grad = weight.requires_grad
+        parametrize.register_parametrization(module, "weight", _FixedRadius(manifold, r))
+        plist = module.parametrizations.weight
+        plist.original = ManifoldParameter(
+            plist.original.detach(), manifold, requires_grad=requires_grad
+        )
+        converted.append(f"{name}.weight" if name else "weight")
+    return converted
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+register_optimizer(
+    "fgsgd",
+    FGSGD,
+    capabilities=Capabilities(manifold_aware=True, accepts_model=True, foreach=True),
+    hyperparameters=(
+        Hyperparameter("lr", "non_negative", 1e-3, "learning rate"),
+        Hyperparameter("momentum", "unit_interval_open", 0.0, "tangent-space heavy-ball momentum"),
+        Hyperparameter(
+            "weight_decay", "non_negative", 0.0, "L2 penalty on the unconstrained parameters only"
+        ),
+        Hyperparameter("nesterov", "bool", False, "Nesterov momentum"),
+        Hyperparameter("maximize", "bool", False, "maximize the objective instead of minimizing"),
+        Hyperparameter(
+            "constraint",
+            "choice",
+            "sphere",
+            "manifold of the weight groups ('none': plain SGD for the group)",
+            (*CONSTRAINTS, "none"),
+        ),
+        Hyperparameter(
+            "grouping",
+            "choice",
+            "PO",
+            "weight groups: per output channel, per input channel, per (output, input) kernel",
+            GROUPINGS,
+        ),
+        Hyperparameter(
+            "radius", "optional_positive", None, "fixed norm of every group (None: initial norms)"
+        ),
+        Hyperparameter(
+            "step_bound",
+            "optional_positive",
+            DEFAULT_STEP_BOUND,
+            "bound on the metric length of one step per group (None: unbounded)",
+        ),
+        Hyperparameter(
+            "foreach",
+            "optional_bool",
+            None,
+            "batched (True) or per-tensor (False) path; None: batched when all params are on CUDA",
+        ),
+        Hyperparameter(
+            "model", "any", None, "the module: only Linear/Conv weights of torch layers"
+        ),
+    ),
+    summary="FG-SGD: Riemannian SGD on sphere/oblique/Stiefel weight groups with fixed radii",
+    family="riemannian",
+    paper=(
+        "Ozay, Fine-grained Optimization of Deep Neural Networks, NeurIPS 2019 (arXiv:1905.09054)"
+    ),
+    example={"lr": 0.05, "momentum": 0.9},
+    # The default problem's second half holds only 1-dim parameters (named_parameters lists
+    # the MLP's own w1, b1, w2 before the LayerNorm's), so only SGD keys can show there.
+    group_example={"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01, "nesterov": True},
+)
