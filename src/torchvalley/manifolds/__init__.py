@@ -7,7 +7,7 @@ closed forms exist, ``random`` and ``check_point``/``check_vector`` with explana
 
 from torchvalley.manifolds.base import Manifold, default_tolerance
 from torchvalley.manifolds.euclidean import Euclidean
-from torchvalley.manifolds.hyperbolic import Lorentz, PoincareBall, boundary_eps
+from torchvalley.manifolds.hyperbolic import Curvature, Lorentz, PoincareBall, boundary_eps
 from torchvalley.manifolds.oblique import Oblique
 from torchvalley.manifolds.parameter import ManifoldParameter
 from torchvalley.manifolds.product import Product
@@ -15,6 +15,7 @@ from torchvalley.manifolds.sphere import Sphere
 from torchvalley.manifolds.stiefel import Stiefel
 
 __all__ = [
+    "Curvature",
     "Euclidean",
     "Lorentz",
     "Manifold",

@@ -12,6 +12,9 @@ Neural Networks", NeurIPS 2018; Ungar's gyrovector formalism), with λ_x = 2 / (
 * parallel transport P_{x→y}(v) = (λ_x / λ_y) gyr[y, −x] v (an isometry).
 
 ``retr(x, u) = projx(x + u)`` (first order, as in geoopt and Bécigneul & Ganea, ICLR 2019).
+The curvature may be learnable: ``PoincareBall(Curvature(0.7))`` evaluates c = softplus(raw)
+(always > 0, with a finite gradient) in the dtype of the points it acts on, and every operation
+is differentiable with respect to ``raw`` (see :class:`Curvature`).
 Numerics follow Ganea's guidance: points are kept strictly inside the ball, at norm at most
 (1 − eps)/√c with eps = 4e-3 (float32) or 1e-5 (float64); tanh inputs are clipped to 15, artanh
 inputs to 1 − machine eps, and denominators are clamped away from 0.
@@ -34,15 +37,17 @@ the boundary / far from the origin.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from torchvalley.manifolds.base import Manifold, _randn, _violation_reason
 
-__all__ = ["Lorentz", "PoincareBall", "boundary_eps"]
+__all__ = ["Curvature", "Lorentz", "PoincareBall", "boundary_eps"]
 
 _BALL_EPS = {torch.float64: 1e-5, torch.float32: 4e-3, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 _MIN_NORM = 1e-15
@@ -67,36 +72,186 @@ def _sinhc(t: Tensor) -> Tensor:
     return torch.where(small, 1 + t * t / 6, torch.sinh(safe) / safe)
 
 
+def _inverse_softplus(y: float) -> float:
+    """The ``r`` with softplus(r) = log(1 + exp(r)) = ``y`` > 0, computed as y + log(−expm1(−y))."""
+    return y + math.log(-math.expm1(-y))
+
+
+class Curvature(nn.Module):
+    """A learnable (negated) curvature c > 0 for :class:`PoincareBall`.
+
+    Parametrization: c = softplus(raw) = log(1 + exp(raw)), with ``raw`` an ordinary (Euclidean)
+    ``nn.Parameter`` stored in ``dtype`` (float64 by default) and initialised to
+    softplus⁻¹(``init``). softplus maps ℝ onto (0, ∞) with derivative sigmoid(raw) ∈ (0, 1), so
+    any optimizer step on ``raw`` keeps c positive and dc/draw finite; the value is finally
+    clamped below by the smallest normal number of the requested dtype, so that c cannot round
+    to 0 (only for raw below about −708 in float64, −87 in float32; the gradient is 0 there).
+
+    Unlike geoopt (which stores softplus(isp_c) in float32, so a float64 computation sees c to
+    about 1e-7 only), :meth:`value` evaluates softplus in the dtype of ``raw`` and casts the
+    result to the dtype of the tensors it acts on: float64 points see the float64 value
+    exactly, float32 points its float32 rounding. Keep ``raw`` in float64 (``module.float()`` /
+    ``.half()`` would cast it like any other parameter).
+
+    Optimize ``raw`` with any optimizer (``curvature.parameters()``); a
+    :class:`torchvalley.optim.RiemannianAdam` or ``RiemannianSGD`` treats it as a Euclidean
+    parameter, exactly like its torch counterpart.
+
+    Args:
+        init: the initial curvature c (finite, > 0).
+        dtype: the floating dtype of ``raw``.
+        device: the device of ``raw``.
+    """
+
+    raw: nn.Parameter
+
+    def __init__(
+        self,
+        init: float = 1.0,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        init = _positive_float(init, "init")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        self.raw = nn.Parameter(torch.tensor(_inverse_softplus(init), dtype=dtype, device=device))
+
+    def value(
+        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> Tensor:
+        """c = softplus(raw) as a 0-d tensor (differentiable with respect to ``raw``).
+
+        Args:
+            dtype: the dtype of the result (default: that of ``raw``); softplus is computed in
+                the dtype of ``raw`` and then cast.
+            device: the device of the result (default: that of ``raw``).
+
+        Returns:
+            The positive curvature value.
+        """
+        c = F.softplus(self.raw)
+        if dtype is not None or device is not None:
+            c = c.to(dtype=dtype or c.dtype, device=device)
+        return c.clamp_min(torch.finfo(c.dtype).tiny)
+
+    def forward(self, dtype: torch.dtype | None = None) -> Tensor:
+        """Same as :meth:`value`."""
+        return self.value(dtype)
+
+    def extra_repr(self) -> str:
+        """The current value of c."""
+        return f"c={float(self.value().detach()):.6g}"
+
+
 class PoincareBall(Manifold):
     """Poincaré ball of curvature −c over the last dimension (see the module docstring).
 
+    With a float ``c`` the curvature is a fixed constant. With a :class:`Curvature` module the
+    curvature is learnable: every operation evaluates ``c = curvature.value(x.dtype)`` (a 0-d
+    tensor on ``x``'s device, the float64 softplus cast to ``x``'s dtype) and uses tensor math,
+    so autograd flows into ``curvature.raw`` through ``dist``, ``expmap``, ``logmap``,
+    ``mobius_add``, ``projx``, etc. Notes for a learnable curvature:
+
+    * when c changes, points may lie outside the new ball (radius 1/√c). A learnable curvature
+      therefore requires a retraction that projects: the optimizers' step ends with
+      ``retr(x, u) = projx(x + u)``, which re-projects with the current c. Put the points and
+      ``curvature.parameters()`` in the *same* param group: the Riemannian optimizers step the
+      manifold parameters of a group before its Euclidean ones, so the points step with the c
+      that produced their gradients (had c grown first, points at the boundary would lie outside
+      the ball at their step, where λ_x is clamped and their Riemannian gradient vanishes).
+      If c can grow, call ``optimizer.stabilize()`` (or ``param.proj_()``) after the step so that
+      the next forward pass sees the points inside the updated ball (outside it, ``dist`` and
+      ``logmap`` stay finite but clamp their artanh, whose gradient is then 0);
+    * :meth:`check_point`, :meth:`max_norm` and :attr:`c` use the current value of c;
+    * two balls are equal when they share the same :class:`Curvature` object (identity);
+      ``copy.deepcopy`` of the ball copies its curvature through the memo (a fixed ball is an
+      immutable value and is shared). Note that ``ManifoldParameter``'s deepcopy shares its
+      manifold, so a deep-copied model's points keep the *original* curvature module; pickling
+      keeps them together.
+
     Args:
-        c: the (positive) negated curvature; the ball has radius 1/√c.
+        c: the (positive) negated curvature, a float or a learnable :class:`Curvature`; the ball
+            has radius 1/√c.
     """
 
     ndim = 1
     transp_is_isometry = True
 
-    def __init__(self, c: float = 1.0) -> None:
-        self.c = _positive_float(c, "c")
-        self._sqrt_c = math.sqrt(self.c)
+    def __init__(self, c: float | Curvature = 1.0) -> None:
+        if isinstance(c, Curvature):
+            self._curvature: Curvature | None = c
+            self._c: float | None = None
+            self._sqrt_c: float | None = None
+        else:
+            self._curvature = None
+            self._c = _positive_float(c, "c")
+            self._sqrt_c = math.sqrt(self._c)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Pickles from before the learnable curvature stored the float as ``c``.
+        if "c" in state and "_c" not in state:
+            state = dict(state)
+            state["_c"] = state.pop("c")
+            state.setdefault("_curvature", None)
+        self.__dict__.update(state)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PoincareBall:
+        if self._curvature is None:
+            return self
+        if id(self) in memo:
+            return memo[id(self)]
+        result = PoincareBall(copy.deepcopy(self._curvature, memo))
+        memo[id(self)] = result
+        return result
 
     def _hparams(self) -> tuple[tuple[str, Any], ...]:
-        return (("c", self.c),)
+        return (("c", self._c if self._curvature is None else self._curvature),)
+
+    @property
+    def learnable(self) -> bool:
+        """Whether the curvature is a learnable :class:`Curvature`."""
+        return self._curvature is not None
+
+    @property
+    def curvature(self) -> Curvature | None:
+        """The learnable :class:`Curvature`, or None for a fixed float curvature."""
+        return self._curvature
+
+    @property
+    def c(self) -> float:
+        """The current curvature as a Python float (detached; the float64 value if learnable)."""
+        if self._curvature is None:
+            return self._c  # type: ignore[return-value]
+        with torch.no_grad():
+            return float(self._curvature.value(torch.float64))
+
+    def _curv(self, x: Tensor) -> tuple[float | Tensor, float | Tensor]:
+        """(c, √c) to use on ``x``: floats if fixed, 0-d tensors of ``x``'s dtype if learnable."""
+        if self._curvature is None:
+            return self._c, self._sqrt_c  # type: ignore[return-value]
+        c = self._curvature.value(x.dtype, x.device)
+        return c, torch.sqrt(c)
 
     # ---------------------------------------------------------------- helpers
     def max_norm(self, dtype: torch.dtype) -> float:
-        """Largest Euclidean norm kept by ``projx``: (1 − eps(dtype)) / √c."""
-        return (1 - boundary_eps(dtype)) / self._sqrt_c
+        """Largest Euclidean norm kept by ``projx``: (1 − eps(dtype)) / √c.
 
-    def lambda_x(self, x: Tensor, keepdim: bool = True) -> Tensor:
-        """Conformal factor λ_x = 2 / (1 − c‖x‖²)."""
-        den = (1 - self.c * (x * x).sum(-1, keepdim=keepdim)).clamp_min(_MIN_NORM)
+        For a learnable curvature, computed (detached) from the current c rounded to ``dtype``.
+        """
+        if self._curvature is None:
+            return (1 - boundary_eps(dtype)) / self._sqrt_c  # type: ignore[operator]
+        with torch.no_grad():
+            c = float(self._curvature.value(dtype))
+        return (1 - boundary_eps(dtype)) / math.sqrt(c)
+
+    @staticmethod
+    def _lambda(x: Tensor, c: float | Tensor, keepdim: bool = True) -> Tensor:
+        den = (1 - c * (x * x).sum(-1, keepdim=keepdim)).clamp_min(_MIN_NORM)
         return 2 / den
 
-    def mobius_add(self, x: Tensor, y: Tensor) -> Tensor:
-        """Möbius addition x ⊕_c y."""
-        c = self.c
+    @staticmethod
+    def _mobius_add(x: Tensor, y: Tensor, c: float | Tensor) -> Tensor:
         x2 = (x * x).sum(-1, keepdim=True)
         y2 = (y * y).sum(-1, keepdim=True)
         xy = (x * y).sum(-1, keepdim=True)
@@ -104,9 +259,9 @@ class PoincareBall(Manifold):
         den = (1 + 2 * c * xy + c * c * x2 * y2).clamp_min(_MIN_NORM)
         return num / den
 
-    def gyration(self, a: Tensor, b: Tensor, w: Tensor) -> Tensor:
-        """gyr[a, b] w = ⊖(a ⊕ b) ⊕ (a ⊕ (b ⊕ w)), in Ungar's closed form (linear in ``w``)."""
-        k = -self.c
+    @staticmethod
+    def _gyration(a: Tensor, b: Tensor, w: Tensor, c: float | Tensor) -> Tensor:
+        k = -c
         a2 = (a * a).sum(-1, keepdim=True)
         b2 = (b * b).sum(-1, keepdim=True)
         ab = (a * b).sum(-1, keepdim=True)
@@ -118,15 +273,33 @@ class PoincareBall(Manifold):
         den = (1 - 2 * k * ab + k2 * a2 * b2).clamp_min(_MIN_NORM)
         return w + 2 * (coef_a * a + coef_b * b) / den
 
+    def _projx(self, x: Tensor, sc: float | Tensor) -> Tensor:
+        norm = x.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
+        if self._curvature is None:
+            maxnorm: float | Tensor = self.max_norm(x.dtype)
+        else:
+            maxnorm = (1 - boundary_eps(x.dtype)) / sc
+        return torch.where(norm > maxnorm, x / norm * maxnorm, x)
+
+    def lambda_x(self, x: Tensor, keepdim: bool = True) -> Tensor:
+        """Conformal factor λ_x = 2 / (1 − c‖x‖²)."""
+        return self._lambda(x, self._curv(x)[0], keepdim)
+
+    def mobius_add(self, x: Tensor, y: Tensor) -> Tensor:
+        """Möbius addition x ⊕_c y."""
+        return self._mobius_add(x, y, self._curv(x)[0])
+
+    def gyration(self, a: Tensor, b: Tensor, w: Tensor) -> Tensor:
+        """gyr[a, b] w = ⊖(a ⊕ b) ⊕ (a ⊕ (b ⊕ w)), in Ungar's closed form (linear in ``w``)."""
+        return self._gyration(a, b, w, self._curv(a)[0])
+
     def _artanh(self, z: Tensor) -> Tensor:
         return torch.atanh(z.clamp(max=1 - torch.finfo(z.dtype).eps))
 
     # ---------------------------------------------------------------- interface
     def projx(self, x: Tensor) -> Tensor:
-        """Rescale points with norm above ``max_norm`` onto that radius."""
-        norm = x.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
-        maxnorm = self.max_norm(x.dtype)
-        return torch.where(norm > maxnorm, x / norm * maxnorm, x)
+        """Rescale points with norm above ``max_norm`` onto that radius (the current c)."""
+        return self._projx(x, self._curv(x)[1])
 
     def proju(self, x: Tensor, u: Tensor) -> Tensor:
         """Identity: the tangent space is ℝⁿ."""
@@ -134,17 +307,18 @@ class PoincareBall(Manifold):
 
     def egrad2rgrad(self, x: Tensor, g: Tensor) -> Tensor:
         """g / λ_x² = g (1 − c‖x‖²)² / 4."""
-        return g / self.lambda_x(x).square()
+        return g / self._lambda(x, self._curv(x)[0]).square()
 
     def rgrad2egrad(self, x: Tensor, r: Tensor) -> Tensor:
         """λ_x² r: the inverse of :meth:`egrad2rgrad` (metric lowering with G(x) = λ_x² I)."""
-        return r * self.lambda_x(x).square()
+        return r * self._lambda(x, self._curv(x)[0]).square()
 
     def inner(self, x: Tensor, u: Tensor, v: Tensor | None = None, keepdim: bool = False) -> Tensor:
         """λ_x² ⟨u, v⟩."""
         if v is None:
             v = u
-        return self.lambda_x(x, keepdim=keepdim).square() * (u * v).sum(-1, keepdim=keepdim)
+        lam = self._lambda(x, self._curv(x)[0], keepdim=keepdim)
+        return lam.square() * (u * v).sum(-1, keepdim=keepdim)
 
     def retr(self, x: Tensor, u: Tensor) -> Tensor:
         """projx(x + u)."""
@@ -152,39 +326,40 @@ class PoincareBall(Manifold):
 
     def expmap(self, x: Tensor, u: Tensor) -> Tensor:
         """x ⊕ (tanh(√c λ_x ‖u‖ / 2) u / (√c ‖u‖)), projected into the ball."""
-        sc = self._sqrt_c
+        c, sc = self._curv(x)
         un = u.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
-        arg = (sc * self.lambda_x(x) * un / 2).clamp(max=15)
+        arg = (sc * self._lambda(x, c) * un / 2).clamp(max=15)
         second = torch.tanh(arg) * u / (sc * un)
-        return self.projx(self.mobius_add(x, second))
+        return self._projx(self._mobius_add(x, second, c), sc)
 
     def expmap0(self, u: Tensor) -> Tensor:
         """exp_0(u) = tanh(√c ‖u‖) u / (√c ‖u‖)."""
-        sc = self._sqrt_c
+        _, sc = self._curv(u)
         un = u.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
-        return self.projx(torch.tanh((sc * un).clamp(max=15)) * u / (sc * un))
+        return self._projx(torch.tanh((sc * un).clamp(max=15)) * u / (sc * un), sc)
 
     def logmap(self, x: Tensor, y: Tensor) -> Tensor:
         """2 / (√c λ_x) artanh(√c ‖−x ⊕ y‖) (−x ⊕ y) / ‖−x ⊕ y‖."""
-        sc = self._sqrt_c
-        w = self.mobius_add(-x, y)
+        c, sc = self._curv(x)
+        w = self._mobius_add(-x, y, c)
         wn = w.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
-        return 2 / (sc * self.lambda_x(x)) * self._artanh(sc * wn) * w / wn
+        return 2 / (sc * self._lambda(x, c)) * self._artanh(sc * wn) * w / wn
 
     def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
         """2/√c artanh(√c ‖−x ⊕ y‖)."""
-        sc = self._sqrt_c
-        wn = self.mobius_add(-x, y).norm(dim=-1, keepdim=keepdim)
+        c, sc = self._curv(x)
+        wn = self._mobius_add(-x, y, c).norm(dim=-1, keepdim=keepdim)
         return 2 / sc * self._artanh(sc * wn)
 
     def dist0(self, x: Tensor, keepdim: bool = False) -> Tensor:
         """Distance to the origin, 2/√c artanh(√c ‖x‖)."""
-        sc = self._sqrt_c
+        _, sc = self._curv(x)
         return 2 / sc * self._artanh(sc * x.norm(dim=-1, keepdim=keepdim))
 
     def transp(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
         """Parallel transport (λ_x / λ_y) gyr[y, −x] v."""
-        return self.gyration(y, -x, v) * self.lambda_x(x) / self.lambda_x(y)
+        c, _ = self._curv(x)
+        return self._gyration(y, -x, v, c) * self._lambda(x, c) / self._lambda(y, c)
 
     def origin(
         self,
@@ -203,8 +378,12 @@ class PoincareBall(Manifold):
         device: torch.device | str | None = None,
         std: float = 0.5,
     ) -> Tensor:
-        """exp_0 of a Gaussian tangent vector with entries of standard deviation ``std``."""
-        return self.expmap0(std * _randn(shape, generator, dtype, device))
+        """exp_0 of a Gaussian tangent vector with entries of standard deviation ``std``.
+
+        With a learnable curvature the points use its current value and are detached.
+        """
+        x = self.expmap0(std * _randn(shape, generator, dtype, device))
+        return x if self._curvature is None else x.detach()
 
     def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
         if len(shape) < 1 or shape[-1] < 1:
@@ -212,11 +391,13 @@ class PoincareBall(Manifold):
         return True, None
 
     def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
-        scaled = float(x.norm(dim=-1).max()) * self._sqrt_c
+        # A learnable curvature is checked at its current (float64) value.
+        sqrt_c = self._sqrt_c if self._curvature is None else math.sqrt(self.c)
+        scaled = float(x.norm(dim=-1).max()) * sqrt_c
         if scaled >= 1:
             return False, (
                 f"max √c‖x‖ is {scaled:.6g}: points must lie strictly inside the ball of radius "
-                f"1/√c = {1 / self._sqrt_c:.6g}"
+                f"1/√c = {1 / sqrt_c:.6g}"
             )
         return True, None
 
