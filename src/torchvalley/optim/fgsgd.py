@@ -411,6 +411,7 @@ def _validate_group(group: dict[str, Any]) -> None:
     _check_constraint(group["constraint"])
     _check_grouping(group["grouping"])
     check_optional_positive("radius", group["radius"])
+    check_bool("learn_radius", group["learn_radius"])
     _step_bound(group["step_bound"])
     check_optional_bool("foreach", group["foreach"])
     if group["nesterov"] and float(group["momentum"]) == 0.0:
@@ -505,6 +506,9 @@ class FGSGD(torch.optim.Optimizer):
             group is plain SGD, except for its ``ManifoldParameter``s).
         grouping: ``"PO"``, ``"PI"`` or ``"PIO"``.
         radius: ``None`` (each group's initial norm) or the fixed norm of every group.
+        learn_radius: learn each group's radius ``r`` (a scale, as in weight normalization)
+            by SGD with the group's ``lr``, momentum and Nesterov on its gradient
+            ``∂L/∂r = ⟨∂L/∂W, W̄⟩`` per group; kept positive. Off: the radius stays fixed.
         step_bound: bound ``δ`` on the metric length of one step per group; ``None`` or
             ``math.inf`` for no bound. Default ``π/4``.
         foreach: batch same-shape constrained weights and use ``torch._foreach_*`` for the
@@ -539,6 +543,7 @@ class FGSGD(torch.optim.Optimizer):
         constraint: str | None = "sphere",
         grouping: str = "PO",
         radius: float | None = None,
+        learn_radius: bool = False,
         step_bound: float | None = DEFAULT_STEP_BOUND,
         foreach: bool | None = None,
         model: nn.Module | None = None,
@@ -555,6 +560,7 @@ class FGSGD(torch.optim.Optimizer):
             "constraint": constraint,
             "grouping": grouping,
             "radius": radius,
+            "learn_radius": learn_radius,
             "step_bound": step_bound,
             "foreach": foreach,
         }
@@ -628,9 +634,14 @@ class FGSGD(torch.optim.Optimizer):
 
         radius = stack([s["radius"] for s in states])
         x = stack([to_view(p) for p in params]) / radius
-        egrad = stack([to_view(p.grad) for p in params]) * radius
+        grad_w = stack([to_view(p.grad) for p in params])
         if group["maximize"]:
-            egrad = -egrad
+            grad_w = -grad_w
+        egrad = grad_w * radius
+        if group["learn_radius"]:
+            radius = self._radius_step(
+                states, radius, (grad_w * x).sum_to_size(radius.shape), group, lr, batched
+            )
         buf = None
         if momentum != 0.0 and "momentum_buffer" in states[0]:
             buf = stack([to_view(s["momentum_buffer"]) for s in states])
@@ -651,6 +662,33 @@ class FGSGD(torch.optim.Optimizer):
             p.copy_(w_new[i] if batched else w_new)
             if buf_w is not None:
                 s["momentum_buffer"] = buf_w[i].clone() if batched else buf_w
+
+    def _radius_step(
+        self,
+        states: list[dict[str, Any]],
+        radius: Tensor,
+        grad_r: Tensor,
+        group: dict[str, Any],
+        lr: float,
+        batched: bool,
+    ) -> Tensor:
+        """SGD (torch's momentum semantics) on the per-group radii; returns the new radii."""
+        momentum = float(group["momentum"])
+        direction = grad_r
+        if momentum != 0.0:
+            if "radius_momentum" in states[0]:
+                old = [s["radius_momentum"] for s in states]
+                buf = (torch.stack(old) if batched else old[0]).mul(momentum).add_(grad_r)
+            else:
+                buf = grad_r.clone()
+            direction = grad_r.add(buf, alpha=momentum) if group["nesterov"] else buf
+            for i, s in enumerate(states):
+                s["radius_momentum"] = buf[i].clone() if batched else buf
+        tiny = torch.finfo(radius.dtype).tiny
+        new = radius.sub(direction, alpha=lr).clamp_min(tiny)
+        for i, s in enumerate(states):
+            s["radius"] = new[i].clone() if batched else new
+        return new
 
     @torch.no_grad()
     def _manifold_parameter_step(
@@ -893,6 +931,7 @@ register_optimizer(
         Hyperparameter(
             "radius", "optional_positive", None, "fixed norm of every group (None: initial norms)"
         ),
+        Hyperparameter("learn_radius", "bool", False, "learn each group's radius (scale) by SGD"),
         Hyperparameter(
             "step_bound",
             "optional_positive",
