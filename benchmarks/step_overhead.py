@@ -52,6 +52,13 @@ and inter-quartile range of the ``R`` per-step times; ratio = median(row) / medi
 The JSON output also has the raw per-repeat times, the minimum, and the median of the
 per-repeat paired ratios row/reference (more robust to drift).
 
+A "Parity ratios" section (and ``parity`` in the JSON) divides the rows of methods that must
+match a torch optimizer by that optimizer's row from the same run: radam/adam, rsgd/sgd, and
+ramsgrad/adam(amsgrad), radagrad/adagrad when such rows exist (else listed as skipped), and
+geoopt's RiemannianAdam/RiemannianSGD anchors over torch's rows and over ours, as the ratio of
+medians and the median of per-repeat paired ratios. ``--optimizers NAME ...`` restricts the
+step-mode rows to those registered optimizers (and their anchors).
+
 ``--training-step`` mode times a *full* training step instead (forward, loss, backward and the
 optimizer, on a real model and fixed random batches) for the reference SGD-momentum (one
 closure call, then ``step()``) and every non-second-order optimizer that needs a closure or
@@ -66,7 +73,7 @@ Usage::
 
     python benchmarks/step_overhead.py [--quick] [--out FILE.md] [--json FILE]
         [--threads N] [--foreach {default,true,false}] [--repeats R] [--steps K]
-        [--warmup W] [--width C] [--no-anchors]
+        [--warmup W] [--width C] [--no-anchors] [--optimizers NAME ...]
     python benchmarks/step_overhead.py --training-step [--train-model {mnist1d_cnn,resnet18}]
         [--train-batch B] [--train-optimizers NAME ...] [--quick] [--out ...] [--json ...]
         [--threads N] [--repeats R] [--steps K] [--warmup W] [--width C] [--no-anchors]
@@ -492,6 +499,14 @@ def _geoopt_adam(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -> St
     return _optimizer_step(optim.RiemannianAdam(ws.params, **_pick(entry.example, keys)), None)
 
 
+def _geoopt_amsgrad(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
+    # ramsgrad is radam with amsgrad=True (its registry example does not name it)
+    optim = _import_quietly("geoopt.optim")
+    keys = ("lr", "betas", "eps", "weight_decay")
+    opt = optim.RiemannianAdam(ws.params, amsgrad=True, **_pick(entry.example, keys))
+    return _optimizer_step(opt, None)
+
+
 def _pytorch_optimizer_sgdw(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
     po = _import_quietly("pytorch_optimizer")
     kwargs = _pick(entry.example, ("lr", "momentum", "dampening", "weight_decay", "nesterov"))
@@ -545,8 +560,9 @@ def _posteriors_sgld(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -
     return lambda: transform.update(state, None, inplace=True)
 
 
-# Keyed by registry name: a row is added only when that name is registered. Later issues add
-# their comparable methods here (e.g. geoopt's RiemannianSGD/Adam for the Riemannian family).
+# Keyed by registry name: a row is added only when that name is registered. geoopt's
+# RiemannianSGD/Adam are listed both under sgd/adam (where they were first added, as the
+# nearest method) and under the Riemannian family's rsgd/radam/ramsgrad.
 # pytorch_optimizer's Adam, AdamW and SGD are re-exports of torch.optim's classes, so they are
 # not listed (they would time the baseline itself); its SGDW with weight_decouple=False is its
 # own implementation of SGD with momentum.
@@ -570,6 +586,34 @@ ANCHORS: dict[str, tuple[Anchor, ...]] = {
     ),
     "adam": (
         Anchor("geoopt", "RiemannianAdam", _geoopt_adam, (), "Euclidean manifold, per-tensor loop"),
+    ),
+    "rsgd": (
+        Anchor(
+            "geoopt",
+            "RiemannianSGD",
+            _geoopt_sgd,
+            (),
+            "plain tensors (Euclidean manifold), per-tensor loop with retraction + transport; "
+            "same lr/momentum as rsgd",
+        ),
+    ),
+    "radam": (
+        Anchor(
+            "geoopt",
+            "RiemannianAdam",
+            _geoopt_adam,
+            (),
+            "plain tensors (Euclidean manifold), per-tensor loop",
+        ),
+    ),
+    "ramsgrad": (
+        Anchor(
+            "geoopt",
+            "RiemannianAdam(amsgrad=True)",
+            _geoopt_amsgrad,
+            (),
+            "plain tensors (Euclidean manifold), per-tensor loop",
+        ),
     ),
     "sam": (
         Anchor(
@@ -678,6 +722,14 @@ def _foreach_applies(entry: OptimizerEntry, hyperparameters: Mapping[str, Any]) 
         return False
 
 
+def _name_registered(name: str) -> bool:
+    try:
+        get_optimizer_entry(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_registered(entry: OptimizerEntry) -> bool:
     try:
         return get_optimizer_entry(entry.name) is entry
@@ -783,7 +835,7 @@ def build_rows(
         waiting = [
             f"{anchor.label} ({name})"
             for name, group in ANCHORS.items()
-            if name not in registered
+            if name not in registered and not _name_registered(name)
             for anchor in group
         ]
         if waiting:
@@ -807,7 +859,9 @@ def build_rows(
 
 
 def training_entries(
-    entries: Sequence[OptimizerEntry], names: Sequence[str] | None
+    entries: Sequence[OptimizerEntry],
+    names: Sequence[str] | None,
+    option: str = "--train-optimizers",
 ) -> list[OptimizerEntry]:
     """The entries ``--training-step`` times: ``names`` if given (in that order), else every
     non-second-order entry that needs a closure or makes several passes."""
@@ -815,7 +869,7 @@ def training_entries(
         by_name = {entry.name: entry for entry in entries}
         missing = [name for name in names if name not in by_name]
         if missing:
-            raise ValueError(f"unknown optimizer(s) for --train-optimizers: {', '.join(missing)}")
+            raise ValueError(f"unknown optimizer(s) for {option}: {', '.join(missing)}")
         return [by_name[name] for name in names]
     return [e for e in entries if _uses_closure(e) and not e.capabilities.second_order]
 
@@ -997,6 +1051,116 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 # --------------------------------------------------------------------------------------------
+# Parity ratios: a method's row against the row of the method it must match
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityPair:
+    """``numerator / denominator``, two row labels of the same run, with an optional goal."""
+
+    numerator: str
+    denominator: str
+    goal: float | None = None
+    text: str = ""
+
+
+GEOOPT_RSGD = "geoopt:RiemannianSGD (comparable to rsgd)"
+GEOOPT_RADAM = "geoopt:RiemannianAdam (comparable to radam)"
+GEOOPT_RAMSGRAD = "geoopt:RiemannianAdam(amsgrad=True) (comparable to ramsgrad)"
+# Denominators named here but never built by this script (no registry entry): their pairs are
+# reported as skipped until such a row exists.
+ADAM_AMSGRAD_LABEL = "adam_amsgrad"
+ADAGRAD_LABEL = "adagrad"
+PARITY_PAIRS: tuple[ParityPair, ...] = (
+    ParityPair("radam", "adam", 1.05, "RAdam on plain tensors vs torch Adam"),
+    ParityPair("ramsgrad", ADAM_AMSGRAD_LABEL, 1.05, "RAMSGrad vs torch Adam(amsgrad=True)"),
+    ParityPair("rsgd", "sgd", 1.1, "RSGD vs torch SGD (momentum 0.9)"),
+    ParityPair("radagrad", ADAGRAD_LABEL, None, "RAdagrad vs torch Adagrad"),
+    ParityPair(GEOOPT_RADAM, "adam", None, "geoopt RAdam vs torch Adam"),
+    ParityPair(GEOOPT_RAMSGRAD, ADAM_AMSGRAD_LABEL, None, "geoopt RAMSGrad vs torch AMSGrad"),
+    ParityPair(GEOOPT_RSGD, "sgd", None, "geoopt RSGD vs torch SGD"),
+    ParityPair(GEOOPT_RADAM, "radam", None, "geoopt RAdam vs ours"),
+    ParityPair(GEOOPT_RAMSGRAD, "ramsgrad", None, "geoopt RAMSGrad vs ours"),
+    ParityPair(GEOOPT_RSGD, "rsgd", None, "geoopt RSGD vs ours"),
+)
+
+
+def parity_ratios(
+    results: Sequence[Mapping[str, Any]], pairs: Sequence[ParityPair] = PARITY_PAIRS
+) -> list[dict[str, Any]]:
+    """The ratio of medians and the median of per-repeat paired ratios of each pair of rows.
+
+    Both come from this run's per-repeat times (``ms_per_step``): the repeats are interleaved,
+    so repeat ``i`` of the two rows ran under the same load. A pair whose row is missing or
+    did not run is returned with ``status`` ``"skipped"`` and the reason.
+    """
+    by_label = {r["label"]: r for r in results}
+    out: list[dict[str, Any]] = []
+    for pair in pairs:
+        item: dict[str, Any] = {
+            "numerator": pair.numerator,
+            "denominator": pair.denominator,
+            "goal": pair.goal,
+            "text": pair.text,
+        }
+        missing = [
+            label
+            for label in (pair.numerator, pair.denominator)
+            if label not in by_label or "median_ms" not in by_label[label]
+        ]
+        if missing:
+            item["status"] = "skipped"
+            item["reason"] = "no timed row " + " or ".join(f"'{m}'" for m in missing)
+            out.append(item)
+            continue
+        num, den = by_label[pair.numerator], by_label[pair.denominator]
+        item["status"] = "ok"
+        item["ratio"] = num["median_ms"] / den["median_ms"]
+        paired = [a / b for a, b in zip(num["ms_per_step"], den["ms_per_step"], strict=False)]
+        item["paired_ratio_median"] = statistics.median(paired)
+        if pair.goal is not None:
+            item["goal_met"] = item["ratio"] <= pair.goal
+        out.append(item)
+    return out
+
+
+def render_parity(parity: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The "Parity ratios" section of the markdown report (empty when no pair was measured)."""
+    measured = [p for p in parity if p["status"] == "ok"]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "## Parity ratios",
+        "",
+        "| ratio | ratio of medians | paired-ratio median | goal |",
+        "|---|---|---|---|",
+    ]
+    for p in measured:
+        goal = "—"
+        if p["goal"] is not None:
+            goal = f"≤ {p['goal']:.2f}: {'met' if p['goal_met'] else 'NOT met'}"
+        lines.append(
+            f"| {p['numerator']} / {p['denominator']} | {p['ratio']:.3f} | "
+            f"{p['paired_ratio_median']:.3f} | {goal} |"
+        )
+    lines.append("")
+    lines.append(
+        "Ratio of medians = median ms/step of the first row / that of the second, both from "
+        "this run; paired-ratio median = median over repeats of first / second within the "
+        "same repeat (more robust to load drift). Goal met when the ratio of medians is at "
+        "most the goal."
+    )
+    lines.extend(
+        f"- skipped {p['numerator']} / {p['denominator']}: {p['reason']}"
+        for p in parity
+        if p["status"] != "ok"
+    )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
 
@@ -1069,6 +1233,7 @@ def render_markdown(machine: Mapping[str, Any], results: Sequence[Mapping[str, A
                 f"- {r['label']}: {r['status'] + ': ' if r['status'] != 'ok' else ''}{r['note']}"
             )
     lines.extend(f"- {note}" for note in machine["notes"])
+    lines.extend(render_parity(parity_ratios(results)))
     return "\n".join(lines) + "\n"
 
 
@@ -1158,6 +1323,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the preset tensors")
     parser.add_argument("--no-anchors", action="store_true", help="skip other libraries' rows")
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        metavar="NAME",
+        help="step mode: time only these registered optimizers (and their anchors); "
+        "default: every registered one",
+    )
     training = parser.add_argument_group("full training step (--training-step)")
     training.add_argument(
         "--training-step",
@@ -1263,6 +1435,8 @@ def _run(args: argparse.Namespace, entries: Sequence[OptimizerEntry] | None) -> 
     entries = list(torchvalley.optimizer_entries() if entries is None else entries)
     if args.training_step:
         return _run_training(args, entries)
+    if args.optimizers:
+        entries = training_entries(entries, args.optimizers, option="--optimizers")
     foreach = {"default": None, "true": True, "false": False}[args.foreach]
     shapes = resnet18_shapes(args.width)
     ref_params, ref_grads = make_reference_tensors(shapes, args.seed)
@@ -1291,7 +1465,8 @@ def _run(args: argparse.Namespace, entries: Sequence[OptimizerEntry] | None) -> 
         "anchor_versions": versions,
         "notes": notes,
     }
-    _write(args, render_markdown(machine, results), {"machine": machine, "rows": results})
+    payload = {"machine": machine, "rows": results, "parity": parity_ratios(results)}
+    _write(args, render_markdown(machine, results), payload)
     return 1 if any(row.status == "error" for row in rows) else 0
 
 

@@ -256,3 +256,37 @@ def test_training_step_resnet_and_chosen_optimizers(script: ModuleType, tmp_path
     assert all(row["status"] == "ok" for row in data["rows"])
     with pytest.raises(ValueError, match="no_such"):
         script.main([*argv, "--train-optimizers", "no_such"])
+
+
+def test_parity_ratios_section(script: ModuleType, tmp_path: Path) -> None:
+    out, raw = tmp_path / "step.md", tmp_path / "step.json"
+    names = ["sgd", "adam", "rsgd", "radam", "ramsgrad", "radagrad"]
+    assert script.main([*TINY, "--optimizers", *names, "--out", str(out), "--json", str(raw)]) == 0
+    text = out.read_text()
+    assert "## Parity ratios" in text
+    _, rows = _table(text.split("## Parity ratios")[0])
+    assert set(rows) >= {script.REFERENCE_LABEL, *names}
+    assert "sam" not in rows  # --optimizers restricts the rows
+    parity_lines = [line for line in text.split("## Parity ratios")[1].splitlines()]
+    assert any(line.startswith("| radam / adam |") for line in parity_lines)
+    assert any(line.startswith("| rsgd / sgd |") for line in parity_lines)
+    # no torch Adam(amsgrad=True) or Adagrad row: those pairs are listed as skipped
+    assert f"- skipped ramsgrad / {script.ADAM_AMSGRAD_LABEL}" in text
+    assert f"- skipped radagrad / {script.ADAGRAD_LABEL}" in text
+
+    parity = {(p["numerator"], p["denominator"]): p for p in json.loads(raw.read_text())["parity"]}
+    for pair in [("radam", "adam"), ("rsgd", "sgd")]:
+        item = parity[pair]
+        assert item["status"] == "ok"
+        assert item["ratio"] > 0 and item["paired_ratio_median"] > 0
+        assert isinstance(item["goal_met"], bool)
+    assert parity[("radagrad", script.ADAGRAD_LABEL)]["status"] == "skipped"
+    geoopt_pairs = [(script.GEOOPT_RADAM, "adam"), (script.GEOOPT_RSGD, "sgd")]
+    geoopt_pairs += [(script.GEOOPT_RAMSGRAD, "ramsgrad")]
+    for pair in geoopt_pairs:
+        expected = "ok" if script.library_version("geoopt") is not None else "skipped"
+        assert parity[pair]["status"] == expected, parity[pair]
+        if expected == "ok":
+            assert f"| {pair[0]} / {pair[1]} |" in text
+    with pytest.raises(ValueError, match="--optimizers: no_such"):
+        script.main([*TINY, "--optimizers", "no_such"])
