@@ -517,3 +517,79 @@ def test_float32_hyperbolic_steps_are_computed_in_float64():
     opt_high.step()
     assert low.dtype == torch.float32
     assert torch.equal(low.detach(), ball.projx(high.detach().float()))
+
+
+# ----------------------------------------------------------------- lazy / sparse (item 11)
+def _ball_rows(n=6, d=3, seed=0):
+    ball = PoincareBall()
+    g = torch.Generator().manual_seed(seed)
+    return ball, ball.projx(0.3 * torch.randn(n, d, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_lazy_equals_dense_when_every_row_is_touched(amsgrad):
+    ball, start = _ball_rows()
+    target = ball.projx(0.3 * torch.randn(6, 3, generator=torch.Generator().manual_seed(1)))
+    target = target.double()
+    runs = []
+    for lazy in (False, True):
+        x = ManifoldParameter(start.clone(), ball)
+        opt = RiemannianAdam([x], lr=1e-2, amsgrad=amsgrad, lazy=lazy)
+        for _ in range(50):
+            opt.zero_grad()
+            (ball.dist(x, target) ** 2).sum().backward()
+            opt.step()
+        runs.append((x.detach(), opt))
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=1e-12)
+    state = runs[1][1].state[runs[1][1].param_groups[0]["params"][0]]
+    assert state["step"].shape == (6,) and bool((state["step"] == 50).all())
+    if amsgrad:
+        assert bool((state["max_exp_avg_sq"] >= state["exp_avg_sq"]).all())
+
+
+@pytest.mark.parametrize("cls", [RiemannianSGD, RiemannianAdam, RiemannianAdagrad])
+def test_lazy_rows_follow_their_own_dense_trajectory(cls):
+    # Row 0 is touched at every step, row 1 every third step, rows 2.. never: each touched row
+    # must follow exactly the trajectory of a dense optimizer that sees only its own steps.
+    ball, start = _ball_rows()
+    target = ball.projx(torch.full((3,), 0.4, dtype=torch.float64))
+    kwargs = {"lr": 0.05} | ({"momentum": 0.9} if cls is RiemannianSGD else {})
+    x = ManifoldParameter(start.clone(), ball)
+    opt = cls([x], lazy=True, **kwargs)
+    singles = [ManifoldParameter(start[i : i + 1].clone(), ball) for i in (0, 1)]
+    single_opts = [cls([s], **kwargs) for s in singles]
+    for t in range(12):
+        rows = [0] if t % 3 else [0, 1]
+        opt.zero_grad()
+        (ball.dist(x[rows], target) ** 2).sum().backward()
+        opt.step()
+        for i, (s, o) in enumerate(zip(singles, single_opts, strict=True)):
+            if i in rows:
+                o.zero_grad()
+                (ball.dist(s, target) ** 2).sum().backward()
+                o.step()
+    for i, s in enumerate(singles):
+        torch.testing.assert_close(x.detach()[i : i + 1], s.detach(), rtol=0, atol=1e-13)
+    assert torch.equal(x.detach()[2:], start[2:])  # untouched rows never move
+    if cls is not RiemannianSGD:
+        assert opt.state[x]["step"].tolist() == [12.0, 4.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_sparse_embedding_gradients_are_accepted_on_manifold_parameters():
+    ball, start = _ball_rows(10, 4)
+    results = []
+    for sparse in (False, True):
+        emb = torch.nn.Embedding(10, 4, sparse=sparse, dtype=torch.float64)
+        emb.weight = ManifoldParameter(start.clone(), ball)
+        opt = RiemannianAdam(emb.parameters(), lr=1e-2, lazy=True)
+        idx = torch.tensor([[1, 2], [3, 1], [7, 8]])
+        for _ in range(5):
+            opt.zero_grad()
+            out = emb(idx)
+            ball.dist(out[:, 0], out[:, 1]).sum().backward()
+            opt.step()
+        assert emb.weight.grad.is_sparse is sparse
+        results.append(emb.weight.detach().clone())
+    assert torch.equal(results[0], results[1])
+    untouched = [0, 4, 5, 6, 9]
+    assert torch.equal(results[1][untouched], start[untouched])

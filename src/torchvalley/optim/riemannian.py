@@ -47,8 +47,15 @@ back, followed by a projection in the parameter's dtype. The states stay in the 
 dtype. Store hyperbolic parameters in float64 where memory allows: that is the recommended
 setting and the one the benchmarks use.
 
-Sparse gradients are supported on Euclidean parameters where torch supports them (SGD, Adagrad)
-and refused with an error on manifold parameters.
+**Lazy updates** (``lazy=True``), for embeddings: only the manifold points (e.g. rows of an
+``(n, d)`` Poincaré embedding) whose gradient is non-zero are updated; the others keep their
+point, moments and step count, and every point has its own step count (so Adam's bias
+corrections and Adagrad's learning-rate decay are per point, not per tensor as in geoopt's
+sparse optimizers). Without it a point that is not in the batch still moves along its decaying
+momentum. Sparse gradients (``nn.Embedding(sparse=True)``) are accepted on manifold parameters
+(densified, then usually combined with ``lazy``); on Euclidean parameters torch's kernels decide
+(SGD and Adagrad accept them, Adam refuses them). The AMSGrad maximum is stored as the maximum
+of the second moment itself (never square-rooted in storage).
 """
 
 from __future__ import annotations
@@ -175,6 +182,21 @@ def constraint_violation(manifold: Manifold, x: Tensor) -> Tensor:
     return (manifold.projx(x) - x).abs().max()
 
 
+def _point_batch_dims(manifold: Manifold, p: Tensor) -> int:
+    """How many leading dimensions of ``p`` index separate manifold points (0: one point)."""
+    if _is_euclidean(manifold) or getattr(manifold, "flatten", False):
+        return 0
+    return max(p.dim() - manifold.ndim, 0)
+
+
+def _step_value(step: Tensor, x: Tensor) -> Any:
+    """A step count as a Python float (one count per tensor) or, in lazy mode (one count per
+    point), as a tensor in ``x``'s dtype broadcastable against the points ``x``."""
+    if step.dim() == 0:
+        return float(step)
+    return step.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+
+
 def _check(kind: str, name: str, value: Any) -> Any:
     return CHECKS[kind](name, value)
 
@@ -188,6 +210,8 @@ class RiemannianOptimizer(torch.optim.Optimizer):
 
     #: state key of the moment transported with the point (None: nothing to transport).
     _moment_key: str | None = None
+    #: whether the manifold step keeps a step count (lazy mode keeps one per point).
+    _uses_step: bool = False
     _kinds: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
@@ -223,11 +247,6 @@ class RiemannianOptimizer(torch.optim.Optimizer):
                 if _is_euclidean(manifold):
                     euclidean.append(p)
                     continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(
-                        f"{type(self).__name__} does not support sparse gradients on a "
-                        f"parameter of {manifold!r}"
-                    )
                 self._step_on_manifold(group, p, manifold)
             if euclidean:
                 self._euclidean_step(group, euclidean)
@@ -241,15 +260,63 @@ class RiemannianOptimizer(torch.optim.Optimizer):
             and p.is_floating_point()
             and _is_hyperbolic(manifold)
         )
+        x = p.detach()
+        grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
         if upcast:
-            x = p.detach().to(torch.float64)
-            grad = p.grad.to(torch.float64)
-            new_x = self._manifold_step(group, state, manifold, x, grad, p.dtype)
-            p.copy_(manifold.projx(new_x.to(p.dtype)))
+            x, grad = x.to(torch.float64), grad.to(torch.float64)
+        batch_dims = _point_batch_dims(manifold, p) if group["lazy"] else 0
+        if batch_dims:
+            new_x = self._lazy_manifold_step(group, state, manifold, x, grad, p.dtype, batch_dims)
         else:
-            new_x = self._manifold_step(group, state, manifold, p.detach(), p.grad, p.dtype)
-            p.copy_(new_x)
+            new_x = self._manifold_step(group, state, manifold, x, grad, p.dtype)
+        p.copy_(manifold.projx(new_x.to(p.dtype)) if upcast else new_x)
         self._control_drift(group, state, manifold, p)
+
+    def _lazy_manifold_step(
+        self,
+        group: Mapping[str, Any],
+        state: dict[str, Any],
+        manifold: Manifold,
+        x: Tensor,
+        grad: Tensor,
+        dtype: torch.dtype,
+        batch_dims: int,
+    ) -> Tensor:
+        """The step of only the points whose gradient is non-zero (``lazy=True``).
+
+        The points of ``x`` are its first ``batch_dims`` dimensions (e.g. the rows of an
+        embedding). The untouched points, their moments and their step counts are left as they
+        are; each point has its own step count, so bias corrections are per point.
+        """
+        batch_shape = x.shape[:batch_dims]
+        count = math.prod(batch_shape)
+        flat_x = x.reshape(count, *x.shape[batch_dims:])
+        flat_grad = grad.reshape(count, *grad.shape[batch_dims:])
+        rows = flat_grad.reshape(count, -1).ne(0).any(dim=1).nonzero().squeeze(1)
+        if self._uses_step:
+            # One count per point (a count per tensor, from before lazy was switched on, is
+            # copied to every point).
+            old = state.get("step", torch.tensor(0.0))
+            if old.shape != batch_shape:
+                state["step"] = torch.full(
+                    batch_shape, float(old), dtype=torch.float32, device=x.device
+                )
+        sub: dict[str, Any] = {}
+        for key, value in state.items():
+            if isinstance(value, Tensor) and value.shape[:batch_dims] == batch_shape:
+                sub[key] = value.reshape(count, *value.shape[batch_dims:])[rows]
+        new_rows = self._manifold_step(group, sub, manifold, flat_x[rows], flat_grad[rows], dtype)
+        for key, value in sub.items():
+            full = state.get(key)
+            if full is None:
+                full = torch.zeros(
+                    (*batch_shape, *value.shape[1:]), dtype=value.dtype, device=value.device
+                )
+                state[key] = full
+            full.reshape(count, *full.shape[batch_dims:])[rows] = value.to(full.dtype)
+        new_x = flat_x.clone()
+        new_x[rows] = new_rows.to(new_x.dtype)
+        return new_x.reshape(x.shape)
 
     def _moment(self, state: dict[str, Any], x: Tensor) -> Tensor | None:
         """The stored moment (in ``x``'s dtype), or None."""
@@ -325,6 +392,7 @@ def _store(state: dict[str, Any], key: str, value: Tensor, dtype: torch.dtype) -
 
 
 _DRIFT_KINDS = {
+    "lazy": "bool",
     "stabilize": "optional_positive_int",
     "drift_tol": "optional_positive",
     "hyperbolic_float64": "bool",
@@ -347,6 +415,7 @@ class RiemannianSGD(RiemannianOptimizer):
         nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening = 0``).
         maximize: maximize the objective.
         foreach: torch's multi-tensor path for the Euclidean parameters (None: torch's choice).
+        lazy: update only the manifold points (e.g. embedding rows) whose gradient is non-zero.
         stabilize: re-project manifold parameters and momenta every this many steps (None: off).
         drift_tol: re-project a manifold parameter when its violation exceeds this (None: off).
         hyperbolic_float64: compute hyperbolic steps in float64 (see the module docstring).
@@ -387,6 +456,7 @@ class RiemannianSGD(RiemannianOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        lazy: bool = False,
         stabilize: int | None = None,
         drift_tol: float | None = None,
         hyperbolic_float64: bool = True,
@@ -399,6 +469,7 @@ class RiemannianSGD(RiemannianOptimizer):
             "nesterov": nesterov,
             "maximize": maximize,
             "foreach": foreach,
+            "lazy": lazy,
             "stabilize": stabilize,
             "drift_tol": drift_tol,
             "hyperbolic_float64": hyperbolic_float64,
@@ -469,12 +540,15 @@ class RiemannianAdam(RiemannianOptimizer):
         decoupled_weight_decay: AdamW-style decay (on Euclidean parameters exactly AdamW).
         maximize: maximize the objective.
         foreach: torch's multi-tensor path for the Euclidean parameters (None: torch's choice).
+        lazy: update only the manifold points (e.g. embedding rows) whose gradient is non-zero,
+            with a step count (bias correction) per point.
         stabilize: re-project manifold parameters and moments every this many steps.
         drift_tol: re-project a manifold parameter when its violation exceeds this.
         hyperbolic_float64: compute hyperbolic steps in float64 (see the module docstring).
     """
 
     _moment_key = "exp_avg"
+    _uses_step = True
     _kinds: ClassVar[Mapping[str, str]] = {
         "lr": "non_negative",
         "betas": "betas",
@@ -499,6 +573,7 @@ class RiemannianAdam(RiemannianOptimizer):
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        lazy: bool = False,
         stabilize: int | None = None,
         drift_tol: float | None = None,
         hyperbolic_float64: bool = True,
@@ -512,6 +587,7 @@ class RiemannianAdam(RiemannianOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
             "maximize": maximize,
             "foreach": foreach,
+            "lazy": lazy,
             "stabilize": stabilize,
             "drift_tol": drift_tol,
             "hyperbolic_float64": hyperbolic_float64,
@@ -565,7 +641,7 @@ class RiemannianAdam(RiemannianOptimizer):
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
         state["step"] += 1
-        step = float(state["step"])
+        step = _step_value(state["step"], x)
         g = -grad if group["maximize"] else grad
         if wd != 0 and not decoupled:
             g = g.add(x, alpha=wd)
@@ -583,7 +659,9 @@ class RiemannianAdam(RiemannianOptimizer):
         )
         _store(state, "exp_avg_sq", exp_avg_sq, dtype)
         bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+        bias_correction2_sqrt = (
+            math.sqrt(1 - beta2**step) if isinstance(step, float) else (1 - beta2**step).sqrt()
+        )
         if group["amsgrad"]:
             previous = state.get("max_exp_avg_sq")
             maximum = (
@@ -618,11 +696,14 @@ class RiemannianAdagrad(RiemannianOptimizer):
         eps: added to the denominator.
         maximize: maximize the objective.
         foreach: torch's multi-tensor path for the Euclidean parameters (None: torch's choice).
+        lazy: update only the manifold points whose gradient is non-zero, with a step count
+            (learning-rate decay) per point.
         stabilize: re-project manifold parameters every this many steps.
         drift_tol: re-project a manifold parameter when its violation exceeds this.
         hyperbolic_float64: compute hyperbolic steps in float64 (see the module docstring).
     """
 
+    _uses_step = True
     _kinds: ClassVar[Mapping[str, str]] = {
         "lr": "non_negative",
         "lr_decay": "non_negative",
@@ -645,6 +726,7 @@ class RiemannianAdagrad(RiemannianOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        lazy: bool = False,
         stabilize: int | None = None,
         drift_tol: float | None = None,
         hyperbolic_float64: bool = True,
@@ -657,6 +739,7 @@ class RiemannianAdagrad(RiemannianOptimizer):
             "eps": eps,
             "maximize": maximize,
             "foreach": foreach,
+            "lazy": lazy,
             "stabilize": stabilize,
             "drift_tol": drift_tol,
             "hyperbolic_float64": hyperbolic_float64,
@@ -693,7 +776,7 @@ class RiemannianAdagrad(RiemannianOptimizer):
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
         state["step"] += 1
-        step = float(state["step"])
+        step = _step_value(state["step"], x)
         g = -grad if group["maximize"] else grad
         if group["weight_decay"] != 0:
             g = g.add(x, alpha=group["weight_decay"])
@@ -712,6 +795,12 @@ class RiemannianAdagrad(RiemannianOptimizer):
 
 # ----------------------------------------------------------------------------------- registry
 _DRIFT_HYPERPARAMETERS = (
+    Hyperparameter(
+        "lazy",
+        "bool",
+        False,
+        "update only the manifold points whose gradient is non-zero (per-point step counts)",
+    ),
     Hyperparameter(
         "stabilize",
         "optional_positive_int",
