@@ -384,11 +384,9 @@ class RiemannianOptimizer(torch.optim.Optimizer):
 
 
 def _store(state: dict[str, Any], key: str, value: Tensor, dtype: torch.dtype) -> None:
-    current = state.get(key)
-    if current is None or current.shape != value.shape:
-        state[key] = value.to(dtype).clone(memory_format=torch.contiguous_format)
-    else:
-        current.copy_(value)
+    # ``value`` is a fresh tensor (the manifold step never updates state in place), so it is
+    # stored as it is, cast to the parameter's dtype where the step ran in float64.
+    state[key] = value if value.dtype == dtype else value.to(dtype)
 
 
 _DRIFT_KINDS = {
@@ -665,7 +663,9 @@ class RiemannianAdam(RiemannianOptimizer):
         if group["amsgrad"]:
             previous = state.get("max_exp_avg_sq")
             maximum = (
-                exp_avg_sq if previous is None else torch.maximum(previous.to(x.dtype), exp_avg_sq)
+                exp_avg_sq.clone()
+                if previous is None
+                else torch.maximum(previous.to(x.dtype), exp_avg_sq)
             )
             _store(state, "max_exp_avg_sq", maximum, dtype)
             denom = (maximum.sqrt() / bias_correction2_sqrt).add_(eps)
