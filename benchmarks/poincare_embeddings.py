@@ -19,6 +19,7 @@ Usage::
     python benchmarks/poincare_embeddings.py --optimizers rsgd radam ramsgrad radagrad \\
         --seeds 0 1 2 --epochs 200 --nodes 1000 --dim 5 --lr rsgd=0.3 radam=0.01 \\
         --out results/poincare.json --plot docs/figures/poincare_tree.png
+    python benchmarks/poincare_embeddings.py --optimizers rsgd "radam:lazy=True,lr=0.03"
     python benchmarks/poincare_embeddings.py --smoke   # a few seconds
 """
 
@@ -41,6 +42,7 @@ from torchvalley.bench.poincare import (
     train_poincare,
     transitive_closure,
 )
+from torchvalley.bench.specs import OptimizerSpec
 from torchvalley.registry import get_optimizer_entry
 
 DEFAULT_OPTIMIZERS = ("rsgd", "radam", "ramsgrad", "radagrad")
@@ -164,12 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         lrs = {**DEFAULT_LR, **_parse_lrs(args.lr)}
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
-    names = [name.lower() for name in args.optimizers]
-    for name in names:
+    # Each --optimizers item is a registry name or a spec "name:key=value,..." (e.g.
+    # "radam:lazy=True,lr=0.03"); a spec's lr overrides --lr.
+    specs: dict[str, tuple[str, dict[str, Any]]] = {}
+    for text in args.optimizers:
         try:
-            entry = get_optimizer_entry(name)
+            spec = OptimizerSpec.parse(text)
+            entry = get_optimizer_entry(spec.name)
         except ValueError as error:
             parser.error(str(error))
+        kwargs = {"lr": lrs.get(spec.name, FALLBACK_LR), **spec.hyperparameters}
+        specs[text if ":" in text else spec.name] = (spec.name, kwargs)
+    for name, _ in specs.values():
+        entry = get_optimizer_entry(name)
         if not entry.capabilities.manifold_aware:
             print(
                 f"warning: {name!r} does not honour ManifoldParameter; points may leave the ball",
@@ -187,13 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        for name in names:
+        for label, (name, kwargs) in specs.items():
             for seed in args.seeds:
                 result = train_poincare(
                     closure,
                     args.nodes,
                     optimizer=name,
-                    optimizer_kwargs={"lr": lrs.get(name, FALLBACK_LR)},
+                    optimizer_kwargs=dict(kwargs),
                     dim=args.dim,
                     epochs=args.epochs,
                     negatives=args.negatives,
@@ -204,12 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     eval_every=args.eval_every,
                 )
                 print(
-                    f"{name} seed={seed}: loss {result.final_loss:.4f}, mean rank "
+                    f"{label} seed={seed}: loss {result.final_loss:.4f}, mean rank "
                     f"{result.final_mean_rank:.2f}, MAP {result.final_map:.4f}, "
                     f"{result.wall_time_s:.1f} s",
                     file=sys.stderr,
                 )
-                results.setdefault(name, []).append(result)
+                results.setdefault(label, []).append(result)
     finally:
         torch.set_num_threads(previous_threads)
 
