@@ -101,6 +101,14 @@ class Manifold(abc.ABC):
     def projx(self, x: Tensor) -> Tensor:
         """Project an ambient point onto the manifold."""
 
+    def reproject(self, x: Tensor) -> Tensor:
+        """Re-project a point that has drifted slightly off the manifold (rounding drift).
+
+        By default ``projx``; a manifold whose ``projx`` is expensive (Stiefel: an SVD) may use
+        a cheaper iteration that is accurate only near the manifold.
+        """
+        return self.projx(x)
+
     @abc.abstractmethod
     def proju(self, x: Tensor, u: Tensor) -> Tensor:
         """Project an ambient vector ``u`` onto the tangent space at ``x``."""

@@ -125,6 +125,17 @@ class Stiefel(Manifold):
         """Polar factor UVᵀ (the closest point in Frobenius norm)."""
         return self._untall(_polar(self._tall(x)), x.shape)
 
+    def reproject(self, x: Tensor) -> Tensor:
+        """One Newton–Schulz step X(3I − XᵀX)/2 (tall view): no SVD.
+
+        With XᵀX = I + E the result has YᵀY = I − ¾E² + O(E³), so a drift of 1e-5 becomes
+        rounding; it converges for singular values in (0, √3), i.e. only near the manifold
+        (use ``projx`` for an arbitrary matrix).
+        """
+        xm = self._tall(x)
+        gram = xm.transpose(-1, -2) @ xm
+        return self._untall(_addmm(1.5 * xm, xm, gram, -0.5), x.shape)
+
     def proju(self, x: Tensor, u: Tensor) -> Tensor:
         """U − X sym(XᵀU)."""
         xm, um = self._tall(x), self._tall(u)

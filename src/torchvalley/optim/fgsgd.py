@@ -48,6 +48,17 @@ the manifold, update with a retraction and rescale.
   of the constraint and grouping it belongs to; changing a group's constraint or grouping
   afterwards raises).
 
+* *Learned radius* (``learn_radius=True``): each group's ``r`` is learned as well, by SGD with
+  the group's lr, momentum and Nesterov on ``∂L/∂r = ⟨∇_W L, X⟩`` (kept positive): the
+  renormalization keeps the direction on the manifold and learns its scale, as weight
+  normalization does. With fixed radii a constrained last layer caps the logits
+  (docs/results.md).
+
+* *Collections of manifolds* (the paper's products, changing per layer): one param group per
+  layer (or set of layers), each with its own ``constraint`` and ``grouping``, e.g.
+  ``[{"params": convs, "constraint": "sphere"}, {"params": [fc.weight], "constraint":
+  "stiefel"}, {"params": biases, "constraint": None}]``; a single weight carries one constraint.
+
 * *Inside the optimizer*: a constrained weight stays a plain parameter ``W``. Each step treats
   ``X = W / r`` as the point (on the first step ``X = projx(W / r)``), uses ``r · ∇_W L`` (the
   gradient with respect to ``X``), takes the Riemannian step on ``X`` and writes ``W = r · X``.

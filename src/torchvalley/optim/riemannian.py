@@ -31,12 +31,15 @@ form (AdamW) retracts along ``−lr·wd·egrad2rgrad(x, x)``, the Riemannian gra
 
 **Drift control** without an SVD on every step (geoopt's RAdam projects every point on every
 step, an SVD per step for Stiefel): the retractions already return points of the manifold up to
-rounding; ``stabilize=k`` re-projects every manifold point (``projx``) and its moment
-(``proju``) every ``k`` steps, and ``drift_tol=τ`` measures the constraint violation after each
-step with a cheap closed form (``|‖x‖ − 1|``, ``max|XᵀX − I|``, ``|⟨x, x⟩_L + k| / k``) and
-re-projects only when it exceeds ``τ`` (one host synchronisation per manifold parameter and
-step, so it is off by default). :meth:`RiemannianOptimizer.stabilize` runs the projection on
-demand and :meth:`RiemannianOptimizer.max_violation` reports the current violation.
+rounding; ``stabilize=k`` re-projects every manifold point and its moment (``proju``) every
+``k`` steps, and ``drift_tol=τ`` measures the constraint violation after each step with a cheap
+closed form (``|‖x‖ − 1|``, ``max|XᵀX − I|``, ``|⟨x, x⟩_L + k| / k``) and re-projects only when
+it exceeds ``τ`` (one host synchronisation per manifold parameter and step, so it is off by
+default). Both re-project a point that has drifted only slightly (violation < 0.1) with the
+manifold's cheap ``reproject`` (for Stiefel one Newton–Schulz step ``X(3I − XᵀX)/2``, two matrix
+products, which squares the violation) and use ``projx`` otherwise.
+:meth:`RiemannianOptimizer.stabilize` runs ``projx`` on demand and
+:meth:`RiemannianOptimizer.max_violation` reports the current violation.
 
 **Float64 policy for hyperbolic parameters.** Hyperbolic geometry loses accuracy quickly in
 low precision: a float32 Poincaré point is kept at norm ≤ 1 − 4e-3 (distances from the origin
@@ -180,6 +183,10 @@ def constraint_violation(manifold: Manifold, x: Tensor) -> Tensor:
         ]
         return torch.stack(values).max()
     return (manifold.projx(x) - x).abs().max()
+
+
+#: Violations below this count as "near the manifold" for the cheap re-projection.
+_NEAR = 0.1
 
 
 def _point_batch_dims(manifold: Manifold, p: Tensor) -> int:
@@ -335,13 +342,21 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         steps = state.get("manifold_steps", 0) + 1
         state["manifold_steps"] = steps
         project = period is not None and steps % period == 0
+        violation = None
         if not project and tol is not None:
-            project = bool(constraint_violation(manifold, p) > tol)
+            violation = float(constraint_violation(manifold, p))
+            project = violation > tol
         if project:
-            self._project(state, manifold, p)
+            if violation is None:
+                violation = float(constraint_violation(manifold, p))
+            # Drift is small: the manifold's cheap re-projection for nearby points (one
+            # Newton–Schulz step on Stiefel instead of an SVD); projx if it is not small.
+            self._project(state, manifold, p, near=violation < _NEAR)
 
-    def _project(self, state: dict[str, Any], manifold: Manifold, p: Tensor) -> None:
-        p.copy_(manifold.projx(p.detach()))
+    def _project(
+        self, state: dict[str, Any], manifold: Manifold, p: Tensor, near: bool = False
+    ) -> None:
+        p.copy_(manifold.reproject(p.detach()) if near else manifold.projx(p.detach()))
         if self._moment_key is not None and state.get(self._moment_key) is not None:
             moment = state[self._moment_key]
             moment.copy_(manifold.proju(p.detach(), moment))
