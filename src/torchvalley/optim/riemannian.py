@@ -83,6 +83,7 @@ from torchvalley.manifolds import (
     Sphere,
     Stiefel,
 )
+from torchvalley.optim.torch_baselines import COMMON_FLAGS, SGD_HYPERPARAMETERS
 from torchvalley.registry import Capabilities, Hyperparameter, register_optimizer
 from torchvalley.validation import CHECKS
 
@@ -398,6 +399,11 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
 
+def _defaults(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """A constructor's keyword arguments (its ``locals()``) as the optimizer's defaults."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
+
+
 def _store(state: dict[str, Any], key: str, value: Tensor, dtype: torch.dtype) -> None:
     # ``value`` is a fresh tensor (the manifold step never updates state in place), so it is
     # stored as it is, cast to the parameter's dtype where the step ran in float64.
@@ -474,20 +480,7 @@ class RiemannianSGD(RiemannianOptimizer):
         drift_tol: float | None = None,
         hyperbolic_float64: bool = True,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "dampening": dampening,
-            "weight_decay": weight_decay,
-            "nesterov": nesterov,
-            "maximize": maximize,
-            "foreach": foreach,
-            "lazy": lazy,
-            "stabilize": stabilize,
-            "drift_tol": drift_tol,
-            "hyperbolic_float64": hyperbolic_float64,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, _defaults(locals()))
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
@@ -591,21 +584,7 @@ class RiemannianAdam(RiemannianOptimizer):
         drift_tol: float | None = None,
         hyperbolic_float64: bool = True,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "amsgrad": amsgrad,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-            "lazy": lazy,
-            "stabilize": stabilize,
-            "drift_tol": drift_tol,
-            "hyperbolic_float64": hyperbolic_float64,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, _defaults(locals()))
 
     def _euclidean_step(self, group: Mapping[str, Any], params: list[Tensor]) -> None:
         grads, exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], [], []
@@ -746,20 +725,7 @@ class RiemannianAdagrad(RiemannianOptimizer):
         drift_tol: float | None = None,
         hyperbolic_float64: bool = True,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "lr_decay": lr_decay,
-            "weight_decay": weight_decay,
-            "initial_accumulator_value": initial_accumulator_value,
-            "eps": eps,
-            "maximize": maximize,
-            "foreach": foreach,
-            "lazy": lazy,
-            "stabilize": stabilize,
-            "drift_tol": drift_tol,
-            "hyperbolic_float64": hyperbolic_float64,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, _defaults(locals()))
 
     def _euclidean_step(self, group: Mapping[str, Any], params: list[Tensor]) -> None:
         grads, sums, steps = [], [], []
@@ -835,15 +801,6 @@ _DRIFT_HYPERPARAMETERS = (
         "compute steps of low-precision hyperbolic parameters in float64",
     ),
 )
-_FLAGS = (
-    Hyperparameter("maximize", "bool", False, "maximize the objective instead of minimizing"),
-    Hyperparameter(
-        "foreach",
-        "optional_bool",
-        None,
-        "torch's multi-tensor (True) or per-tensor (False) path for Euclidean parameters",
-    ),
-)
 _CAPABILITIES = Capabilities(manifold_aware=True, foreach=True, separable=True)
 _PAPER = "Bécigneul & Ganea, Riemannian Adaptive Optimization Methods, ICLR 2019"
 
@@ -851,15 +808,7 @@ register_optimizer(
     "rsgd",
     RiemannianSGD,
     capabilities=_CAPABILITIES,
-    hyperparameters=(
-        Hyperparameter("lr", "non_negative", 1e-3, "learning rate"),
-        Hyperparameter("momentum", "unit_interval_open", 0.0, "heavy-ball momentum factor"),
-        Hyperparameter("dampening", "unit_interval", 0.0, "dampening of the momentum"),
-        Hyperparameter("weight_decay", "non_negative", 0.0, "L2 penalty added to the gradient"),
-        Hyperparameter("nesterov", "bool", False, "Nesterov momentum"),
-        *_FLAGS,
-        *_DRIFT_HYPERPARAMETERS,
-    ),
+    hyperparameters=(*SGD_HYPERPARAMETERS, *COMMON_FLAGS, *_DRIFT_HYPERPARAMETERS),
     summary="Riemannian SGD with transported momentum (== torch SGD on Euclidean parameters)",
     family="riemannian",
     paper="Bonnabel, Stochastic Gradient Descent on Riemannian Manifolds, IEEE TAC 2013",
@@ -873,7 +822,7 @@ _ADAM_HYPERPARAMETERS = (
     Hyperparameter("eps", "non_negative", 1e-8, "added to the denominator"),
     Hyperparameter("weight_decay", "non_negative", 0.0, "weight decay (coupled unless decoupled)"),
     Hyperparameter("decoupled_weight_decay", "bool", False, "AdamW-style decoupled weight decay"),
-    *_FLAGS,
+    *COMMON_FLAGS,
     *_DRIFT_HYPERPARAMETERS,
 )
 
@@ -919,7 +868,7 @@ register_optimizer(
         Hyperparameter("weight_decay", "non_negative", 0.0, "L2 penalty added to the gradient"),
         Hyperparameter("initial_accumulator_value", "non_negative", 0.0, "initial sum of squares"),
         Hyperparameter("eps", "non_negative", 1e-10, "added to the denominator"),
-        *_FLAGS,
+        *COMMON_FLAGS,
         *_DRIFT_HYPERPARAMETERS,
     ),
     summary="Riemannian Adagrad, per-point accumulator (== torch Adagrad on Euclidean)",

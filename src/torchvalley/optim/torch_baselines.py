@@ -8,7 +8,8 @@ import torch
 
 from torchvalley.registry import Capabilities, Hyperparameter, register_optimizer
 
-_COMMON_FLAGS = (
+#: ``maximize`` and ``foreach``, as torch's optimizers have them.
+COMMON_FLAGS = (
     Hyperparameter("maximize", "bool", False, "maximize the objective instead of minimizing"),
     Hyperparameter(
         "foreach",
@@ -18,20 +19,23 @@ _COMMON_FLAGS = (
     ),
 )
 
+#: torch.optim.SGD's hyperparameters (shared with the optimizers that equal it on Euclidean
+#: parameters, e.g. ``rsgd``).
+SGD_HYPERPARAMETERS = (
+    Hyperparameter("lr", "non_negative", 1e-3, "learning rate"),
+    Hyperparameter("momentum", "unit_interval_open", 0.0, "heavy-ball momentum factor"),
+    Hyperparameter("dampening", "unit_interval", 0.0, "dampening of the momentum"),
+    Hyperparameter("weight_decay", "non_negative", 0.0, "L2 penalty added to the gradient"),
+    Hyperparameter("nesterov", "bool", False, "Nesterov momentum"),
+)
+
 _BASELINE = Capabilities(foreach=True, separable=True)
 
 register_optimizer(
     "sgd",
     torch.optim.SGD,
     capabilities=_BASELINE,
-    hyperparameters=(
-        Hyperparameter("lr", "non_negative", 1e-3, "learning rate"),
-        Hyperparameter("momentum", "unit_interval_open", 0.0, "heavy-ball momentum factor"),
-        Hyperparameter("dampening", "unit_interval", 0.0, "dampening of the momentum"),
-        Hyperparameter("weight_decay", "non_negative", 0.0, "L2 penalty added to the gradient"),
-        Hyperparameter("nesterov", "bool", False, "Nesterov momentum"),
-        *_COMMON_FLAGS,
-    ),
+    hyperparameters=(*SGD_HYPERPARAMETERS, *COMMON_FLAGS),
     summary="stochastic gradient descent with (Nesterov) momentum (torch.optim.SGD)",
     family="baseline",
     paper="Robbins & Monro 1951; Polyak 1964; Sutskever et al., ICML 2013",
@@ -53,7 +57,7 @@ register_optimizer(
     hyperparameters=(
         *_ADAM_HYPERPARAMETERS,
         Hyperparameter("weight_decay", "non_negative", 0.0, "L2 penalty added to the gradient"),
-        *_COMMON_FLAGS,
+        *COMMON_FLAGS,
     ),
     summary="Adam (torch.optim.Adam)",
     family="baseline",
@@ -69,7 +73,7 @@ register_optimizer(
     hyperparameters=(
         *_ADAM_HYPERPARAMETERS,
         Hyperparameter("weight_decay", "non_negative", 1e-2, "decoupled weight decay"),
-        *_COMMON_FLAGS,
+        *COMMON_FLAGS,
     ),
     summary="Adam with decoupled weight decay (torch.optim.AdamW)",
     family="baseline",
