@@ -410,12 +410,60 @@ def _store(state: dict[str, Any], key: str, value: Tensor, dtype: torch.dtype) -
     state[key] = value if value.dtype == dtype else value.to(dtype)
 
 
-_DRIFT_KINDS = {
-    "lazy": "bool",
-    "stabilize": "optional_positive_int",
-    "drift_tol": "optional_positive",
-    "hyperbolic_float64": "bool",
-}
+# The documented hyperparameters (registry records; the classes validate with the same kinds).
+_DRIFT_HYPERPARAMETERS = (
+    Hyperparameter(
+        "lazy",
+        "bool",
+        False,
+        "update only the manifold points whose gradient is non-zero (per-point step counts)",
+    ),
+    Hyperparameter(
+        "stabilize",
+        "optional_positive_int",
+        None,
+        "re-project manifold parameters and their moments every this many steps (None: off)",
+    ),
+    Hyperparameter(
+        "drift_tol",
+        "optional_positive",
+        None,
+        "re-project a manifold parameter when its constraint violation exceeds this",
+    ),
+    Hyperparameter(
+        "hyperbolic_float64",
+        "bool",
+        True,
+        "compute steps of low-precision hyperbolic parameters in float64",
+    ),
+)
+_RSGD_HYPERPARAMETERS = (*SGD_HYPERPARAMETERS, *COMMON_FLAGS, *_DRIFT_HYPERPARAMETERS)
+_ADAM_HYPERPARAMETERS = (
+    Hyperparameter("lr", "non_negative", 1e-3, "learning rate"),
+    Hyperparameter("betas", "betas", (0.9, 0.999), "decay rates of the two moment estimates"),
+    Hyperparameter("eps", "non_negative", 1e-8, "added to the denominator"),
+    Hyperparameter("weight_decay", "non_negative", 0.0, "weight decay (coupled unless decoupled)"),
+    Hyperparameter("decoupled_weight_decay", "bool", False, "AdamW-style decoupled weight decay"),
+    *COMMON_FLAGS,
+    *_DRIFT_HYPERPARAMETERS,
+)
+_RADAM_HYPERPARAMETERS = (
+    *_ADAM_HYPERPARAMETERS,
+    Hyperparameter("amsgrad", "bool", False, "use the running maximum (RAMSGrad)"),
+)
+_RADAGRAD_HYPERPARAMETERS = (
+    Hyperparameter("lr", "non_negative", 1e-2, "learning rate"),
+    Hyperparameter("lr_decay", "non_negative", 0.0, "learning-rate decay"),
+    Hyperparameter("weight_decay", "non_negative", 0.0, "L2 penalty added to the gradient"),
+    Hyperparameter("initial_accumulator_value", "non_negative", 0.0, "initial sum of squares"),
+    Hyperparameter("eps", "non_negative", 1e-10, "added to the denominator"),
+    *COMMON_FLAGS,
+    *_DRIFT_HYPERPARAMETERS,
+)
+
+
+def _kinds_of(hyperparameters: Iterable[Hyperparameter]) -> dict[str, str]:
+    return {h.name: h.kind for h in hyperparameters}
 
 
 class RiemannianSGD(RiemannianOptimizer):
@@ -453,16 +501,7 @@ class RiemannianSGD(RiemannianOptimizer):
     """
 
     _moment_key = "momentum_buffer"
-    _kinds: ClassVar[Mapping[str, str]] = {
-        "lr": "non_negative",
-        "momentum": "unit_interval_open",
-        "dampening": "unit_interval",
-        "weight_decay": "non_negative",
-        "nesterov": "bool",
-        "maximize": "bool",
-        "foreach": "optional_bool",
-        **_DRIFT_KINDS,
-    }
+    _kinds: ClassVar[Mapping[str, str]] = _kinds_of(_RSGD_HYPERPARAMETERS)
 
     def __init__(
         self,
@@ -555,17 +594,7 @@ class RiemannianAdam(RiemannianOptimizer):
 
     _moment_key = "exp_avg"
     _uses_step = True
-    _kinds: ClassVar[Mapping[str, str]] = {
-        "lr": "non_negative",
-        "betas": "betas",
-        "eps": "non_negative",
-        "weight_decay": "non_negative",
-        "amsgrad": "bool",
-        "decoupled_weight_decay": "bool",
-        "maximize": "bool",
-        "foreach": "optional_bool",
-        **_DRIFT_KINDS,
-    }
+    _kinds: ClassVar[Mapping[str, str]] = _kinds_of(_RADAM_HYPERPARAMETERS)
 
     def __init__(
         self,
@@ -698,16 +727,7 @@ class RiemannianAdagrad(RiemannianOptimizer):
     """
 
     _uses_step = True
-    _kinds: ClassVar[Mapping[str, str]] = {
-        "lr": "non_negative",
-        "lr_decay": "non_negative",
-        "weight_decay": "non_negative",
-        "initial_accumulator_value": "non_negative",
-        "eps": "non_negative",
-        "maximize": "bool",
-        "foreach": "optional_bool",
-        **_DRIFT_KINDS,
-    }
+    _kinds: ClassVar[Mapping[str, str]] = _kinds_of(_RADAGRAD_HYPERPARAMETERS)
 
     def __init__(
         self,
@@ -775,32 +795,6 @@ class RiemannianAdagrad(RiemannianOptimizer):
 
 
 # ----------------------------------------------------------------------------------- registry
-_DRIFT_HYPERPARAMETERS = (
-    Hyperparameter(
-        "lazy",
-        "bool",
-        False,
-        "update only the manifold points whose gradient is non-zero (per-point step counts)",
-    ),
-    Hyperparameter(
-        "stabilize",
-        "optional_positive_int",
-        None,
-        "re-project manifold parameters and their moments every this many steps (None: off)",
-    ),
-    Hyperparameter(
-        "drift_tol",
-        "optional_positive",
-        None,
-        "re-project a manifold parameter when its constraint violation exceeds this",
-    ),
-    Hyperparameter(
-        "hyperbolic_float64",
-        "bool",
-        True,
-        "compute steps of low-precision hyperbolic parameters in float64",
-    ),
-)
 _CAPABILITIES = Capabilities(manifold_aware=True, foreach=True, separable=True)
 _PAPER = "Bécigneul & Ganea, Riemannian Adaptive Optimization Methods, ICLR 2019"
 
@@ -808,7 +802,7 @@ register_optimizer(
     "rsgd",
     RiemannianSGD,
     capabilities=_CAPABILITIES,
-    hyperparameters=(*SGD_HYPERPARAMETERS, *COMMON_FLAGS, *_DRIFT_HYPERPARAMETERS),
+    hyperparameters=_RSGD_HYPERPARAMETERS,
     summary="Riemannian SGD with transported momentum (== torch SGD on Euclidean parameters)",
     family="riemannian",
     paper="Bonnabel, Stochastic Gradient Descent on Riemannian Manifolds, IEEE TAC 2013",
@@ -816,24 +810,12 @@ register_optimizer(
     group_example={"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01},
 )
 
-_ADAM_HYPERPARAMETERS = (
-    Hyperparameter("lr", "non_negative", 1e-3, "learning rate"),
-    Hyperparameter("betas", "betas", (0.9, 0.999), "decay rates of the two moment estimates"),
-    Hyperparameter("eps", "non_negative", 1e-8, "added to the denominator"),
-    Hyperparameter("weight_decay", "non_negative", 0.0, "weight decay (coupled unless decoupled)"),
-    Hyperparameter("decoupled_weight_decay", "bool", False, "AdamW-style decoupled weight decay"),
-    *COMMON_FLAGS,
-    *_DRIFT_HYPERPARAMETERS,
-)
 
 register_optimizer(
     "radam",
     RiemannianAdam,
     capabilities=_CAPABILITIES,
-    hyperparameters=(
-        *_ADAM_HYPERPARAMETERS,
-        Hyperparameter("amsgrad", "bool", False, "use the running maximum (RAMSGrad)"),
-    ),
+    hyperparameters=_RADAM_HYPERPARAMETERS,
     summary="Riemannian Adam, per-point second moment (== torch Adam/AdamW on Euclidean)",
     family="riemannian",
     paper=_PAPER,
@@ -862,15 +844,7 @@ register_optimizer(
     "radagrad",
     RiemannianAdagrad,
     capabilities=_CAPABILITIES,
-    hyperparameters=(
-        Hyperparameter("lr", "non_negative", 1e-2, "learning rate"),
-        Hyperparameter("lr_decay", "non_negative", 0.0, "learning-rate decay"),
-        Hyperparameter("weight_decay", "non_negative", 0.0, "L2 penalty added to the gradient"),
-        Hyperparameter("initial_accumulator_value", "non_negative", 0.0, "initial sum of squares"),
-        Hyperparameter("eps", "non_negative", 1e-10, "added to the denominator"),
-        *COMMON_FLAGS,
-        *_DRIFT_HYPERPARAMETERS,
-    ),
+    hyperparameters=_RADAGRAD_HYPERPARAMETERS,
     summary="Riemannian Adagrad, per-point accumulator (== torch Adagrad on Euclidean)",
     family="riemannian",
     paper=_PAPER,
