@@ -673,11 +673,12 @@ class RiemannianAdam(RiemannianOptimizer):
         exp_avg = exp_avg.lerp(r, 1 - beta1)
         increment = component_inner(manifold, x, r)
         exp_avg_sq = state.get("exp_avg_sq")
-        exp_avg_sq = (
-            increment.mul(1 - beta2)
-            if exp_avg_sq is None
-            else exp_avg_sq.to(x.dtype).mul(beta2).add_(increment, alpha=1 - beta2)
-        )
+        if exp_avg_sq is None:
+            exp_avg_sq = increment.mul(1 - beta2)
+        else:
+            if exp_avg_sq.dtype != x.dtype:
+                exp_avg_sq = exp_avg_sq.to(x.dtype)
+            exp_avg_sq = exp_avg_sq.mul(beta2).add_(increment, alpha=1 - beta2)
         _store(state, "exp_avg_sq", exp_avg_sq, dtype)
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (
