@@ -95,7 +95,11 @@ class Curvature(nn.Module):
 
     Optimize ``raw`` with any optimizer (``curvature.parameters()``); a
     :class:`torchvalley.optim.RiemannianAdam` or ``RiemannianSGD`` treats it as a Euclidean
-    parameter, exactly like its torch counterpart.
+    parameter, exactly like its torch counterpart. Its gradient can be huge while points sit
+    near the boundary (≈ 3.5e6 in the test run from boundary points): plain SGD at lr 1e-2 then
+    throws ``raw`` far negative, where c stays at its positive floor with a zero gradient, so use
+    an adaptive optimizer (Adam learns it in that run), a small lr or gradient clipping for
+    ``raw``.
 
     Args:
         init: the initial curvature c (finite, > 0).
