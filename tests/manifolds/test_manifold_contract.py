@@ -254,3 +254,18 @@ def test_rgrad2egrad_inverts_egrad2rgrad(name, m, shape, dtype):
         assert lowered.shape == r.shape
         _close(m.egrad2rgrad(x, lowered), r, tol)
         _close(m._reduce(lowered * s, keepdim=False), m.inner(x, r, s), tol)
+
+
+@CASE_PARAMS
+def test_violation_is_zero_on_points_and_detects_a_perturbation(name, m, shape, dtype):
+    # The cheap closed form against the generic definition max |projx(x) − x|: both ~0 on a
+    # point; off the manifold the closed form is non-zero wherever projx moves the point.
+    tol = TOL[dtype]["member"]
+    for seed in SEEDS:
+        x = _point(m, shape, seed, dtype)
+        assert float(m.violation(x)) <= tol
+        g = torch.Generator().manual_seed(seed + 100)
+        y = x + 1e-2 * torch.randn(shape, generator=g, dtype=dtype)
+        moved = float((m.projx(y) - y).abs().max())
+        if moved > 1e-4 and not isinstance(m, PoincareBall):  # inside the ball nothing moves
+            assert float(m.violation(y)) > 1e-5

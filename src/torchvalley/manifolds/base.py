@@ -101,6 +101,14 @@ class Manifold(abc.ABC):
     def projx(self, x: Tensor) -> Tensor:
         """Project an ambient point onto the manifold."""
 
+    def violation(self, x: Tensor) -> Tensor:
+        """The largest violation of the constraint by ``x`` (a batch of points), as a 0-d tensor.
+
+        By default ``max |projx(x) − x|``; every manifold here overrides it with a cheap closed
+        form (no SVD), which the optimizers' drift control evaluates after each step.
+        """
+        return (self.projx(x) - x).abs().max()
+
     def reproject(self, x: Tensor) -> Tensor:
         """Re-project a point that has drifted slightly off the manifold (rounding drift).
 

@@ -72,6 +72,10 @@ class Euclidean(Manifold):
         d = y - x
         return self._reduce(d * d, keepdim).sqrt()
 
+    def violation(self, x: Tensor) -> Tensor:
+        """Always 0: every tensor is a point."""
+        return x.new_zeros(())
+
     def random(
         self,
         *shape: int,

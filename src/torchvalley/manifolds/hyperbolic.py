@@ -374,6 +374,11 @@ class PoincareBall(Manifold):
         """The origin (zeros) of the given shape."""
         return torch.zeros(shape, dtype=dtype or torch.get_default_dtype(), device=device)
 
+    def violation(self, x: Tensor) -> Tensor:
+        """How far the largest norm exceeds the allowed maximum (1 − eps)/√c (0 inside)."""
+        limit = self.max_norm(x.dtype)
+        return (torch.linalg.vector_norm(x, dim=-1) - limit).clamp_min(0).max()
+
     def random(
         self,
         *shape: int,
@@ -513,6 +518,10 @@ class Lorentz(Manifold):
         o = torch.zeros(shape, dtype=dtype or torch.get_default_dtype(), device=device)
         o[..., 0] = self._sqrt_k
         return o
+
+    def violation(self, x: Tensor) -> Tensor:
+        """max |⟨x, x⟩_L + k| / k."""
+        return ((self.ldot(x, x) + self.k).abs() / self.k).max()
 
     def random(
         self,

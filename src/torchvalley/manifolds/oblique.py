@@ -73,6 +73,10 @@ class Oblique(Manifold):
         d = sphere_dist(x, y, self._dim)
         return (d * d).sum(dim=(-2, -1), keepdim=keepdim).sqrt()
 
+    def violation(self, x: Tensor) -> Tensor:
+        """max |‖row‖ − 1| (or over columns with ``unit="columns"``)."""
+        return (torch.linalg.vector_norm(x, dim=self._dim) - 1).abs().max()
+
     def random(
         self,
         *shape: int,
@@ -89,7 +93,7 @@ class Oblique(Manifold):
         return True, None
 
     def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
-        err = float((x.norm(dim=self._dim) - 1).abs().max())
+        err = float(self.violation(x))
         bound = atol + rtol
         if err > bound:
             return False, _violation_reason(f"max |‖{self.unit[:-1]}‖ − 1|", err, bound)

@@ -125,6 +125,13 @@ class Product(Manifold):
         vals = [m.dist(a, b) ** 2 for (m, _), a, b in zip(self.factors, xs, ys, strict=True)]
         return self._sum_factors(vals, x.shape[:-1], keepdim).sqrt()
 
+    def violation(self, x: Tensor) -> Tensor:
+        """The largest violation over the factors."""
+        values = [
+            m.violation(part) for (m, _), part in zip(self.factors, self._split(x), strict=True)
+        ]
+        return torch.stack(values).max()
+
     def random(
         self,
         *shape: int,

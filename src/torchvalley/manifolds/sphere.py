@@ -93,6 +93,10 @@ class Sphere(Manifold):
         d = sphere_dist(x, y, -1)
         return d if keepdim else d.squeeze(-1)
 
+    def violation(self, x: Tensor) -> Tensor:
+        """max |‖x‖ − 1|."""
+        return (torch.linalg.vector_norm(x, dim=-1) - 1).abs().max()
+
     def random(
         self,
         *shape: int,
@@ -109,7 +113,7 @@ class Sphere(Manifold):
         return True, None
 
     def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
-        err = float((x.norm(dim=-1) - 1).abs().max())
+        err = float(self.violation(x))
         bound = atol + rtol
         if err > bound:
             return False, _violation_reason("max |‖x‖ − 1|", err, bound)

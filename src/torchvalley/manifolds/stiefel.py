@@ -181,6 +181,12 @@ class Stiefel(Manifold):
         y = torch.cat([xm, um], -1) @ e @ torch.linalg.matrix_exp(-a)
         return self._untall(y, x.shape)
 
+    def violation(self, x: Tensor) -> Tensor:
+        """max |XᵀX − I| of the tall view."""
+        xm = self._tall(x)
+        eye = torch.eye(xm.shape[-1], dtype=x.dtype, device=x.device)
+        return (xm.transpose(-1, -2) @ xm - eye).abs().max()
+
     def random(
         self,
         *shape: int,
@@ -199,9 +205,7 @@ class Stiefel(Manifold):
         return True, None
 
     def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
-        xm = self._tall(x)
-        eye = torch.eye(xm.shape[-1], dtype=x.dtype, device=x.device)
-        err = float((xm.transpose(-1, -2) @ xm - eye).abs().max())
+        err = float(self.violation(x))
         bound = atol + rtol
         if err > bound:
             return False, _violation_reason("max |XᵀX − I| (tall view)", err, bound)

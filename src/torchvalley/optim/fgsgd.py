@@ -323,6 +323,10 @@ class FGManifold(Manifold):
         d = self.group_dist(x, y)
         return (d * d).sum(dim=(-2, -1), keepdim=keepdim).sqrt()
 
+    def violation(self, x: Tensor) -> Tensor:
+        """The base manifold's violation on the matrix view."""
+        return self.base.violation(self.to_view(x))
+
     def random(
         self,
         *shape: int,

@@ -77,11 +77,8 @@ from torchvalley.manifolds import (
     Euclidean,
     Lorentz,
     Manifold,
-    Oblique,
     PoincareBall,
     Product,
-    Sphere,
-    Stiefel,
 )
 from torchvalley.optim.torch_baselines import COMMON_FLAGS, SGD_HYPERPARAMETERS
 from torchvalley.registry import Capabilities, Hyperparameter, register_optimizer
@@ -148,42 +145,17 @@ def component_inner(manifold: Manifold, x: Tensor, u: Tensor) -> Tensor:
 
 
 def constraint_violation(manifold: Manifold, x: Tensor) -> Tensor:
-    """The largest violation of ``x``'s constraint, as a 0-d tensor, from a cheap closed form.
+    """The largest violation of ``x``'s constraint, as a 0-d tensor (``manifold.violation``).
 
     Sphere / Oblique: ``max |‖x‖ − 1|``; Stiefel: ``max |XᵀX − I|`` (tall view); Lorentz:
     ``max |⟨x, x⟩_L + k| / k``; Poincaré ball: how far the norm exceeds the allowed maximum;
-    Product: the maximum over factors; Euclidean: 0; any other manifold: ``max |projx(x) − x|``.
-    None of these needs an SVD.
+    Product: the maximum over factors; Euclidean: 0. None of these needs an SVD.
 
     Args:
         manifold: the manifold.
         x: a point (or batch of points).
     """
-    x = x.detach()
-    if _is_euclidean(manifold):
-        return x.new_zeros(())
-    if isinstance(manifold, Sphere):
-        return (torch.linalg.vector_norm(x, dim=-1) - 1).abs().max()
-    if isinstance(manifold, Oblique):
-        dim = -1 if manifold.unit == "rows" else -2
-        view = x.reshape(x.shape[0], -1) if getattr(manifold, "flatten", False) else x
-        return (torch.linalg.vector_norm(view, dim=dim) - 1).abs().max()
-    if isinstance(manifold, Stiefel):
-        xm = manifold._tall(x)
-        eye = torch.eye(xm.shape[-1], dtype=x.dtype, device=x.device)
-        return (xm.transpose(-1, -2) @ xm - eye).abs().max()
-    if isinstance(manifold, Lorentz):
-        return ((Lorentz.ldot(x, x) + manifold.k).abs() / manifold.k).max()
-    if isinstance(manifold, PoincareBall):
-        limit = manifold.max_norm(x.dtype)
-        return (torch.linalg.vector_norm(x, dim=-1) - limit).clamp_min(0).max()
-    if isinstance(manifold, Product):
-        values = [
-            constraint_violation(factor, part)
-            for (factor, _), part in zip(manifold.factors, manifold._split(x), strict=True)
-        ]
-        return torch.stack(values).max()
-    return (manifold.projx(x) - x).abs().max()
+    return manifold.violation(x.detach())
 
 
 #: Violations below this count as "near the manifold" for the cheap re-projection.
