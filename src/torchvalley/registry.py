@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ __all__ = [
     "register_optimizer",
     "resolve_base_optimizer",
     "validate_entry_hyperparameters",
+    "validate_group",
     "validate_hyperparameters",
 ]
 
@@ -125,6 +126,26 @@ class Hyperparameter:
                 raise ValueError(f"Invalid {self.name}: {value!r} (one of {options})")
             return value
         return CHECKS[self.kind](self.name, value)
+
+
+def validate_group(
+    hyperparameters: Iterable[Hyperparameter], group: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Check, in place, every declared hyperparameter that ``group`` holds.
+
+    The one validator of the optimizer classes: a class declares
+    ``HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]]`` next to its signature and calls
+    this from ``__init__`` (on ``defaults``), ``add_param_group`` and, where users mutate groups
+    (schedulers do), at the start of ``step``. Values are replaced by their normalised form
+    (e.g. ``betas`` as a tuple of floats). Keys that are not declared are left alone.
+
+    Raises:
+        ValueError: ``Invalid {name}: ...`` for the first bad value.
+    """
+    for hyperparameter in hyperparameters:
+        if hyperparameter.name in group:
+            group[hyperparameter.name] = hyperparameter.check(group[hyperparameter.name])
+    return group
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,11 +325,15 @@ def validate_hyperparameters(name: str, hyperparameters: Mapping[str, Any]) -> d
     return validate_entry_hyperparameters(get_optimizer_entry(name), hyperparameters)
 
 
-def build_from_entry(entry: OptimizerEntry, params: Any, **hyperparameters: Any):
+def build_from_entry(
+    entry: OptimizerEntry, params: Any, *, model: Any = None, **hyperparameters: Any
+):
     """Validate hyperparameters (given here and per param group) and build ``entry``'s optimizer.
 
     Works for entries that are not registered (a third party's optimizer run through the
-    conformance suite); :func:`create_optimizer` is this for a registered name.
+    conformance suite); :func:`create_optimizer` is this for a registered name. ``model`` (the
+    ``nn.Module`` being trained) is passed on as ``model=`` only to entries whose capabilities
+    say ``accepts_model``, so a call site can always pass it.
     """
     hyperparameters = validate_entry_hyperparameters(entry, hyperparameters)
     params = list(params)
@@ -321,15 +346,22 @@ def build_from_entry(entry: OptimizerEntry, params: Any, **hyperparameters: Any)
         and sum(isinstance(g, Mapping) for g in params) > 1
     ):
         raise ValueError(f"optimizer {entry.name!r} does not support several param groups")
+    if model is not None and entry.capabilities.accepts_model:
+        hyperparameters["model"] = model
     return entry.factory(params, **hyperparameters)
 
 
-def create_optimizer(name: str, params: Any, **hyperparameters: Any) -> torch.optim.Optimizer:
+def create_optimizer(
+    name: str, params: Any, *, model: Any = None, **hyperparameters: Any
+) -> torch.optim.Optimizer:
     """Build the registered optimizer ``name`` over ``params``.
 
     ``params`` is anything ``torch.optim`` accepts: an iterable of tensors, of
     ``(name, tensor)`` pairs, or of param-group dicts. Hyperparameters given here and those set
     per param group are validated first (see :func:`validate_entry_hyperparameters`).
+    ``model`` is passed on only where the entry's capabilities say ``accepts_model`` (SAM's
+    BatchNorm handling, SAM-ON's layer selection, the Langevin partitions), so callers pass it
+    without branching.
 
     Example:
         >>> import torch, torchvalley
@@ -339,4 +371,4 @@ def create_optimizer(name: str, params: Any, **hyperparameters: Any) -> torch.op
         ...
         ValueError: Invalid lr: nan (must be finite)
     """
-    return build_from_entry(get_optimizer_entry(name), params, **hyperparameters)
+    return build_from_entry(get_optimizer_entry(name), params, model=model, **hyperparameters)

@@ -1,19 +1,34 @@
-"""Optimizers. Importing this package registers every optimizer torchvalley ships.
+"""Optimizers: the algorithm modules (:mod:`torchvalley.catalog` registers them).
 
-The order matters: wrappers validate their example base optimizers (``"sgd"``) at registration,
-so the baselines (and the Riemannian optimizers, Riemannian SAM's base) are registered first.
+The public names below are loaded on first use, so importing one module of this package (say
+``torchvalley.optim.torch_baselines``) does not import the others.
 """
 
-# isort: off
-from torchvalley.optim import torch_baselines as torch_baselines
-from torchvalley.optim import riemannian as riemannian
-from torchvalley.optim import sam as sam
-from torchvalley.optim import fgsgd as fgsgd
-from torchvalley import dynamics as dynamics
+from __future__ import annotations
 
-# isort: on
-from torchvalley.optim.riemannian import RiemannianAdagrad as RiemannianAdagrad
-from torchvalley.optim.riemannian import RiemannianAdam as RiemannianAdam
-from torchvalley.optim.riemannian import RiemannianSGD as RiemannianSGD
-from torchvalley.optim.sam import SAM as SAM
-from torchvalley.optim.sam import normalization_parameters as normalization_parameters
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "RiemannianAdagrad": "torchvalley.optim.riemannian",
+    "RiemannianAdam": "torchvalley.optim.riemannian",
+    "RiemannianSGD": "torchvalley.optim.riemannian",
+    "SAM": "torchvalley.optim.sam",
+    "normalization_parameters": "torchvalley.optim.sam",
+}
+_SUBMODULES = ("fgsgd", "riemannian", "sam", "torch_baselines")
+
+__all__ = [*_SUBMODULES, *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
