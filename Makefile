@@ -23,16 +23,12 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# The anchors extra (geoopt, pytorch_optimizer, posteriors, PyHessian) is installed too: the
+# tests that compare against those libraries run in `make test` and in CI, not only in `make bench`.
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev,integrations]"
-	@touch $(STAMP)
-
-# The step benchmark's comparison libraries (the `anchors` extra), installed only for `make bench`.
-ANCHORS_STAMP := $(VENV)/.torchvalley-anchors
-$(ANCHORS_STAMP): $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev,integrations,anchors]"
-	@touch $(ANCHORS_STAMP)
+	@touch $(STAMP)
 
 install: $(STAMP)
 
@@ -45,7 +41,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-bench: $(ANCHORS_STAMP)
+bench: $(STAMP)
 	$(PY) benchmarks/step_overhead.py --out reports/step_overhead.md --json reports/step_overhead.json
 
 lint: $(STAMP)
