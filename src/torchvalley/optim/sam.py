@@ -325,6 +325,9 @@ class SAM(torch.optim.Optimizer):
         # transported back to the restored point before the base step.
         self._transported: list[tuple[torch.Tensor, Manifold]] = []
         self._micro_batching = False
+        # "idle" -> first_step -> "ascended" -> second_step -> "stepped": catches a second
+        # second_step (the base update applied twice) and one without a first_step.
+        self._phase = "idle"
         #: Whether the last first_step found a non-finite (scaled) gradient and skipped the ascent.
         self.first_pass_overflowed = False
 
@@ -407,6 +410,13 @@ class SAM(torch.optim.Optimizer):
             Whether the parameters were perturbed.
         """
         self.restore()
+        self._phase = "idle"
+        with self._restored_on_error():
+            perturbed = self._ascend(zero_grad, grad_scaler)
+        self._phase = "ascended"
+        return perturbed
+
+    def _ascend(self, zero_grad: bool, grad_scaler: Any) -> bool:
         groups = []
         for group in self.param_groups:
             if not group["perturbed"]:
@@ -554,7 +564,20 @@ class SAM(torch.optim.Optimizer):
         gradients now in ``.grad``. With a ``grad_scaler`` this runs ``unscale_``, clipping,
         ``scaler.step`` and ``scaler.update``; the update is skipped on overflow in either
         pass. With ``ascent="riemannian"`` the second-pass gradients of manifold parameters are
-        first transported back to ``w`` (see the module docstring)."""
+        first transported back to ``w`` (see the module docstring).
+
+        Raises:
+            RuntimeError: without a :meth:`first_step` since the last ``second_step`` (a second
+                call would apply the base update twice).
+        """
+        if self._phase != "ascended":
+            self.restore()
+            misuse = "called twice" if self._phase == "stepped" else "without first_step()"
+            raise RuntimeError(
+                f"SAM.second_step() {misuse}: call first_step() (after the clean backward), run "
+                "the perturbed backward, then second_step() once"
+            )
+        self._phase = "stepped"
         self._transport_gradients()
         self.restore()
         if grad_scaler is not None:
@@ -596,12 +619,14 @@ class SAM(torch.optim.Optimizer):
         closure = torch.enable_grad()(closure)
         with self.first_pass_context():
             loss = closure()
-        perturbed = self.first_step(zero_grad=True, grad_scaler=grad_scaler)
-        if perturbed or not self.first_pass_overflowed:
-            perturbed_loss = closure()
-            if self.diagnostics and loss is not None and perturbed_loss is not None:
-                self.last_diagnostics["sam_gap"] = (perturbed_loss - loss).detach()
-        self.second_step(grad_scaler=grad_scaler)
+        # A closure that raises (KeyboardInterrupt too) in the perturbed pass leaves w, not w + eps.
+        with self._restored_on_error():
+            perturbed = self.first_step(zero_grad=True, grad_scaler=grad_scaler)
+            if perturbed or not self.first_pass_overflowed:
+                perturbed_loss = closure()
+                if self.diagnostics and loss is not None and perturbed_loss is not None:
+                    self.last_diagnostics["sam_gap"] = (perturbed_loss - loss).detach()
+            self.second_step(grad_scaler=grad_scaler)
         return loss
 
     @torch.no_grad()
@@ -623,6 +648,23 @@ class SAM(torch.optim.Optimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         accumulated: dict[torch.Tensor, torch.Tensor] = {}
         losses = []
+        with self._restored_on_error():
+            self._accumulate_micro_batches(closures, params, accumulated, losses, distributed)
+        scale = 1.0 / len(closures)
+        buffers = list(accumulated.values())
+        torch._foreach_mul_(buffers, scale)
+        if distributed:
+            for buffer in buffers:
+                torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.AVG)
+        for p, buffer in accumulated.items():
+            p.grad = buffer.to(p.dtype)
+        self._clip()
+        self.base_optimizer.step()
+        self._phase = "stepped"
+        self._opt_called = True  # type: ignore[attr-defined]
+        return losses
+
+    def _accumulate_micro_batches(self, closures, params, accumulated, losses, distributed):
         for closure in closures:
             closure = torch.enable_grad()(closure)
             with self._no_sync() if distributed else contextlib.nullcontext():
@@ -647,20 +689,20 @@ class SAM(torch.optim.Optimizer):
                     dtype = torch.promote_types(p.grad.dtype, torch.float32)
                     accumulated[p] = p.grad.detach().to(dtype, copy=True)
             self.zero_grad(set_to_none=True)
-        scale = 1.0 / len(closures)
-        buffers = list(accumulated.values())
-        torch._foreach_mul_(buffers, scale)
-        if distributed:
-            for buffer in buffers:
-                torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.AVG)
-        for p, buffer in accumulated.items():
-            p.grad = buffer.to(p.dtype)
-        self._clip()
-        self.base_optimizer.step()
-        self._opt_called = True  # type: ignore[attr-defined]
-        return losses
 
     # -- pieces ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _restored_on_error(self):
+        """On any exception (``KeyboardInterrupt`` included) put ``w`` back before it
+        propagates: an interrupted step must not leave the weights at ``w + eps``."""
+        try:
+            yield
+        except BaseException:
+            with torch.no_grad():
+                self.restore()
+            self._phase = "idle"
+            raise
 
     def first_pass_context(self) -> contextlib.AbstractContextManager:
         """Context for the clean forward+backward: DDP ``no_sync`` in ``"local"`` mode (forward
