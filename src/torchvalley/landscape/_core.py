@@ -6,10 +6,15 @@ Conventions used by every function in :mod:`torchvalley.landscape`:
 * ``loss_fn(outputs, targets)`` returns a scalar, the *mean* loss over the batch;
 * ``data`` is one ``(inputs, targets)`` batch or an iterable of such batches; over several
   batches, losses, gradients and curvature products are averaged weighted by batch size, so
-  the result is that of the concatenated data set (for mean-reduced losses);
+  the result is that of the concatenated data set (for mean-reduced losses). Empty batches
+  (0 examples) carry no weight and are skipped; data with no example at all is a ``ValueError``;
 * ``bn_mode="eval"`` (default) evaluates BatchNorm with its running statistics (the model the
   user deploys); ``"train"`` uses batch statistics without touching the running buffers (the
-  model the optimizer sees). Dropout follows the same mode (off in eval, random in train);
+  model the optimizer sees). Dropout follows the same mode (off in eval, random in train). In
+  ``"train"`` every forward pass runs on a forked RNG seeded from ``seed`` and the batch's
+  index, so the masks are a fixed draw: the loss is one deterministic function of the
+  parameters (curvature products are products with one fixed matrix), equal seeds give equal
+  results, and the caller's global RNG is never consumed;
 * a *vector* is a tuple of tensors shaped like the selected parameters.
 
 Nothing here changes the model: parameters, buffers and the train/eval flag are as before.
@@ -17,9 +22,10 @@ Nothing here changes the model: parameters, buffers and the train/eval flag are 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +38,7 @@ __all__ = [
     "ParameterFunction",
     "Vector",
     "as_batches",
+    "mask_seed",
     "vector_add",
     "vector_dot",
     "vector_norm",
@@ -50,8 +57,11 @@ _BN_MODES = ("eval", "train")
 def as_batches(data: Any) -> list[Batch]:
     """``data`` as a list of ``(inputs, targets)`` batches.
 
+    Empty batches (0 examples) are dropped: they have no weight in a batch-size weighted mean.
+
     Raises:
-        ValueError: if ``data`` is neither a batch nor an iterable of batches.
+        ValueError: if ``data`` is neither a batch nor an iterable of batches, or has no
+            example at all.
     """
     if (
         isinstance(data, (tuple, list))
@@ -59,7 +69,17 @@ def as_batches(data: Any) -> list[Batch]:
         and isinstance(data[0], torch.Tensor)
         and isinstance(data[1], torch.Tensor)
     ):
-        return [(data[0], data[1])]
+        batches = [(data[0], data[1])]
+    else:
+        batches = _batch_list(data)
+    # An empty batch has weight 0 in the batch-size weighted mean, but its mean loss is 0/0.
+    batches = [b for b in batches if _examples(b) > 0]
+    if not batches:
+        raise ValueError("Invalid data: no examples (every batch is empty)")
+    return batches  # type: ignore[return-value]
+
+
+def _batch_list(data: Any) -> list[Any]:
     try:
         batches = [tuple(batch) for batch in data]
     except TypeError:
@@ -68,7 +88,29 @@ def as_batches(data: Any) -> list[Batch]:
         ) from None
     if not batches or any(len(b) != 2 for b in batches):
         raise ValueError("Invalid data: expected a non-empty iterable of (inputs, targets)")
-    return batches  # type: ignore[return-value]
+    return batches
+
+
+def _examples(batch: Any) -> int:
+    inputs = batch[0]
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() == 0:
+        raise ValueError("Invalid data: inputs must be tensors with a batch dimension")
+    return int(inputs.shape[0])
+
+
+class _IndexedBatch(tuple):
+    """An ``(inputs, targets)`` pair that knows its position (the seed of its masks)."""
+
+    index: int
+
+    def __new__(cls, batch: Batch, index: int) -> _IndexedBatch:
+        out = super().__new__(cls, batch)
+        out.index = index
+        return out
+
+
+def _index(batch: Any) -> int:
+    return getattr(batch, "index", 0)
 
 
 @dataclasses.dataclass
@@ -82,6 +124,9 @@ class ParameterFunction:
         parameters: names (as in ``model.named_parameters()``) to differentiate with respect
             to; default every parameter that requires grad.
         bn_mode: ``"eval"`` or ``"train"`` (see the module docstring).
+        seed: ``bn_mode="train"`` only: the seed of the random masks (dropout) of every forward
+            pass, batch ``i`` using ``seed + i``; ``None`` draws one from the global RNG when
+            the function is built (reproducible under ``torch.manual_seed``).
 
     Example:
         >>> model = torch.nn.Linear(2, 1)
@@ -99,11 +144,18 @@ class ParameterFunction:
     data: Any
     parameters: Sequence[str] | None = None
     bn_mode: str = "eval"
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.bn_mode not in _BN_MODES:
             raise ValueError(f"Invalid bn_mode: {self.bn_mode!r} (one of 'eval', 'train')")
-        self.batches = as_batches(self.data)
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise ValueError(f"Invalid seed: {self.seed!r} (an integer or None)")
+        self.batches = [_IndexedBatch(b, i) for i, b in enumerate(as_batches(self.data))]
+        if self.bn_mode == "train" and self.seed is None:
+            self.seed = int(torch.randint(0, 2**62, ()))
         named = dict(self.model.named_parameters())
         if self.parameters is None:
             self.names = tuple(n for n, p in named.items() if p.requires_grad)
@@ -127,7 +179,7 @@ class ParameterFunction:
         named = dict(self.model.named_parameters())
         return tuple(named[n].detach() for n in self.names)
 
-    def _call(self, params: Vector, inputs: torch.Tensor) -> torch.Tensor:
+    def _call(self, params: Vector, inputs: torch.Tensor, index: int = 0) -> torch.Tensor:
         state = dict(zip(self.names, params, strict=True))
         state.update(self.fixed)
         if self.bn_mode == "train":
@@ -138,14 +190,32 @@ class ParameterFunction:
         was_training = self.model.training
         self.model.train(self.bn_mode == "train")
         try:
-            return functional_call(self.model, state, (inputs,))
+            if self.bn_mode != "train":
+                return functional_call(self.model, state, (inputs,))
+            with self._seeded_rng(index):
+                return functional_call(self.model, state, (inputs,))
         finally:
             self.model.train(was_training)
+
+    @contextlib.contextmanager
+    def _seeded_rng(self, index: int) -> Iterator[None]:
+        """The global RNG forked (restored on exit) and seeded for this batch's masks."""
+        assert self.seed is not None
+        seed = (self.seed + index) % 2**63
+        device = self.device
+        devices: list[int] = []
+        if device.type == "cuda":
+            devices = [device.index if device.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(seed)
+            for index in devices:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            yield
 
     def batch_loss(self, params: Vector, batch: Batch) -> torch.Tensor:
         """The loss of one batch at ``params``."""
         inputs, targets = batch
-        return self.loss_fn(self._call(params, inputs), targets)
+        return self.loss_fn(self._call(params, inputs, _index(batch)), targets)
 
     def loss(self, params: Vector) -> torch.Tensor:
         """The (batch-size weighted) mean loss over all batches at ``params``."""
@@ -157,7 +227,7 @@ class ParameterFunction:
 
     def outputs(self, params: Vector, batch: Batch) -> torch.Tensor:
         """The model's outputs on one batch at ``params``."""
-        return self._call(params, batch[0])
+        return self._call(params, batch[0], _index(batch))
 
     # -- derivatives ----------------------------------------------------------------------------
 
@@ -175,10 +245,12 @@ class ParameterFunction:
         """Hessian-vector product of :meth:`loss` (forward-over-reverse, ``torch.func``)."""
         params = self.point() if params is None else params
         total: list[torch.Tensor] | None = None
-        for weight, (inputs, targets) in zip(self.weights, self.batches, strict=True):
+        for weight, batch in zip(self.weights, self.batches, strict=True):
+            inputs, targets = batch
+            index = _index(batch)
 
-            def grad_fn(p, t, x=inputs):
-                return torch.func.grad(lambda q: self.loss_fn(self._call(q, x), t))(p)
+            def grad_fn(p, t, x=inputs, i=index):
+                return torch.func.grad(lambda q: self.loss_fn(self._call(q, x, i), t))(p)
 
             if targets.is_floating_point():
                 # Floating targets ride along as a primal with a zero tangent: closing over them
@@ -199,6 +271,14 @@ class ParameterFunction:
     @property
     def device(self) -> torch.device:
         return dict(self.model.named_parameters())[self.names[0]].device
+
+
+def mask_seed(bn_mode: str, generator: torch.Generator) -> int | None:
+    """The seed of the random masks for :class:`ParameterFunction` (``bn_mode="train"``), drawn
+    from ``generator``; ``None`` in eval mode, where nothing is random (and nothing is drawn)."""
+    if bn_mode != "train":
+        return None
+    return int(torch.randint(0, 2**62, (), generator=generator))
 
 
 # -- vectors ----------------------------------------------------------------------------------

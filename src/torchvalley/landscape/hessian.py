@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchvalley.landscape._core import LossFunction, ParameterFunction, Vector
+from torchvalley.landscape._core import LossFunction, ParameterFunction, Vector, mask_seed
 from torchvalley.landscape.hvp import CURVATURES, STRATEGIES, CurvatureOperator, PerExampleLoss
 
 __all__ = [
@@ -229,10 +229,13 @@ def _operator(
     strategy: str,
     curvature: str,
     per_example_loss: PerExampleLoss | None,
+    seed: int | None,
 ) -> CurvatureOperator:
     _choice("strategy", strategy, STRATEGIES)
     _choice("curvature", curvature, CURVATURES)
-    function = ParameterFunction(model, loss_fn, data, parameters=parameters, bn_mode=bn_mode)
+    function = ParameterFunction(
+        model, loss_fn, data, parameters=parameters, bn_mode=bn_mode, seed=seed
+    )
     return CurvatureOperator(
         function, curvature=curvature, strategy=strategy, per_example_loss=per_example_loss
     )
@@ -473,6 +476,7 @@ def hessian_eigenvalues(
     _positive_int("max_iter", max_iter)
     if not (isinstance(tol, (int, float)) and tol >= 0):
         raise ValueError(f"Invalid tol: {tol!r} (a number ≥ 0)")
+    rng = _make_generator(generator, seed)
     op = _operator(
         model,
         loss_fn,
@@ -482,10 +486,10 @@ def hessian_eigenvalues(
         strategy=strategy,
         curvature=curvature,
         per_example_loss=per_example_loss,
+        seed=seed if seed is not None else mask_seed(bn_mode, rng),
     )
     if k > op.dimension:
         raise ValueError(f"Invalid k: {k} (more than the {op.dimension} parameters)")
-    rng = _make_generator(generator, seed)
     if method == "lanczos":
         if max_iter < k:
             raise ValueError(f"Invalid max_iter: {max_iter} (Lanczos needs at least k = {k})")
@@ -625,6 +629,7 @@ def hessian_trace(
     """
     _positive_int("samples", samples, minimum=2)
     _positive_int("probes_per_pass", probes_per_pass)
+    rng = _make_generator(generator, seed)
     op = _operator(
         model,
         loss_fn,
@@ -634,8 +639,8 @@ def hessian_trace(
         strategy=strategy,
         curvature=curvature,
         per_example_loss=per_example_loss,
+        seed=seed if seed is not None else mask_seed(bn_mode, rng),
     )
-    rng = _make_generator(generator, seed)
     values = []
     for start in range(0, samples, probes_per_pass):
         probes = torch.stack(
@@ -701,6 +706,7 @@ def spectral_density(
     """
     _positive_int("n_probes", n_probes)
     _positive_int("lanczos_steps", lanczos_steps)
+    rng = _make_generator(generator, seed)
     op = _operator(
         model,
         loss_fn,
@@ -710,8 +716,8 @@ def spectral_density(
         strategy=strategy,
         curvature=curvature,
         per_example_loss=per_example_loss,
+        seed=seed if seed is not None else mask_seed(bn_mode, rng),
     )
-    rng = _make_generator(generator, seed)
     steps = min(lanczos_steps, op.dimension)
     nodes = torch.zeros(n_probes, steps, dtype=_F64)
     weights = torch.zeros(n_probes, steps, dtype=_F64)

@@ -26,8 +26,8 @@ parameters) that is never formed. The matrices, for the data-set loss
     ``"forward_over_reverse"``, and a repeated one about a third (see
     ``benchmarks/hessian_speed.py``).
 
-  With dropout active (``bn_mode="train"``), ``"double_backward"`` differentiates the masks
-  drawn when its graph was built, the other strategies draw new masks for every product.
+  With dropout active (``bn_mode="train"``), every strategy differentiates the same masks,
+  drawn from the function's seed (see :mod:`torchvalley.landscape._core`).
 
   With ``bn_mode="eval"``, the double-backward strategies build their graphs with eval-mode
   BatchNorm written as the per-channel affine map it is, ``x·a + c`` (``a = γ/√(σ²+ε)``,
@@ -62,8 +62,10 @@ parameters) that is never formed. The matrices, for the data-set loss
   forward pass of the whole batch, so with ``bn_mode="train"`` each ``g_i`` includes the
   coupling of the examples through the batch statistics.
 
-GGN and Fisher products run two forward passes per batch (one for ``J v``, one for ``Jᵀ``); the
-random-number state is replayed between them so that dropout masks agree in ``bn_mode="train"``.
+GGN and Fisher products run two forward passes per batch (one for ``J v``, one for ``Jᵀ``); in
+``bn_mode="train"`` every forward pass draws its dropout masks from the same seeded, forked RNG
+(:class:`~torchvalley.landscape._core.ParameterFunction`), so the masks agree between the two
+passes and between products: every strategy multiplies by one fixed matrix.
 """
 
 from __future__ import annotations
@@ -207,20 +209,6 @@ def _check_vector(names: Sequence[str], params: Vector, vector: Sequence[torch.T
             raise ValueError(f"Invalid vector: {name} has shape {tuple(p.shape)}, got {shape}")
         out.append(v.to(dtype=p.dtype, device=p.device))
     return tuple(out)
-
-
-@contextlib.contextmanager
-def _replayed_randomness(device: torch.device) -> Iterator[Callable[[], None]]:
-    """Yields a function that restores the RNG state as it was on entry (for dropout)."""
-    cpu_state = torch.get_rng_state()
-    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-    def replay() -> None:
-        torch.set_rng_state(cpu_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state(cuda_state, device)
-
-    yield replay
 
 
 def _accumulate(total: list[torch.Tensor] | None, weight: float, terms: Sequence[torch.Tensor]):
@@ -370,9 +358,7 @@ class CurvatureOperator:
         if self.strategy != "forward_over_reverse":
             result = self._hvp_double_backward(vectors, batched=True)
         else:
-            result = torch.func.vmap(self._hvp_forward_over_reverse, randomness="different")(
-                vectors
-            )
+            result = torch.func.vmap(self._hvp_forward_over_reverse, randomness="same")(vectors)
         return torch.cat([r.reshape(flats.shape[0], -1) for r in result], dim=1)
 
     # -- Hessian, forward over reverse --------------------------------------------------------
@@ -451,12 +437,11 @@ class CurvatureOperator:
             def outputs_fn(p: Vector, b: Batch = batch) -> torch.Tensor:
                 return f.outputs(p, b)
 
-            with _replayed_randomness(self.device) as replay:
-                outputs, jv = torch.func.jvp(outputs_fn, (params,), (vector,))
-                output_grad = torch.func.grad(f.loss_fn)
-                _, hjv = _jvp_with_targets(output_grad, outputs.detach(), jv, targets)
-                replay()
-                _, vjp_fn = torch.func.vjp(outputs_fn, params)
+            # (dropout masks agree between the two passes: every forward pass is seeded)
+            outputs, jv = torch.func.jvp(outputs_fn, (params,), (vector,))
+            output_grad = torch.func.grad(f.loss_fn)
+            _, hjv = _jvp_with_targets(output_grad, outputs.detach(), jv, targets)
+            _, vjp_fn = torch.func.vjp(outputs_fn, params)
             total = _accumulate(total, weight, vjp_fn(hjv)[0])
         assert total is not None
         return tuple(total)
@@ -493,10 +478,8 @@ class CurvatureOperator:
             def losses_fn(p: Vector, b: Batch = batch, loss=per_example) -> torch.Tensor:
                 return loss(f.outputs(p, b), b[1])
 
-            with _replayed_randomness(self.device) as replay:
-                _, jv = torch.func.jvp(losses_fn, (params,), (vector,))
-                replay()
-                _, vjp_fn = torch.func.vjp(losses_fn, params)
+            _, jv = torch.func.jvp(losses_fn, (params,), (vector,))
+            _, vjp_fn = torch.func.vjp(losses_fn, params)
             total = _accumulate(total, weight / batch[0].shape[0], vjp_fn(jv)[0])
         assert total is not None
         return tuple(total)

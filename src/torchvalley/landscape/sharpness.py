@@ -44,6 +44,7 @@ from torchvalley.landscape._core import (
     LossFunction,
     ParameterFunction,
     Vector,
+    mask_seed,
     vector_add,
     vector_norm,
     vector_random,
@@ -158,7 +159,8 @@ def sharpness(
         parameters: names of the parameters to perturb (default: all that require grad).
         bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics).
         generator: the source of randomness (drawn on the CPU); ``None`` uses a generator
-            seeded with 0, so repeated calls agree.
+            seeded with 0, so repeated calls agree. With ``bn_mode="train"`` it also seeds the
+            dropout masks (one fixed draw for every evaluation; the global RNG is untouched).
 
     Returns:
         A :class:`SharpnessResult`.
@@ -184,7 +186,10 @@ def sharpness(
     if generator is None:
         generator = torch.Generator().manual_seed(0)
 
-    function = ParameterFunction(model, loss_fn, data, parameters=parameters, bn_mode=bn_mode)
+    seed = mask_seed(bn_mode, generator)
+    function = ParameterFunction(
+        model, loss_fn, data, parameters=parameters, bn_mode=bn_mode, seed=seed
+    )
     point = function.point()
     with torch.no_grad():
         loss = float(function.loss(point))

@@ -17,6 +17,7 @@ from torchvalley.landscape._core import (
     LossFunction,
     ParameterFunction,
     Vector,
+    mask_seed,
     vector_add,
     vector_random,
 )
@@ -217,7 +218,8 @@ def random_direction_slice_1d(
         parameters: names of the parameters to move (default: all that require grad).
         bn_mode: ``"eval"`` or ``"train"`` (see :mod:`torchvalley.landscape._core`).
         metric_fn: optional ``metric_fn(outputs, targets) -> scalar`` (e.g. accuracy).
-        generator: the source of randomness; ``None`` uses a generator seeded with 0.
+        generator: the source of randomness; ``None`` uses a generator seeded with 0. With
+            ``bn_mode="train"`` it also seeds the dropout masks (the global RNG is untouched).
 
     Returns:
         A :class:`LossSlice1D`.
@@ -227,8 +229,15 @@ def random_direction_slice_1d(
             ``data``/``parameters``/``bn_mode``.
     """
     grid = _alpha_grid("alphas", steps, span, alphas)
-    function = ParameterFunction(model, loss_fn, data, parameters=parameters, bn_mode=bn_mode)
     generator = torch.Generator().manual_seed(0) if generator is None else generator
+    function = ParameterFunction(
+        model,
+        loss_fn,
+        data,
+        parameters=parameters,
+        bn_mode=bn_mode,
+        seed=mask_seed(bn_mode, generator),
+    )
     d = _direction_for(function, direction, include_1d, generator, "direction")
     point = function.point()
     losses, metrics = [], []
@@ -292,8 +301,15 @@ def random_direction_slice_2d(
     """
     grid_a = _alpha_grid("alphas", steps, span, alphas)
     grid_b = _alpha_grid("betas", steps, span, betas)
-    function = ParameterFunction(model, loss_fn, data, parameters=parameters, bn_mode=bn_mode)
     generator = torch.Generator().manual_seed(0) if generator is None else generator
+    function = ParameterFunction(
+        model,
+        loss_fn,
+        data,
+        parameters=parameters,
+        bn_mode=bn_mode,
+        seed=mask_seed(bn_mode, generator),
+    )
     if directions is None:
         pair: tuple[Any, Any] = (None, None)
     else:
