@@ -22,6 +22,7 @@ from torchvalley.manifolds import (
     Sphere,
     Stiefel,
     boundary_eps,
+    manifold_of,
 )
 
 F64 = torch.float64
@@ -208,6 +209,15 @@ class _Net(nn.Module):
         super().__init__()
         self.w = ManifoldParameter(Stiefel().random(5, 3, generator=_gen(0)), Stiefel())
         self.e = ManifoldParameter(PoincareBall().random(4, 2, generator=_gen(1)), PoincareBall())
+
+
+def test_manifold_of_and_is_flat():
+    assert manifold_of(torch.zeros(3)) == Euclidean() and manifold_of(torch.zeros(3)).is_flat
+    assert manifold_of(nn.Parameter(torch.zeros(3))).is_flat
+    p = ManifoldParameter(torch.tensor([[0.6, 0.8]]), Sphere())
+    assert manifold_of(p) is p.manifold and not manifold_of(p).is_flat
+    assert Euclidean(1).is_flat
+    assert not any(m.is_flat for m in (Sphere(), Stiefel(), Lorentz(), Product((Euclidean(), 2))))
 
 
 def test_manifold_parameter_validation():

@@ -9,7 +9,7 @@ from torchvalley.manifolds.base import Manifold, default_tolerance
 from torchvalley.manifolds.euclidean import Euclidean
 from torchvalley.manifolds.hyperbolic import Curvature, Lorentz, PoincareBall, boundary_eps
 from torchvalley.manifolds.oblique import Oblique
-from torchvalley.manifolds.parameter import ManifoldParameter
+from torchvalley.manifolds.parameter import ManifoldParameter, manifold_of
 from torchvalley.manifolds.product import Product
 from torchvalley.manifolds.sphere import Sphere
 from torchvalley.manifolds.stiefel import Stiefel
@@ -27,4 +27,5 @@ __all__ = [
     "Stiefel",
     "boundary_eps",
     "default_tolerance",
+    "manifold_of",
 ]

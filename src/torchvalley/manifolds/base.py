@@ -63,6 +63,10 @@ class Manifold(abc.ABC):
     """
 
     ndim: int = 0
+    #: True when the manifold is the flat coordinate space itself (identity projections,
+    #: retraction ``x + u``, coordinate-wise metric): the optimizers then take torch's own
+    #: Euclidean step. Only :class:`~torchvalley.manifolds.Euclidean` sets it.
+    is_flat: bool = False
     transp_is_isometry: bool = False
     retr_is_expmap: bool = False
     has_expmap: bool = True

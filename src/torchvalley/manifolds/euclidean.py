@@ -24,6 +24,7 @@ class Euclidean(Manifold):
             as geoopt's ``Euclidean``); ``ndim=1`` reduces over the last dimension.
     """
 
+    is_flat = True
     transp_is_isometry = True
     retr_is_expmap = True
 

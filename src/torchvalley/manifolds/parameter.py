@@ -10,7 +10,23 @@ from torch import Tensor, nn
 from torchvalley.manifolds.base import Manifold
 from torchvalley.manifolds.euclidean import Euclidean
 
-__all__ = ["ManifoldParameter"]
+__all__ = ["ManifoldParameter", "manifold_of"]
+
+_EUCLIDEAN = Euclidean()
+
+
+def manifold_of(p: Tensor) -> Manifold:
+    """The manifold a parameter lives on: ``p.manifold`` if it carries one, else ``Euclidean()``.
+
+    Args:
+        p: a tensor (a :class:`ManifoldParameter` or any plain tensor/parameter).
+
+    Returns:
+        The manifold (a shared ``Euclidean()`` for plain tensors; test ``.is_flat`` rather than
+        the type to tell the plain Euclidean update apart).
+    """
+    manifold = getattr(p, "manifold", None)
+    return manifold if isinstance(manifold, Manifold) else _EUCLIDEAN
 
 
 def _rebuild_manifold_parameter(

@@ -112,9 +112,8 @@ from torch.nn.utils import parametrize
 from torch.optim.sgd import sgd as _torch_sgd
 
 from torchvalley.manifolds.base import Manifold
-from torchvalley.manifolds.euclidean import Euclidean
 from torchvalley.manifolds.oblique import Oblique
-from torchvalley.manifolds.parameter import ManifoldParameter
+from torchvalley.manifolds.parameter import ManifoldParameter, manifold_of
 from torchvalley.manifolds.sphere import sphere_dist
 from torchvalley.manifolds.stiefel import Stiefel
 from torchvalley.registry import Capabilities, Hyperparameter, register_optimizer
@@ -593,7 +592,8 @@ class FGSGD(torch.optim.Optimizer):
     def _manifold_of(self, p: Tensor, group: dict[str, Any]) -> Manifold | None:
         """The manifold ``p`` is updated on (``None``: plain SGD)."""
         if isinstance(p, ManifoldParameter):
-            return None if isinstance(p.manifold, Euclidean) else p.manifold
+            manifold = manifold_of(p)
+            return None if manifold.is_flat else manifold
         constraint = _check_constraint(group["constraint"])
         if constraint is None or p.dim() < 2 or id(p) in self._euclidean:
             return None

@@ -74,11 +74,11 @@ from torch.optim.adam import adam as _torch_adam
 from torch.optim.sgd import sgd as _torch_sgd
 
 from torchvalley.manifolds import (
-    Euclidean,
     Lorentz,
     Manifold,
     PoincareBall,
     Product,
+    manifold_of,
 )
 from torchvalley.optim.torch_baselines import COMMON_FLAGS, SGD_HYPERPARAMETERS
 from torchvalley.registry import Capabilities, Hyperparameter, register_optimizer
@@ -94,17 +94,9 @@ __all__ = [
     "manifold_of",
 ]
 
-_EUCLIDEAN = Euclidean()
-
-
-def manifold_of(p: Tensor) -> Manifold:
-    """The manifold a parameter lives on: ``p.manifold`` or ``Euclidean()``."""
-    manifold = getattr(p, "manifold", None)
-    return manifold if isinstance(manifold, Manifold) else _EUCLIDEAN
-
 
 def _is_euclidean(manifold: Manifold) -> bool:
-    return isinstance(manifold, Euclidean)
+    return manifold.is_flat
 
 
 def _is_hyperbolic(manifold: Manifold) -> bool:
