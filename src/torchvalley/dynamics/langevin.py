@@ -421,11 +421,12 @@ class LangevinSplitting(torch.optim.Optimizer):
         group_states = dict(shared["groups"])
         position = 0
         for gi, group in enumerate(self.param_groups):
-            params, grads, indices = [], [], []
+            originals, params, grads, indices = [], [], [], []
             for p in group["params"]:
                 if p.grad is not None:
-                    params.append(p)
-                    grads.append(p.grad)
+                    originals.append(p)
+                    params.append(_real(p))
+                    grads.append(_real(p.grad))
                     indices.append(position)
                 position += 1
             if not params:
@@ -440,11 +441,11 @@ class LangevinSplitting(torch.optim.Optimizer):
                 continue
             gstate = dict(group_states.get(gi, {}))
             momenta = []
-            for p in params:
+            for p in originals:
                 state = self.state[p]
                 if "momentum" not in state:
                     state["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                momenta.append(state["momentum"])
+                momenta.append(_real(state["momentum"]))
             if group["dynamics"] == "adaptive" and "thermostat" not in gstate:
                 gstate["thermostat"] = torch.tensor(
                     float(group["thermostat_init"]), dtype=params[0].dtype, device=params[0].device
@@ -549,8 +550,8 @@ class LangevinSplitting(torch.optim.Optimizer):
         groups = self.state["langevin"]["groups"]
         for gi, group in enumerate(self.param_groups):
             entry: dict[str, torch.Tensor] = {}
-            momenta = [self.state[p]["momentum"] for p in group["params"] if p in self.state]
-            momenta = [mom for mom in momenta if mom is not None]
+            momenta = [self.state[p].get("momentum") for p in group["params"] if p in self.state]
+            momenta = [_real(mom) for mom in momenta if mom is not None]
             if momenta:
                 n = sum(mom.numel() for mom in momenta)
                 entry["kinetic_temperature"] = ops.kinetic_sum(momenta, group["mass"]) / n
@@ -560,6 +561,17 @@ class LangevinSplitting(torch.optim.Optimizer):
                 entry["configurational_temperature"] = self._configurational[gi]
             result.append(entry)
         return result
+
+
+def _real(tensor: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as its real pairs ``(..., 2)`` (a view), a real tensor as is.
+
+    The real-pair convention: ``z = x + iy`` is the two real coordinates ``(x, y)``, each with
+    the noise of a real parameter, so ``exp(-U(x, y) / tau)`` is stationary for a real loss
+    (torch's gradient of a real loss is ``dU/dx + i dU/dy``). Complex ``randn`` would give each
+    part variance 1/2 instead and sample ``exp(-2 U / tau)``.
+    """
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 def _baoab_pass(
