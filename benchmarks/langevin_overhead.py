@@ -1,70 +1,134 @@
-"""The Langevin step benchmark of the thermodynamic issue: the ``sgld`` and ``baoab`` steps as a
-ratio to (an SGD-momentum step + one ``torch.randn_like`` per parameter), all timed in one run of
-the step benchmark (``benchmarks/step_overhead.py``) on its 11M-parameter set. Goal: <= 1.2x.
-The row ``baoab-fused`` is ``baoab`` with ``fused=True`` (compiled during the warm-up steps).
+"""Langevin step overhead: every splitting scheme's step as a ratio to an SGD step plus noise.
 
-Usage: python benchmarks/langevin_overhead.py [step_overhead.py options, e.g. --threads 1]
+The comparison point is ``torch.optim.SGD(momentum=0.9).step()`` followed by one
+``torch.randn_like`` per parameter: the least a noisy momentum method must do. Goal: <= 1.2x
+for the default (uncompiled) path of every scheme.
+
+Workload: the parameter shapes of a CIFAR-style ResNet-18 (11,173,962 float32 parameters in 62
+tensors, :func:`step_overhead.resnet18_shapes`) with fixed random gradients. Every row owns its
+parameters and optimizer state; the gradients are shared (read only).
+
+Measurement: for each thread count (``--threads``, default 1 and 2) in the same run, ``W``
+warm-up steps per row, then ``R`` repeats, each timing a block of ``K`` steps of every row,
+round-robin with the starting row rotated every repeat (load drift on a shared machine hits all
+rows alike), garbage collector off. Reported: median ms/step over the repeats and
+ratio = median(row) / median(anchor); ``paired`` is the median of the per-repeat ratios.
+
+Rows: ``sgld``; ``baoab`` (the default scheme ``BAOAB``), ``obabo``, ``baoa``, ``overdamped``
+(BAOAB limit, LOL's partition), ``sghmc`` (``FBA``), ``sgnht`` (``BACDEDCAB``);
+``--fused`` adds ``baoab-fused`` (``fused=True``: compiled on its first warm-up step).
+
+Usage: python benchmarks/langevin_overhead.py [--threads 1 2] [--repeats 7] [--steps 3] [--fused]
 """
 
-import dataclasses
-import importlib.util
-import json
-import sys
-import tempfile
-from pathlib import Path
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import platform
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 
-import torchvalley
-from torchvalley.registry import Capabilities, OptimizerEntry
+from torchvalley.dynamics import LangevinSplitting
 
-spec = importlib.util.spec_from_file_location(
-    "step_overhead", Path(__file__).with_name("step_overhead.py")
-)
-step_overhead = importlib.util.module_from_spec(spec)
-sys.modules["step_overhead"] = step_overhead  # dataclasses in it look their module up
-spec.loader.exec_module(step_overhead)
+try:  # the shared workload (benchmarks/ is on sys.path when this file runs as a script)
+    from step_overhead import make_reference_tensors, resnet18_shapes
+except ImportError as error:  # pragma: no cover - the script lives next to step_overhead.py
+    raise SystemExit(f"run as: python benchmarks/langevin_overhead.py ({error})") from None
 
-
-class SGDPlusNoise(torch.optim.SGD):
-    """The comparison point: torch's SGD-momentum step, then one Gaussian draw per element."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = super().step(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                torch.randn_like(p)
-        return loss
+ANCHOR = "sgd-momentum + randn_like"
+_COMMON = {"lr": 1e-6, "friction": 1.0, "temperature": 1e-4, "seed": 0}
+ROWS: dict[str, dict] = {
+    "sgld": {"dynamics": "sgld", "lr": 1e-6, "temperature": 1e-4},
+    "baoab": {**_COMMON},
+    "obabo": {**_COMMON, "scheme": "OBABO"},
+    "baoa": {**_COMMON, "scheme": "BAOA"},
+    "overdamped": {**_COMMON, "dynamics": "overdamped"},
+    "sghmc": {**_COMMON, "dynamics": "sghmc"},
+    "sgnht": {**_COMMON, "dynamics": "adaptive"},
+}
 
 
-reference = OptimizerEntry(
-    name="sgd-momentum + randn_like",
-    factory=SGDPlusNoise,
-    capabilities=Capabilities(),
-    hyperparameters=torchvalley.get_optimizer_entry("sgd").hyperparameters,
-    summary="torch SGD(momentum=0.9) step followed by torch.randn_like for every parameter",
-    family="baseline",
-    example={"lr": 0.05, "momentum": 0.9},
-)
-entries = [reference, *(torchvalley.get_optimizer_entry(n) for n in ("sgld", "baoab"))]
-entries = [dataclasses.replace(e) for e in entries]
-# The opt-in fused BAOAB path (one compiled pass per tensor); the first warm-up step compiles.
-baoab = entries[-1]
-entries.append(
-    dataclasses.replace(baoab, name="baoab-fused", example={**baoab.example, "fused": True})
-)
+def _anchor(params: list[torch.Tensor]) -> Callable[[], None]:
+    sgd = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
 
-with tempfile.TemporaryDirectory() as folder:
-    raw = Path(folder) / "raw.json"
-    status = step_overhead.main(
-        [*sys.argv[1:], "--no-anchors", "--json", str(raw)], entries=entries
-    )
-    results = {r["label"].split(" (")[0]: r for r in json.loads(raw.read_text())["rows"]}
-base = results[reference.name]["median_ms"]
-print("\n| optimizer | ms/step (median) | ratio to SGD-momentum + randn_like |\n|---|--:|--:|")
-for name in (reference.name, "sgld", "baoab", "baoab-fused"):
+    def step() -> None:
+        sgd.step()
+        for p in params:
+            torch.randn_like(p)
+
+    return step
+
+
+def build(name: str, grads: list[torch.Tensor], params: list[torch.Tensor]) -> Callable[[], None]:
+    """The step function of one row, on its own copy of the parameters."""
+    params = [p.clone() for p in params]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    if name == ANCHOR:
+        return _anchor(params)
+    hp = {**ROWS["baoab"], "fused": True} if name == "baoab-fused" else ROWS[name]
+    return LangevinSplitting(params, **hp).step
+
+
+def measure(names: list[str], threads: int, repeats: int, steps: int, warmup: int) -> dict:
+    """Per-row per-step seconds of each repeat, rows interleaved round-robin."""
+    torch.set_num_threads(threads)
+    params, grads = make_reference_tensors(resnet18_shapes())
+    rows = {name: build(name, grads, params) for name in names}
+    for fn in rows.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    gc.disable()
+    try:
+        for r in range(repeats):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                fn = rows[name]
+                start = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                times[name].append((time.perf_counter() - start) / steps)
+    finally:
+        gc.enable()
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print one markdown table per thread count."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--fused", action="store_true", help="add the compiled baoab-fused row")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    args = parser.parse_args(argv)
+    if min(args.threads) < 1 or args.repeats < 1 or args.steps < 1 or args.warmup < 0:
+        parser.error("--threads, --repeats and --steps must be >= 1, --warmup >= 0")
+    names = [ANCHOR, *args.rows] + (["baoab-fused"] if args.fused else [])
     print(
-        f"| {name} | {results[name]['median_ms']:.3f} | {results[name]['median_ms'] / base:.2f} |"
+        f"# {datetime.datetime.now().isoformat(timespec='seconds')}, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, {args.repeats} repeats x {args.steps} "
+        f"steps, {args.warmup} warm-up steps, rows interleaved round-robin"
     )
-raise SystemExit(status)
+    for threads in args.threads:
+        times = measure(names, threads, args.repeats, args.steps, args.warmup)
+        base = statistics.median(times[ANCHOR])
+        print(f"\n## {threads} thread(s)\n")
+        print("| row | ms/step (median) | ratio | paired ratio |\n|---|--:|--:|--:|")
+        for name in names:
+            paired = statistics.median(
+                t / a for t, a in zip(times[name], times[ANCHOR], strict=True)
+            )
+            median = statistics.median(times[name])
+            print(f"| {name} | {1e3 * median:.1f} | {median / base:.2f} | {paired:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

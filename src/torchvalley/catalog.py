@@ -71,6 +71,155 @@ register_optimizer(
 from torchvalley.optim import riemannian as _riemannian  # noqa: E402,F401
 from torchvalley.optim import sam as _sam  # noqa: E402,F401
 from torchvalley.optim import fgsgd as _fgsgd  # noqa: E402,F401
-from torchvalley import dynamics as _dynamics  # noqa: E402,F401
 
 # isort: on
+
+# ----------------------------------------------------------------------------------- Langevin
+# isort: off
+import dataclasses  # noqa: E402
+
+from torchvalley.dynamics.langevin import LangevinSplitting  # noqa: E402
+from torchvalley.dynamics.partitions import sampler_factory  # noqa: E402
+
+# isort: on
+
+_NOISY = Capabilities(noisy=True, separable=False)
+_NOISY_WITH_MODEL = Capabilities(noisy=True, separable=False, accepts_model=True)
+_MOMENTUM_SETTINGS = ("lr", "friction", "temperature", "mass", "scheme", "seed")
+_THERMOSTAT_SETTINGS = ("thermostat_init", "thermostat_coupling", "noise_scale")
+_PARTITION_MODEL = Hyperparameter(
+    "model", "any", None, "the module: a flat param list is partitioned per layer"
+)
+_PARTITIONED_PAPER = (
+    "Leimkuhler, Matthews & Vlaar, Partitioned integrators for thermodynamic parameterization "
+    "of neural networks, Foundations of Data Science 2019"
+)
+_LANGEVIN_EXAMPLE = {"lr": 0.1, "friction": 1.0, "temperature": 1e-4, "seed": 0}
+_LANGEVIN_GROUP_EXAMPLE = {"lr": 0.05, "friction": 3.0, "temperature": 1e-2, "mass": 2.0}
+
+
+def _partitioned(choices: tuple[str, ...], *names: str) -> tuple[Hyperparameter, ...]:
+    """A partitioned entry's settings: the dynamics among ``choices`` (if any), ``model``."""
+    (dynamics,) = LangevinSplitting.declared("dynamics")
+    head = (dataclasses.replace(dynamics, choices=choices),) if choices else ()
+    return (*head, *LangevinSplitting.declared(*names), _PARTITION_MODEL)
+
+
+register_optimizer(
+    "sgld",
+    sampler_factory("sgld", "sgld"),
+    capabilities=_NOISY,
+    hyperparameters=LangevinSplitting.declared(
+        "lr", "temperature", "seed", "track_configurational"
+    ),
+    summary="stochastic gradient Langevin dynamics: theta -= h g + sqrt(2 h tau) R",
+    family="langevin",
+    paper="Welling & Teh, Bayesian learning via stochastic gradient Langevin dynamics, ICML 2011",
+    example={"lr": 0.05, "temperature": 1e-4},
+    group_example={"lr": 0.01, "temperature": 1e-2},
+)
+register_optimizer(
+    "baoab",
+    sampler_factory("baoab", "langevin"),
+    capabilities=_NOISY,
+    hyperparameters=LangevinSplitting.declared(
+        *_MOMENTUM_SETTINGS, "track_configurational", "fused"
+    ),
+    summary="underdamped Langevin, BAOAB splitting (any scheme string), one gradient per step",
+    family="langevin",
+    paper=(
+        "Leimkuhler & Matthews, Rational construction of stochastic numerical methods for "
+        "molecular sampling, AMRX 2013"
+    ),
+    example=_LANGEVIN_EXAMPLE,
+    group_example={**_LANGEVIN_GROUP_EXAMPLE, "scheme": "OBABO"},
+)
+register_optimizer(
+    "sghmc",
+    sampler_factory("sghmc", "sghmc"),
+    capabilities=_NOISY,
+    hyperparameters=LangevinSplitting.declared(
+        "lr", "friction", "temperature", "mass", "seed", "track_configurational"
+    ),
+    summary="stochastic gradient HMC (Euler-Maruyama friction/noise, heavy-ball form)",
+    family="langevin",
+    paper="Chen, Fox & Guestrin, Stochastic gradient Hamiltonian Monte Carlo, ICML 2014",
+    example=_LANGEVIN_EXAMPLE,
+    group_example=_LANGEVIN_GROUP_EXAMPLE,
+)
+register_optimizer(
+    "sgnht",
+    sampler_factory("sgnht", "adaptive"),
+    capabilities=_NOISY,
+    hyperparameters=LangevinSplitting.declared(
+        "lr",
+        "temperature",
+        "mass",
+        "scheme",
+        "seed",
+        "track_configurational",
+        *_THERMOSTAT_SETTINGS,
+    ),
+    summary="SG Nose-Hoover thermostat / adaptive Langevin (ACDEDCAB), one thermostat per group",
+    family="langevin",
+    paper=(
+        "Ding, Fang, Babbush, Chen, Skeel & Neven, Bayesian sampling using stochastic gradient "
+        "thermostats, NeurIPS 2014"
+    ),
+    example={"lr": 0.1, "temperature": 1e-4, "noise_scale": 0.01},
+    group_example={
+        "lr": 0.05,
+        "temperature": 1e-2,
+        "mass": 2.0,
+        "thermostat_init": 1.0,
+        "thermostat_coupling": 0.5,
+        "noise_scale": 0.1,
+    },
+)
+register_optimizer(
+    "lala",
+    sampler_factory("lala", "langevin", partition=("langevin", "langevin")),
+    capabilities=_NOISY_WITH_MODEL,
+    hyperparameters=_partitioned((), *_MOMENTUM_SETTINGS, "track_configurational"),
+    summary="layer-wise Langevin (LaLa): each param group its own friction/temperature; with "
+    "model=, one group per layer",
+    family="langevin",
+    paper=_PARTITIONED_PAPER,
+    example=_LANGEVIN_EXAMPLE,
+    group_example={**_LANGEVIN_GROUP_EXAMPLE, "scheme": "OBABO"},
+)
+register_optimizer(
+    "adlala",
+    sampler_factory(
+        "adlala", "langevin", partition=("adaptive", "langevin"), dynamics_per_group=True
+    ),
+    capabilities=_NOISY_WITH_MODEL,
+    hyperparameters=_partitioned(
+        ("langevin", "adaptive"),
+        *_MOMENTUM_SETTINGS,
+        "track_configurational",
+        *_THERMOSTAT_SETTINGS,
+    ),
+    summary="AdLaLa: adaptive Langevin on some partitions (with model=: the first layer), "
+    "Langevin on the rest",
+    family="langevin",
+    paper=_PARTITIONED_PAPER,
+    example={**_LANGEVIN_EXAMPLE, "noise_scale": 0.01},
+    group_example={**_LANGEVIN_GROUP_EXAMPLE, "dynamics": "adaptive"},
+)
+register_optimizer(
+    "lol",
+    sampler_factory(
+        "lol", "langevin", partition=("langevin", "overdamped"), dynamics_per_group=True
+    ),
+    capabilities=_NOISY_WITH_MODEL,
+    hyperparameters=_partitioned(
+        ("langevin", "overdamped"), *_MOMENTUM_SETTINGS, "track_configurational"
+    ),
+    summary="LOL: Langevin on some partitions (with model=: the first layer), overdamped (BAOAB "
+    "limit) Langevin on the rest",
+    family="langevin",
+    paper=_PARTITIONED_PAPER,
+    example=_LANGEVIN_EXAMPLE,
+    group_example={**_LANGEVIN_GROUP_EXAMPLE, "dynamics": "overdamped"},
+)

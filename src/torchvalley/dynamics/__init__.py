@@ -1,35 +1,19 @@
-"""Langevin dynamics: the splitting engine (:mod:`.operators`) and the samplers (:mod:`.langevin`).
+"""Langevin dynamics: the splitting engine (:mod:`.operators`), the samplers (:mod:`.langevin`),
+partitions (:mod:`.partitions`) and parameterizations (:mod:`.parameters`).
 
-Importing this package registers ``sgld``, ``baoab``, ``sghmc``, ``sgnht``, ``lala``, ``adlala``
-and ``lol`` (family ``"langevin"``).
+The registry entries ``sgld``, ``baoab``, ``sghmc``, ``sgnht``, ``lala``, ``adlala`` and ``lol``
+(family ``"langevin"``) are registered by :mod:`torchvalley.catalog`.
 """
 
 from torchvalley.dynamics import operators as operators
-from torchvalley.dynamics.langevin import (
-    DEFAULT_SCHEMES,
-    DYNAMICS,
-    LangevinSplitting,
-    NoisePrecisionWarning,
-    PhysicalParameters,
-    SGDParameters,
-    parse_scheme,
-    partition_by_layer,
-    physical_to_sgd,
-    posterior_temperature,
-    sgd_to_physical,
-)
-
-__all__ = [
-    "DEFAULT_SCHEMES",
-    "DYNAMICS",
-    "LangevinSplitting",
-    "NoisePrecisionWarning",
-    "PhysicalParameters",
-    "SGDParameters",
-    "operators",
-    "parse_scheme",
-    "partition_by_layer",
-    "physical_to_sgd",
-    "posterior_temperature",
-    "sgd_to_physical",
-]
+from torchvalley.dynamics.langevin import DEFAULT_SCHEMES as DEFAULT_SCHEMES
+from torchvalley.dynamics.langevin import DYNAMICS as DYNAMICS
+from torchvalley.dynamics.langevin import LangevinSplitting as LangevinSplitting
+from torchvalley.dynamics.langevin import NoisePrecisionWarning as NoisePrecisionWarning
+from torchvalley.dynamics.langevin import parse_scheme as parse_scheme
+from torchvalley.dynamics.parameters import PhysicalParameters as PhysicalParameters
+from torchvalley.dynamics.parameters import SGDParameters as SGDParameters
+from torchvalley.dynamics.parameters import physical_to_sgd as physical_to_sgd
+from torchvalley.dynamics.parameters import posterior_temperature as posterior_temperature
+from torchvalley.dynamics.parameters import sgd_to_physical as sgd_to_physical
+from torchvalley.dynamics.partitions import partition_by_layer as partition_by_layer
