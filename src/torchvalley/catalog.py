@@ -69,7 +69,103 @@ register_optimizer(
 # ------------------------------------------------------- the families (classes register below)
 # isort: off
 from torchvalley.optim import riemannian as _riemannian  # noqa: E402,F401
-from torchvalley.optim import sam as _sam  # noqa: E402,F401
+
+# ---------------------------------------------------------------------------- sharpness-aware
+import dataclasses  # noqa: E402
+
+from torchvalley.optim.sam import SAM  # noqa: E402
+
+
+def _sam_hyperparameters(**defaults: object) -> tuple[Hyperparameter, ...]:
+    """:attr:`SAM.HYPERPARAMETERS` with an entry's own defaults (one declaration)."""
+    return tuple(
+        dataclasses.replace(h, default=defaults[h.name]) if h.name in defaults else h
+        for h in SAM.HYPERPARAMETERS
+    )
+
+
+def _sam_preset(**fixed: object):
+    """A factory building :class:`SAM` with ``fixed`` arguments (overridable) preset."""
+
+    def factory(params, **hyperparameters):
+        return SAM(params, **{**fixed, **hyperparameters})
+
+    return factory
+
+
+_SAM = Capabilities(
+    needs_closure=True, passes_per_step=2, wraps_base=True, separable=False, accepts_model=True
+)
+
+# name, fixed constructor arguments, default rho (ASAM and SAM-ON work at larger radii), summary,
+# paper. Each entry's example uses its default rho; the second group takes a larger one.
+for _name, _fixed, _rho, _summary, _paper in (
+    (
+        "sam",
+        {},
+        0.05,
+        "sharpness-aware minimization over any base optimizer",
+        "Foret, Kleiner, Mobahi, Neyshabur, Sharpness-Aware Minimization, ICLR 2021",
+    ),
+    (
+        "asam",
+        {"ascent": "asam"},
+        0.5,
+        "adaptive SAM: scale-invariant ascent T = |w| + eta (official element-wise)",
+        "Kwon, Kim, Park, Choi, ASAM, ICML 2021",
+    ),
+    (
+        "fisher_sam",
+        {"ascent": "fisher"},
+        0.1,
+        "Fisher SAM: ascent in the diagonal-Fisher ellipsoid (eps^T F eps = gamma^2)",
+        "Kim, Li, Hu, Hospedales, Fisher SAM, ICML 2022",
+    ),
+    (
+        "sam_on",
+        {"perturb": "norm"},
+        0.5,
+        "SAM-ON: perturb only normalization-layer affine parameters (any ascent)",
+        "Mueller, Vlaar, Rolnick, Hein, Normalization Layers Are All That SAM Needs, NeurIPS 2023",
+    ),
+    (
+        "monge_sam",
+        {"ascent": "monge"},
+        0.05,
+        "Monge SAM: reparametrization-invariant ascent under G = I + g g^T",
+        "Jacobsen & Arvanitidis, Monge SAM, 2025 (arXiv 2502.08448)",
+    ),
+):
+    register_optimizer(
+        _name,
+        _sam_preset(**_fixed) if _fixed else SAM,
+        capabilities=_SAM,
+        hyperparameters=_sam_hyperparameters(rho=_rho, **_fixed),
+        summary=_summary,
+        family="sharpness-aware",
+        paper=_paper,
+        example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "rho": _rho},
+        group_example={"rho": 10 * _rho if _rho < 0.5 else 4 * _rho, "lr": 0.01},
+    )
+
+# Riemannian SAM's named instance: Lorentz SAM over Riemannian SGD (registered above).
+register_optimizer(
+    "lorentz_sam",
+    _sam_preset(ascent="riemannian", base_optimizer="rsgd"),
+    capabilities=dataclasses.replace(_SAM, manifold_aware=True),
+    hyperparameters=_sam_hyperparameters(rho=0.05, ascent="riemannian", base_optimizer="rsgd"),
+    summary=(
+        "Riemannian SAM (Lorentz SAM): metric-norm ascent by retraction, gradient "
+        "transported back; Riemannian SGD base"
+    ),
+    family="sharpness-aware",
+    paper=(
+        "Yun & Yang, Riemannian SAM: Sharpness-Aware Minimization on Riemannian Manifolds, "
+        "NeurIPS 2023"
+    ),
+    example={"base_optimizer": "rsgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05},
+    group_example={"rho": 0.5, "lr": 0.01},
+)
 from torchvalley.optim import fgsgd as _fgsgd  # noqa: E402,F401
 
 # isort: on

@@ -233,6 +233,6 @@ def test_options_are_validated_by_sam():
         SAMCallback(ascent="nope")
     with pytest.raises(ValueError, match="gradient_clip_val"):
         SAMCallback(max_grad_norm=1.0)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="Unknown hyperparameter 'lr'"):
         SAMCallback(lr=0.1)  # base hyperparameters belong to configure_optimizers
     SAMCallback(perturb="norm", bn_statistics="both", diagnostics=True)

@@ -173,3 +173,107 @@ def test_second_step_after_an_interrupted_step_is_refused():
         opt.step(_closure(model, opt, fail_on=2))
     with pytest.raises(RuntimeError, match=r"second_step\(\) without first_step\(\)"):
         opt.second_step()
+
+
+# -- item 21: .grad stays the raw gradient -------------------------------------------------------
+
+
+@pytest.mark.parametrize("diagnostics", [False, True], ids=["plain", "diagnostics"])
+@pytest.mark.parametrize("swap", [False, True], ids=["copy", "swap"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_first_step_leaves_the_raw_gradient_in_grad(variant, swap, diagnostics):
+    model = _Net()
+    opt = SAM(
+        model.parameters(),
+        "sgd",
+        rho=0.1,
+        model=model,
+        swap_storage=swap,
+        diagnostics=diagnostics,
+        lr=0.05,
+        **VARIANTS[variant],
+    )
+    _closure(model, opt)()
+    raw = {name: p.grad.clone() for name, p in model.named_parameters()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    assert opt.first_step(zero_grad=False) is True
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())  # it climbed
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad, raw[name]), name
+
+
+# -- item 16: inputs SAM cannot handle, and foreign state ---------------------------------------
+
+
+def test_sparse_gradients_are_refused_and_w_is_kept():
+    torch.manual_seed(0)
+    embedding = nn.Embedding(10, 4, sparse=True)
+    opt = SAM(embedding.parameters(), "sgd", rho=0.1, lr=0.1)
+    before = embedding.weight.detach().clone()
+
+    def closure():
+        opt.zero_grad()
+        loss = embedding(torch.tensor([1, 2, 3])).square().sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(ValueError, match="dense gradients"):
+        opt.step(closure)
+    assert torch.equal(embedding.weight, before)
+
+
+def test_complex_parameters_are_refused_with_a_clear_error():
+    z = nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="complex parameters"):
+        SAM([z], "sgd", lr=0.1)
+    opt = SAM([nn.Parameter(torch.randn(3))], "sgd", lr=0.1)
+    with pytest.raises(ValueError, match="complex parameters"):
+        opt.add_param_group({"params": [z]})
+
+
+def _trained(base: str, **hyper):
+    model = _Net()
+    opt = SAM(model.parameters(), base, rho=0.1, model=model, **hyper)
+    opt.step(_closure(model, opt))
+    return model, opt
+
+
+def test_a_state_dict_from_another_base_is_refused_at_load():
+    _, adam = _trained("adam", lr=1e-3)
+    model, sgd = _trained("sgd", lr=0.05, momentum=0.9)
+    kept = copy.deepcopy(sgd.state_dict())
+    with pytest.raises(ValueError, match="saved by SAM over Adam, loaded into SAM over SGD"):
+        sgd.load_state_dict(adam.state_dict())
+    # Plain torch.optim.Adam's state (no "sam" entry): its groups lack SGD's momentum.
+    torch_adam = torch.optim.Adam(_Net().parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="lack dampening, momentum, which SGD needs"):
+        sgd.load_state_dict(torch_adam.state_dict())
+    # Nothing was changed by the refused loads: the next step runs and the state is intact.
+    state = sgd.state_dict()
+    for index, saved in kept["state"].items():
+        assert torch.equal(state["state"][index]["momentum_buffer"], saved["momentum_buffer"])
+    sgd.step(_closure(model, sgd))
+
+
+def test_the_base_optimizers_own_state_dict_still_loads():
+    model, sam = _trained("sgd", lr=0.05, momentum=0.9)
+    twin = _Net()
+    plain = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9)
+    _closure(twin, plain)()
+    plain.step()
+    sam.load_state_dict(plain.state_dict())
+    assert sam.param_groups[0]["rho"] == 0.1  # SAM's settings kept
+    sam.step(_closure(model, sam))
+
+
+# -- item 24: a misspelt setting --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base", ["sgd", torch.optim.SGD], ids=["name", "class"])
+def test_a_misspelt_setting_names_both_lists_and_suggests(base):
+    with pytest.raises(ValueError) as caught:
+        SAM(_Net().parameters(), base, rhoo=0.05, lr=0.1)
+    message = str(caught.value)
+    assert "Unknown hyperparameter 'rhoo'" in message
+    assert "did you mean 'rho'?" in message
+    assert "swap_storage" in message and "momentum" in message  # SAM's and SGD's settings

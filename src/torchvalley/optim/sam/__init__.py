@@ -1,0 +1,56 @@
+r"""Sharpness-aware minimization: one wrapper, pluggable ascent geometries, any base optimizer.
+
+One :meth:`SAM.step` (``closure`` zeroes grads, runs forward and backward, returns the loss)::
+
+    loss = closure()                   # clean pass at w: g = grad L(w)
+    backup = w                         # exact copy of the perturbed parameters (and BN buffers)
+    w = w + eps(w, g)                  # climb to the worst case in the method's metric
+    closure()                          # gradient at w + eps
+    w = backup                         # restore bit for bit (also on an exception)
+    clip(grad); base_optimizer.step()  # descend from w with the SAM gradient
+    return loss
+
+Every method solves, to first order, the inner problem of
+
+.. math::
+
+    \min_w \max_{\epsilon^\top M \epsilon \le \rho^2} L(w + \epsilon)
+    \quad\Rightarrow\quad
+    \hat\epsilon = \rho\, \frac{M^{-1} g}{\sqrt{g^\top M^{-1} g}},
+
+and the *ascent rule* (:mod:`~torchvalley.optim.sam.ascent`) chooses :math:`M`: ``sam``
+(:math:`I`), ``asam`` (:math:`T_w^{-2}`, :math:`T_w = |w| + \eta`), ``fisher``
+(:math:`\mathrm{diag}(1 + \eta_F g^2)`), ``monge`` (:math:`I + g g^\top`) and ``riemannian``
+(each parameter's manifold: metric norm, retraction, gradient transported back). With several
+groups the norm is taken over all perturbed parameters and each group uses its own ``rho``;
+``perturb`` selects what is perturbed, while everything with a gradient is updated.
+
+Papers: Foret et al., *Sharpness-Aware Minimization*, ICLR 2021; Kwon et al., *ASAM*, ICML
+2021 (the official element-wise operator; ``normalize_bias=True, eta=0`` is davda54's variant);
+Kim et al., *Fisher SAM*, ICML 2022; Jacobsen & Arvanitidis, *Monge SAM*, 2025; Mueller et al.,
+*Normalization Layers Are All That SAM Needs*, NeurIPS 2023 (``perturb="norm"``); Yun & Yang,
+*Riemannian SAM*, NeurIPS 2023 (``lorentz_sam``). DDP, ``GradScaler``, BatchNorm and
+``swap_storage`` details are documented on the methods they govern
+(:mod:`~torchvalley.optim.sam.systems`).
+
+Example:
+    >>> import torch
+    >>> from torchvalley.optim import SAM
+    >>> model = torch.nn.Linear(3, 1)
+    >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+    >>> opt = SAM(model.parameters(), base_optimizer="sgd", rho=0.05, lr=0.1, momentum=0.9)
+    >>> def closure():
+    ...     opt.zero_grad()
+    ...     loss = torch.nn.functional.mse_loss(model(x), y)
+    ...     loss.backward()
+    ...     return loss
+    >>> loss = opt.step(closure)
+"""
+
+from torchvalley.optim.sam.ascent import ASCENT_RULES as ASCENT_RULES
+from torchvalley.optim.sam.ascent import AscentRule as AscentRule
+from torchvalley.optim.sam.engine import NORMALIZATION_TYPES as NORMALIZATION_TYPES
+from torchvalley.optim.sam.engine import SAM as SAM
+from torchvalley.optim.sam.engine import normalization_parameters as normalization_parameters
+
+__all__ = ["ASCENT_RULES", "SAM", "normalization_parameters"]
