@@ -287,8 +287,9 @@ def validate_entry_hyperparameters(
 
     Documented hyperparameters are checked by kind. For a wrapper, the remaining keys are the
     base optimizer's: they are checked against the base's entry when the base is a registered
-    name, and passed through to the base's own constructor when it is a class. Any other key is
-    an error, so a misspelt hyperparameter is never silently dropped.
+    name, and against the base constructor's signature when it is a class. Any other key is an
+    error naming the wrapper's settings and the base's, with the closest match, so a misspelt
+    hyperparameter is never silently dropped nor blamed on the wrong optimizer.
 
     Returns:
         The (possibly normalised) hyperparameters.
@@ -296,6 +297,18 @@ def validate_entry_hyperparameters(
     Raises:
         ValueError: naming the offending hyperparameter.
     """
+    import difflib
+    import inspect
+
+    def unknown_error(unknown: list[str], owners: list[tuple[str, list[str]]]) -> ValueError:
+        names = ", ".join(repr(k) for k in unknown)
+        known = [name for _, accepted in owners for name in accepted]
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        lists = "; ".join(f"{owner}'s: {', '.join(accepted)}" for owner, accepted in owners)
+        where = " over ".join(repr(owner) for owner, _ in owners)
+        return ValueError(f"Unknown hyperparameter {names} for optimizer {where}{hint} ({lists})")
+
     checked: dict[str, Any] = {}
     rest: dict[str, Any] = {}
     for key, value in hyperparameters.items():
@@ -306,18 +319,31 @@ def validate_entry_hyperparameters(
             rest[key] = value
     if not rest:
         return checked
-    if entry.capabilities.wraps_base:
-        base_spec = entry.hyperparameter("base_optimizer")
-        base = hyperparameters.get("base_optimizer", base_spec.default if base_spec else None)
-        if isinstance(base, str):
-            rest = validate_hyperparameters(base, rest)
-        checked.update(rest)
+    ours = (entry.name, [h.name for h in entry.hyperparameters])
+    if not entry.capabilities.wraps_base:
+        raise unknown_error(list(rest), [ours])
+    base_spec = entry.hyperparameter("base_optimizer")
+    base = hyperparameters.get("base_optimizer", base_spec.default if base_spec else None)
+    if isinstance(base, str):
+        base_entry = get_optimizer_entry(base)
+        theirs = [h.name for h in base_entry.hyperparameters]
+        unknown = [key for key in rest if key not in theirs]
+        if unknown:
+            raise unknown_error(unknown, [ours, (base, theirs)])
+        checked.update(validate_entry_hyperparameters(base_entry, rest))
         return checked
-    documented = ", ".join(h.name for h in entry.hyperparameters)
-    unknown = ", ".join(repr(k) for k in rest)
-    raise ValueError(
-        f"Unknown hyperparameter {unknown} for optimizer {entry.name!r}; documented: {documented}"
-    )
+    try:
+        parameters = inspect.signature(base).parameters.values()
+    except (TypeError, ValueError):  # no signature to check against: the base checks its own
+        parameters = ()
+    if parameters and all(p.kind is not p.VAR_KEYWORD for p in parameters):
+        theirs = [p.name for p in parameters if p.name not in ("self", "params")]
+        unknown = [key for key in rest if key not in theirs]
+        if unknown:
+            label = getattr(base, "__name__", repr(base))
+            raise unknown_error(unknown, [ours, (label, theirs)])
+    checked.update(rest)
+    return checked
 
 
 def validate_hyperparameters(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:

@@ -277,3 +277,18 @@ def test_a_misspelt_setting_names_both_lists_and_suggests(base):
     assert "Unknown hyperparameter 'rhoo'" in message
     assert "did you mean 'rho'?" in message
     assert "swap_storage" in message and "momentum" in message  # SAM's and SGD's settings
+
+
+@pytest.mark.parametrize("base", ["sgd", torch.optim.SGD], ids=["name", "class"])
+@pytest.mark.parametrize("entry", ["sam", "asam", "lorentz_sam"])
+def test_a_misspelt_setting_through_the_registry_blames_the_right_optimizer(entry, base):
+    import torchvalley
+
+    with pytest.raises(ValueError) as caught:
+        torchvalley.create_optimizer(entry, _Net().parameters(), base_optimizer=base, rhoo=0.05)
+    message = str(caught.value)
+    assert f"Unknown hyperparameter 'rhoo' for optimizer '{entry}' over " in message
+    assert "did you mean 'rho'?" in message
+    assert f"{entry}'s: base_optimizer, rho" in message and "momentum" in message
+    with pytest.raises(ValueError, match="did you mean 'momentum'"):
+        torchvalley.create_optimizer(entry, _Net().parameters(), base_optimizer=base, momentun=0.9)
