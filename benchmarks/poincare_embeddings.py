@@ -1,6 +1,6 @@
 """Riemannian optimizers on Poincaré embeddings of a random tree (Nickel & Kiela 2017).
 
-Runs :func:`torchvalley.bench.poincare.train_poincare` for every optimizer × seed on the
+Runs :func:`train_poincare` (defined here) for every optimizer × seed on the
 transitive closure of ``random_tree(--nodes, seed=--data-seed)``, prints a markdown table (final
 loss, mean rank and MAP of the reconstruction as mean ± std over seeds, ddof=1, and the mean
 wall time of a run) and optionally writes the per-run results as JSON and loss / MAP-vs-epoch
@@ -26,24 +26,33 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from torchvalley.bench.poincare import (
-    PoincareResult,
+    EdgeLike,
+    NegativeSampler,
+    PoincareEmbedding,
+    _as_edges,
+    _derived_seed,
+    _n_nodes,
+    poincare_loss,
     random_tree,
-    train_poincare,
+    reconstruction_metrics,
     transitive_closure,
 )
 from torchvalley.bench.specs import OptimizerSpec
-from torchvalley.registry import get_optimizer_entry
+from torchvalley.registry import create_optimizer, get_optimizer_entry
 
 DEFAULT_OPTIMIZERS = ("rsgd", "radam", "ramsgrad", "radagrad")
 DEFAULT_LR = {"rsgd": 0.3, "radam": 0.01, "ramsgrad": 0.01, "radagrad": 0.1}
@@ -51,6 +60,235 @@ DEFAULT_LR = {"rsgd": 0.3, "radam": 0.01, "ramsgrad": 0.01, "radagrad": 0.1}
 FALLBACK_LR = 0.01
 #: settings of ``--smoke`` (a 60-node tree, 4 epochs; one seed unless ``--seeds`` is given)
 SMOKE = {"nodes": 60, "epochs": 4, "burnin_epochs": 1, "negatives": 5, "eval_every": 2}
+
+
+# --------------------------------------------------------------------------------------------
+# Training (Nickel & Kiela's procedure; the harness task is a fixed-negatives simplification)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PoincareResult:
+    """The outcome of :func:`train_poincare`.
+
+    Attributes:
+        optimizer: registry name (or the factory's name).
+        seed: the run's seed.
+        losses: mean training loss of each epoch (``losses[i]`` is epoch ``i + 1``).
+        eval_epochs: the epochs at which the reconstruction was evaluated (0: initial model).
+        mean_ranks, maps: the reconstruction metrics at ``eval_epochs``.
+        train_time_s: time spent training (evaluation excluded).
+        wall_time_s: total time, evaluation included.
+        diverged: the loss became non-finite (training stopped there).
+        weights: the final embedding (float, CPU), shape ``(n_nodes, dim)``.
+        config: the settings of the run.
+    """
+
+    optimizer: str
+    seed: int
+    losses: list[float] = dataclasses.field(default_factory=list)
+    eval_epochs: list[int] = dataclasses.field(default_factory=list)
+    mean_ranks: list[float] = dataclasses.field(default_factory=list)
+    maps: list[float] = dataclasses.field(default_factory=list)
+    train_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    diverged: bool = False
+    weights: Tensor | None = None
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        """The last epoch's mean loss (NaN without epochs)."""
+        return self.losses[-1] if self.losses else math.nan
+
+    @property
+    def final_mean_rank(self) -> float:
+        """The last evaluated mean rank (NaN if never evaluated)."""
+        return self.mean_ranks[-1] if self.mean_ranks else math.nan
+
+    @property
+    def final_map(self) -> float:
+        """The last evaluated MAP (NaN if never evaluated)."""
+        return self.maps[-1] if self.maps else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (without the weights)."""
+        out = dataclasses.asdict(dataclasses.replace(self, weights=None))
+        out.pop("weights")
+        return out
+
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def train_poincare(
+    edges: EdgeLike,
+    n_nodes: int | None = None,
+    *,
+    optimizer: str | OptimizerFactory = "radam",
+    optimizer_kwargs: Mapping[str, Any] | None = None,
+    dim: int = 5,
+    epochs: int = 50,
+    negatives: int = 10,
+    batch_size: int = 10,
+    burnin_epochs: int = 10,
+    burnin_lr_factor: float = 0.1,
+    init_range: float = 1e-3,
+    seed: int = 0,
+    eval_every: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    c: float = 1.0,
+    callback: Callable[[int, Mapping[str, float]], None] | None = None,
+) -> PoincareResult:
+    """Train a Poincaré embedding of a closure with Nickel & Kiela's procedure.
+
+    * The model is :class:`PoincareEmbedding` (``dim``, ``init_range``, ``dtype``), initialised
+      from a seed derived from ``seed``.
+    * Every epoch visits all pairs ``(u, v)`` of ``edges`` once, shuffled by a private
+      generator, in batches of ``batch_size`` (the last one may be smaller); each pair gets
+      ``negatives`` fresh negatives from a :class:`NegativeSampler` (re-sampled every epoch).
+    * Burn-in: during the first ``burnin_epochs`` epochs every param group's learning rate is
+      multiplied by ``burnin_lr_factor`` and negatives are drawn ∝ ``degree^0.75``; afterwards
+      the learning rates are restored and negatives are uniform.
+    * The loss is :func:`poincare_loss` (``cross_entropy(−d, 0)``); an epoch's loss is the mean
+      of its batch losses (taken before each step).
+    * With ``eval_every = k`` the reconstruction metrics are computed for the initial model, at
+      every ``k``-th epoch and at the end; with ``None`` only at the end.
+    * A non-finite loss stops training (``diverged = True``).
+
+    The optimizer is ``create_optimizer(optimizer, model.parameters(), model=model,
+    **optimizer_kwargs)`` and every step is ``optimizer.step(closure)``;
+    it must keep the points in the ball (a Riemannian optimizer, see the module docstring).
+    A callable instead of a name is called as ``optimizer(params, **optimizer_kwargs)``, which
+    allows an optimizer that is not in the registry.
+
+    Args:
+        edges: closure pairs ``(u, v)``, shape ``(E, 2)``.
+        n_nodes: number of nodes (default ``1 + max index``).
+        optimizer: registry name, or an optimizer factory.
+        optimizer_kwargs: hyperparameters (``lr``, ``betas``, ...).
+        dim: dimension of the ball.
+        epochs: epochs in total (burn-in included).
+        negatives: negatives per positive pair (``K``).
+        batch_size: positive pairs per step.
+        burnin_epochs: epochs of burn-in.
+        burnin_lr_factor: learning-rate multiplier during the burn-in.
+        init_range: half-width of the uniform initialisation.
+        seed: seed of the initialisation, negative sampling and shuffling (three derived,
+            independent streams; the global RNGs are not used).
+        eval_every: evaluation period in epochs (see above).
+        dtype: embedding dtype (float64 recommended).
+        c: negated curvature.
+        callback: called after every epoch as ``callback(epoch, values)`` with ``values``
+            holding ``"loss"`` and, at evaluation epochs, ``"mean_rank"`` and ``"map"``
+            (also for epoch 0 when ``eval_every`` is set, without ``"loss"``).
+
+    Returns:
+        A :class:`PoincareResult`.
+    """
+    wall_start = time.perf_counter()
+    edge_tensor = _as_edges(edges, n_nodes)
+    n_nodes = _n_nodes(edge_tensor, n_nodes)
+    if epochs < 0 or batch_size < 1 or burnin_epochs < 0:
+        raise ValueError("need epochs >= 0, batch_size >= 1 and burnin_epochs >= 0")
+    if eval_every is not None and eval_every < 1:
+        raise ValueError(f"eval_every must be a positive integer or None, got {eval_every}")
+    hyperparameters = dict(optimizer_kwargs or {})
+    model = PoincareEmbedding(
+        n_nodes, dim, init_range=init_range, seed=_derived_seed("init", seed), dtype=dtype, c=c
+    )
+    if isinstance(optimizer, str):
+        name = optimizer
+        # the registry passes model= on only where the entry accepts it (SAM's BatchNorm, ...)
+        opt = create_optimizer(optimizer, model.parameters(), model=model, **hyperparameters)
+    else:
+        name = getattr(optimizer, "__name__", type(optimizer).__name__)
+        opt = optimizer(model.parameters(), **hyperparameters)
+    sampler = NegativeSampler(
+        edge_tensor, n_nodes, negatives, seed=_derived_seed("negatives", seed)
+    )
+    shuffler = torch.Generator().manual_seed(_derived_seed("shuffle", seed))
+    base_lrs = [group["lr"] for group in opt.param_groups]
+    targets = torch.zeros(batch_size, dtype=torch.int64)
+    result = PoincareResult(
+        optimizer=name,
+        seed=int(seed),
+        config={
+            "optimizer_kwargs": dict(hyperparameters),
+            "n_nodes": n_nodes,
+            "n_edges": edge_tensor.shape[0],
+            "dim": dim,
+            "epochs": epochs,
+            "negatives": negatives,
+            "batch_size": batch_size,
+            "burnin_epochs": burnin_epochs,
+            "burnin_lr_factor": burnin_lr_factor,
+            "init_range": init_range,
+            "dtype": str(dtype),
+            "c": c,
+        },
+    )
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        metrics = reconstruction_metrics(model.weight, edge_tensor, model.manifold)
+        result.eval_epochs.append(epoch)
+        result.mean_ranks.append(metrics["mean_rank"])
+        result.maps.append(metrics["map"])
+        return {"mean_rank": metrics["mean_rank"], "map": metrics["map"]}
+
+    if eval_every is not None:
+        values = evaluate(0)
+        if callback is not None:
+            callback(0, values)
+    model.train()
+    try:
+        for epoch in range(1, epochs + 1):
+            epoch_start = time.perf_counter()
+            burnin = epoch <= burnin_epochs
+            factor = burnin_lr_factor if burnin else 1.0
+            for group, lr in zip(opt.param_groups, base_lrs, strict=True):
+                group["lr"] = lr * factor
+            permutation = torch.randperm(edge_tensor.shape[0], generator=shuffler)
+            loss_sum = 0.0
+            steps = 0
+            for start in range(0, permutation.numel(), batch_size):
+                pairs = edge_tensor[permutation[start : start + batch_size]]
+                idx = sampler.batch(pairs, weighted=burnin)
+                batch_targets = targets[: idx.shape[0]]
+                first: list[float] = []
+
+                def closure(idx: Tensor = idx, t: Tensor = batch_targets, first=first) -> Tensor:
+                    opt.zero_grad(set_to_none=True)
+                    loss = poincare_loss(model(idx), t)
+                    loss.backward()
+                    if not first:
+                        first.append(float(loss.detach()))
+                    return loss
+
+                opt.step(closure)
+                loss_sum += first[0]
+                steps += 1
+                if not math.isfinite(first[0]):
+                    break
+            result.train_time_s += time.perf_counter() - epoch_start
+            epoch_loss = loss_sum / max(steps, 1)
+            result.losses.append(epoch_loss)
+            values = {"loss": epoch_loss}
+            if not math.isfinite(epoch_loss):
+                result.diverged = True
+                if callback is not None:
+                    callback(epoch, values)
+                break
+            if epoch == epochs or (eval_every is not None and epoch % eval_every == 0):
+                values.update(evaluate(epoch))
+            if callback is not None:
+                callback(epoch, values)
+    finally:
+        for group, lr in zip(opt.param_groups, base_lrs, strict=True):
+            group["lr"] = lr
+    result.weights = model.weight.detach().clone()
+    result.wall_time_s = time.perf_counter() - wall_start
+    return result
 
 
 def _parse_lrs(items: Sequence[str]) -> dict[str, float]:

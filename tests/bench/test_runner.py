@@ -382,7 +382,7 @@ def test_rerunning_a_sweep_skips_what_is_done(toy_tasks, tmp_path):
     path = tmp_path / "sweep.sqlite"
     first = run_sweep(["test_runner_blobs", line], specs, [0, 1], store=path, progress=False)
     assert [r.status for r in first] == ["finished"] * 8
-    # 4 runs per task, plus the throw-away model of the task's warm-up
+    # 4 runs per task, plus the throw-away model of the task's spec check and warm-up
     assert blobs.build_model.calls == line.build_model.calls == 5
 
     second = run_sweep(["test_runner_blobs", line], specs, [0, 1], store=path, progress=False)
@@ -420,7 +420,8 @@ def test_a_killed_run_is_redone_from_scratch(toy_tasks):
             [blobs], ["sgd:lr=0.1"], [0, 1], store=store, progress=False, warmup=False
         )
         assert [r.status for r in results] == ["skipped", "finished"]
-        assert blobs.build_model.calls == calls + 1  # only the killed run trained
+        # The spec check's throw-away model, and the killed run (the finished one is skipped).
+        assert blobs.build_model.calls == calls + 2
         redone = results[1]
         assert redone.run_id != killed_id and store.epochs(killed_id) == []
         assert len(store.epochs(redone.run_id)) == EPOCHS + 1
@@ -435,7 +436,8 @@ def test_an_interrupted_sweep_resumes(toy_tasks, monkeypatch):
         record_epoch = store.record_epoch
 
         def interrupt_seed_1_at_epoch_2(run_id, epoch, **values):
-            if store.run(run_id)["seed"] == 1 and epoch == 2:
+            # The runner passes its EpochRecord whole.
+            if store.run(run_id)["seed"] == 1 and epoch.epoch == 2:
                 raise KeyboardInterrupt
             record_epoch(run_id, epoch, **values)
 
@@ -455,7 +457,8 @@ def test_an_interrupted_sweep_resumes(toy_tasks, monkeypatch):
             [blobs], ["sgd:lr=0.1"], [0, 1, 2], store=store, progress=False, warmup=False
         )
         assert [r.status for r in results] == ["skipped", "finished", "finished"]
-        assert blobs.build_model.calls == calls + 2
+        # The spec check's throw-away model, and the two unfinished runs.
+        assert blobs.build_model.calls == calls + 3
         for result in results:
             assert len(store.epochs(result.run_id)) == EPOCHS + 1
         assert {run["status"] for run in store.runs()} == {"finished"}

@@ -59,3 +59,34 @@ def test_spec_builds_the_optimizer_it_names():
 
 def test_docstring_examples():
     assert doctest.testmod(specs).failed == 0
+
+
+@pytest.mark.parametrize(
+    ("texts", "label"),
+    [
+        (
+            ("sgd:lr=0.1", "sgd:lr=1e-1,momentum=0", "sgd:momentum=0.0,lr=0.1,nesterov=False"),
+            "sgd:lr=0.1",
+        ),
+        (("sgd:lr=1", "sgd:lr=1.0"), "sgd:lr=1.0"),
+        (("adam", "adam:lr=0.001,betas=(0.9,0.999)", "adam:betas=[0.9,0.999]"), "adam"),
+        # A wrapper's own defaults and its base's defaults both drop out.
+        (
+            ("sam:base_optimizer=sgd,lr=0.05,rho=0.05,momentum=0", "sam:lr=5e-2"),
+            "sam:lr=0.05",
+        ),
+    ],
+)
+def test_label_is_canonical_against_the_declared_defaults(texts, label):
+    """Issue 20 item 13: one configuration is one run, however it is written."""
+    assert {OptimizerSpec.parse(text).label for text in texts} == {label}
+
+
+def test_legacy_label_keeps_the_old_spelling_and_values_as_written():
+    spec = OptimizerSpec.parse("sgd:momentum=0,lr=0.1")
+    assert spec.hyperparameters == {"momentum": 0, "lr": 0.1}  # built exactly as written
+    assert spec.legacy_label == "sgd:lr=0.1,momentum=0"
+    assert spec.label == "sgd:lr=0.1"
+    # A non-default flag stays: nesterov=True is not the default False.
+    label = OptimizerSpec.parse("sgd:lr=0.1,momentum=0.9,nesterov=True").label
+    assert label == "sgd:lr=0.1,momentum=0.9,nesterov=True"

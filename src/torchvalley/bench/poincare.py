@@ -23,11 +23,11 @@ What this module provides:
   reconstruction of the closure, as ``reconstruction_worker`` of the reference code, vectorized,
   with :func:`average_precision` (equal to ``sklearn.metrics.average_precision_score``, ties
   included);
-* :func:`train_poincare`: the full training procedure (burn-in, negatives re-sampled every
-  epoch, periodic evaluation), optimizer taken from the registry by name;
-* the pieces of the ``poincare_tree`` harness task (:func:`load_tree_task`,
-  :func:`build_task_model`, :func:`ranking_map`), registered in
-  :mod:`torchvalley.bench.builtin_tasks`.
+* :func:`ranking_map`, the reconstruction MAP as a harness metric.
+
+The ``poincare_tree`` harness task (its data and model) is :mod:`torchvalley.bench.tasks.
+poincare_tree`; Nickel & Kiela's full training procedure (burn-in, negatives re-sampled every
+epoch) is ``train_poincare`` in ``benchmarks/poincare_embeddings.py``.
 
 Precision policy: hyperbolic parameters are float64 by default, as everywhere in torchvalley.
 :meth:`PoincareBall.projx` keeps points at norm ``1 − boundary_eps(dtype)``, so the largest
@@ -44,21 +44,18 @@ optimizer that honours ``ManifoldParameter`` (``"rsgd"``, ``"radam"``, ``"ramsgr
 
 Randomness: everything here draws from private generators (``numpy.random.Generator`` for the
 tree, ``torch.Generator`` for initialisation, negatives and shuffling); the global RNGs are
-neither used nor changed, except by :func:`build_task_model`, which draws the initial embedding
-from the global torch RNG on purpose because :meth:`Task.model` seeds (a fork of) it.
+neither used nor changed.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import math
-import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,31 +63,46 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from torchvalley.manifolds import Manifold, ManifoldParameter, PoincareBall
-from torchvalley.registry import create_optimizer, get_optimizer_entry
-
-if TYPE_CHECKING:
-    from torchvalley.bench.tasks import TaskData
 
 __all__ = [
-    "TASK_BATCH_SIZE",
-    "TASK_BRANCHING",
-    "TASK_DIM",
-    "TASK_NEGATIVES",
-    "TASK_NODES",
     "NegativeSampler",
     "PoincareEmbedding",
-    "PoincareResult",
     "average_precision",
-    "build_task_model",
     "load_closure_csv",
-    "load_tree_task",
     "poincare_loss",
     "random_tree",
     "ranking_map",
     "reconstruction_metrics",
-    "train_poincare",
     "transitive_closure",
 ]
+
+# Names that moved: the task's pieces to torchvalley.bench.tasks.poincare_tree (read lazily
+# here, so that this library module imports no task).
+_MOVED_TO_TASK = frozenset(
+    {
+        "TASK_BATCH_SIZE",
+        "TASK_BRANCHING",
+        "TASK_DIM",
+        "TASK_NEGATIVES",
+        "TASK_NODES",
+        "build_task_model",
+        "load_tree_task",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_TASK:
+        from torchvalley.bench.tasks import poincare_tree
+
+        return getattr(poincare_tree, name)
+    if name in ("train_poincare", "PoincareResult"):
+        raise AttributeError(
+            f"{name} moved out of the library to benchmarks/poincare_embeddings.py (the harness "
+            "task is torchvalley.bench.tasks.poincare_tree)"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 EdgeLike = Tensor | np.ndarray | Sequence[tuple[int, int]] | Sequence[Sequence[int]]
 
@@ -654,301 +666,3 @@ def ranking_map(outputs: Tensor, targets: Tensor) -> float:
         labels = targets.to(torch.bool)
     values = average_precision(outputs, labels)
     return float(values[~torch.isnan(values)].mean())
-
-
-# --------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class PoincareResult:
-    """The outcome of :func:`train_poincare`.
-
-    Attributes:
-        optimizer: registry name (or the factory's name).
-        seed: the run's seed.
-        losses: mean training loss of each epoch (``losses[i]`` is epoch ``i + 1``).
-        eval_epochs: the epochs at which the reconstruction was evaluated (0: initial model).
-        mean_ranks, maps: the reconstruction metrics at ``eval_epochs``.
-        train_time_s: time spent training (evaluation excluded).
-        wall_time_s: total time, evaluation included.
-        diverged: the loss became non-finite (training stopped there).
-        weights: the final embedding (float, CPU), shape ``(n_nodes, dim)``.
-        config: the settings of the run.
-    """
-
-    optimizer: str
-    seed: int
-    losses: list[float] = dataclasses.field(default_factory=list)
-    eval_epochs: list[int] = dataclasses.field(default_factory=list)
-    mean_ranks: list[float] = dataclasses.field(default_factory=list)
-    maps: list[float] = dataclasses.field(default_factory=list)
-    train_time_s: float = 0.0
-    wall_time_s: float = 0.0
-    diverged: bool = False
-    weights: Tensor | None = None
-    config: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def final_loss(self) -> float:
-        """The last epoch's mean loss (NaN without epochs)."""
-        return self.losses[-1] if self.losses else math.nan
-
-    @property
-    def final_mean_rank(self) -> float:
-        """The last evaluated mean rank (NaN if never evaluated)."""
-        return self.mean_ranks[-1] if self.mean_ranks else math.nan
-
-    @property
-    def final_map(self) -> float:
-        """The last evaluated MAP (NaN if never evaluated)."""
-        return self.maps[-1] if self.maps else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable summary (without the weights)."""
-        out = dataclasses.asdict(dataclasses.replace(self, weights=None))
-        out.pop("weights")
-        return out
-
-
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-
-
-def train_poincare(
-    edges: EdgeLike,
-    n_nodes: int | None = None,
-    *,
-    optimizer: str | OptimizerFactory = "radam",
-    optimizer_kwargs: Mapping[str, Any] | None = None,
-    dim: int = 5,
-    epochs: int = 50,
-    negatives: int = 10,
-    batch_size: int = 10,
-    burnin_epochs: int = 10,
-    burnin_lr_factor: float = 0.1,
-    init_range: float = 1e-3,
-    seed: int = 0,
-    eval_every: int | None = None,
-    dtype: torch.dtype = torch.float64,
-    c: float = 1.0,
-    callback: Callable[[int, Mapping[str, float]], None] | None = None,
-) -> PoincareResult:
-    """Train a Poincaré embedding of a closure with Nickel & Kiela's procedure.
-
-    * The model is :class:`PoincareEmbedding` (``dim``, ``init_range``, ``dtype``), initialised
-      from a seed derived from ``seed``.
-    * Every epoch visits all pairs ``(u, v)`` of ``edges`` once, shuffled by a private
-      generator, in batches of ``batch_size`` (the last one may be smaller); each pair gets
-      ``negatives`` fresh negatives from a :class:`NegativeSampler` (re-sampled every epoch).
-    * Burn-in: during the first ``burnin_epochs`` epochs every param group's learning rate is
-      multiplied by ``burnin_lr_factor`` and negatives are drawn ∝ ``degree^0.75``; afterwards
-      the learning rates are restored and negatives are uniform.
-    * The loss is :func:`poincare_loss` (``cross_entropy(−d, 0)``); an epoch's loss is the mean
-      of its batch losses (taken before each step).
-    * With ``eval_every = k`` the reconstruction metrics are computed for the initial model, at
-      every ``k``-th epoch and at the end; with ``None`` only at the end.
-    * A non-finite loss stops training (``diverged = True``).
-
-    The optimizer is ``create_optimizer(optimizer, model.parameters(), **optimizer_kwargs)``;
-    it must keep the points in the ball (a Riemannian optimizer, see the module docstring).
-    A callable instead of a name is called as ``optimizer(params, **optimizer_kwargs)``, which
-    allows an optimizer that is not in the registry.
-
-    Args:
-        edges: closure pairs ``(u, v)``, shape ``(E, 2)``.
-        n_nodes: number of nodes (default ``1 + max index``).
-        optimizer: registry name, or an optimizer factory.
-        optimizer_kwargs: hyperparameters (``lr``, ``betas``, ...).
-        dim: dimension of the ball.
-        epochs: epochs in total (burn-in included).
-        negatives: negatives per positive pair (``K``).
-        batch_size: positive pairs per step.
-        burnin_epochs: epochs of burn-in.
-        burnin_lr_factor: learning-rate multiplier during the burn-in.
-        init_range: half-width of the uniform initialisation.
-        seed: seed of the initialisation, negative sampling and shuffling (three derived,
-            independent streams; the global RNGs are not used).
-        eval_every: evaluation period in epochs (see above).
-        dtype: embedding dtype (float64 recommended).
-        c: negated curvature.
-        callback: called after every epoch as ``callback(epoch, values)`` with ``values``
-            holding ``"loss"`` and, at evaluation epochs, ``"mean_rank"`` and ``"map"``
-            (also for epoch 0 when ``eval_every`` is set, without ``"loss"``).
-
-    Returns:
-        A :class:`PoincareResult`.
-    """
-    wall_start = time.perf_counter()
-    edge_tensor = _as_edges(edges, n_nodes)
-    n_nodes = _n_nodes(edge_tensor, n_nodes)
-    if epochs < 0 or batch_size < 1 or burnin_epochs < 0:
-        raise ValueError("need epochs >= 0, batch_size >= 1 and burnin_epochs >= 0")
-    if eval_every is not None and eval_every < 1:
-        raise ValueError(f"eval_every must be a positive integer or None, got {eval_every}")
-    hyperparameters = dict(optimizer_kwargs or {})
-    model = PoincareEmbedding(
-        n_nodes, dim, init_range=init_range, seed=_derived_seed("init", seed), dtype=dtype, c=c
-    )
-    needs_closure = False
-    if isinstance(optimizer, str):
-        name = optimizer
-        capabilities = get_optimizer_entry(optimizer).capabilities
-        needs_closure = capabilities.needs_closure
-        if capabilities.accepts_model:
-            hyperparameters.setdefault("model", model)
-        opt = create_optimizer(optimizer, model.parameters(), **hyperparameters)
-    else:
-        name = getattr(optimizer, "__name__", type(optimizer).__name__)
-        opt = optimizer(model.parameters(), **hyperparameters)
-    sampler = NegativeSampler(
-        edge_tensor, n_nodes, negatives, seed=_derived_seed("negatives", seed)
-    )
-    shuffler = torch.Generator().manual_seed(_derived_seed("shuffle", seed))
-    base_lrs = [group["lr"] for group in opt.param_groups]
-    targets = torch.zeros(batch_size, dtype=torch.int64)
-    result = PoincareResult(
-        optimizer=name,
-        seed=int(seed),
-        config={
-            "optimizer_kwargs": {k: v for k, v in hyperparameters.items() if k != "model"},
-            "n_nodes": n_nodes,
-            "n_edges": edge_tensor.shape[0],
-            "dim": dim,
-            "epochs": epochs,
-            "negatives": negatives,
-            "batch_size": batch_size,
-            "burnin_epochs": burnin_epochs,
-            "burnin_lr_factor": burnin_lr_factor,
-            "init_range": init_range,
-            "dtype": str(dtype),
-            "c": c,
-        },
-    )
-
-    def evaluate(epoch: int) -> dict[str, float]:
-        metrics = reconstruction_metrics(model.weight, edge_tensor, model.manifold)
-        result.eval_epochs.append(epoch)
-        result.mean_ranks.append(metrics["mean_rank"])
-        result.maps.append(metrics["map"])
-        return {"mean_rank": metrics["mean_rank"], "map": metrics["map"]}
-
-    if eval_every is not None:
-        values = evaluate(0)
-        if callback is not None:
-            callback(0, values)
-    model.train()
-    try:
-        for epoch in range(1, epochs + 1):
-            epoch_start = time.perf_counter()
-            burnin = epoch <= burnin_epochs
-            factor = burnin_lr_factor if burnin else 1.0
-            for group, lr in zip(opt.param_groups, base_lrs, strict=True):
-                group["lr"] = lr * factor
-            permutation = torch.randperm(edge_tensor.shape[0], generator=shuffler)
-            loss_sum = 0.0
-            steps = 0
-            for start in range(0, permutation.numel(), batch_size):
-                pairs = edge_tensor[permutation[start : start + batch_size]]
-                idx = sampler.batch(pairs, weighted=burnin)
-                batch_targets = targets[: idx.shape[0]]
-                first: list[float] = []
-
-                def closure(idx: Tensor = idx, t: Tensor = batch_targets, first=first) -> Tensor:
-                    opt.zero_grad(set_to_none=True)
-                    loss = poincare_loss(model(idx), t)
-                    loss.backward()
-                    if not first:
-                        first.append(float(loss.detach()))
-                    return loss
-
-                if needs_closure:
-                    opt.step(closure)
-                else:
-                    closure()
-                    opt.step()
-                loss_sum += first[0]
-                steps += 1
-                if not math.isfinite(first[0]):
-                    break
-            result.train_time_s += time.perf_counter() - epoch_start
-            epoch_loss = loss_sum / max(steps, 1)
-            result.losses.append(epoch_loss)
-            values = {"loss": epoch_loss}
-            if not math.isfinite(epoch_loss):
-                result.diverged = True
-                if callback is not None:
-                    callback(epoch, values)
-                break
-            if epoch == epochs or (eval_every is not None and epoch % eval_every == 0):
-                values.update(evaluate(epoch))
-            if callback is not None:
-                callback(epoch, values)
-    finally:
-        for group, lr in zip(opt.param_groups, base_lrs, strict=True):
-            group["lr"] = lr
-    result.weights = model.weight.detach().clone()
-    result.wall_time_s = time.perf_counter() - wall_start
-    return result
-
-
-# --------------------------------------------------------------------------------------------
-# The ``poincare_tree`` harness task
-# --------------------------------------------------------------------------------------------
-
-#: Nodes of the task's tree (its closure has 887 pairs for data seed 0).
-TASK_NODES = 250
-#: Branching range of the task's tree.
-TASK_BRANCHING = (2, 5)
-#: Negatives per training pair of the task (pre-sampled, fixed per data seed).
-TASK_NEGATIVES = 50
-#: Dimension of the task's ball.
-TASK_DIM = 5
-#: Batch size of the task.
-TASK_BATCH_SIZE = 10
-
-
-def load_tree_task(data_seed: int) -> TaskData:
-    """The ``poincare_tree`` data: a random tree's closure, with negatives fixed per data seed.
-
-    The tree is ``random_tree(TASK_NODES, TASK_BRANCHING, seed=data_seed)`` and the positives
-    are its transitive closure. Train inputs are ``[u, v, v'_1, …, v'_K]`` rows (``K =
-    TASK_NEGATIVES`` uniform negatives drawn once, from a generator seeded by ``data_seed``) with
-    targets 0 (the positive's column). Unlike :func:`train_poincare`, which re-samples negatives
-    every epoch and has a burn-in, the harness sees the same negatives every epoch.
-
-    The test set is the reconstruction: one row ``[u, all other nodes in increasing order]``
-    per node, with a boolean ``(n, n − 1)`` target matrix marking ``u``'s neighbours in the
-    undirected closure, so that :func:`ranking_map` on it is the reconstruction MAP of
-    :func:`reconstruction_metrics` and :func:`poincare_loss` the loss against all
-    non-neighbours.
-
-    Args:
-        data_seed: seed of the tree and of the negatives.
-
-    Returns:
-        The :class:`~torchvalley.bench.tasks.TaskData`.
-    """
-    from torchvalley.bench.tasks import TaskData  # lazy: tasks imports this module's users
-
-    tree = random_tree(TASK_NODES, TASK_BRANCHING, seed=data_seed)
-    closure = transitive_closure(tree)
-    sampler = NegativeSampler(
-        closure, TASK_NODES, TASK_NEGATIVES, seed=_derived_seed("task-negatives", data_seed)
-    )
-    train_inputs = sampler.batch(closure)
-    train_targets = torch.zeros(closure.shape[0], dtype=torch.int64)
-    nodes = torch.arange(TASK_NODES)
-    others = torch.stack([torch.cat([nodes[:u], nodes[u + 1 :]]) for u in range(TASK_NODES)])
-    test_inputs = torch.cat([nodes[:, None], others], dim=1)
-    labels = sampler.adjacency.label_rows(nodes)
-    test_targets = torch.gather(labels, 1, others)
-    return TaskData(train=(train_inputs, train_targets), test=(test_inputs, test_targets))
-
-
-def build_task_model() -> PoincareEmbedding:
-    """The ``poincare_tree`` model: ``PoincareEmbedding(TASK_NODES, TASK_DIM)`` in float64.
-
-    Initialised from the global torch RNG, which :meth:`Task.model` seeds.
-    """
-    return PoincareEmbedding(TASK_NODES, TASK_DIM)

@@ -1,23 +1,35 @@
-"""Benchmark tasks: a model, a loss, offline data, a metric and a target for time-to-target.
+"""A benchmark task (model, loss, offline data, metric, target) and the registry of tasks.
 
 Data and model are seeded separately: ``task.data(data_seed)`` always generates the same data
 set for the same ``data_seed``, and ``task.model(seed)`` the same initial weights for the same
 ``seed``, without touching the global RNG state of the caller.
 
-Tasks register themselves with :func:`register_task`; later issues add tasks the same way.
+This module imports no task. The built-in tasks live in :mod:`torchvalley.bench.tasks`, one
+module per family, each registering its tasks with :func:`register_task`; the lookups here
+import that package on first use, so ``get_task("mnist1d_cnn")`` works from anywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Task", "TaskData", "get_task", "list_tasks", "register_task", "task_entries"]
+__all__ = [
+    "Task",
+    "TaskData",
+    "get_task",
+    "list_tasks",
+    "register_task",
+    "require_extra",
+    "task_entries",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +111,14 @@ def register_task(task: Task, *, replace: bool = False) -> Task:
     return task
 
 
+def _load_builtins() -> None:
+    # Importing the package registers the built-in tasks (once; Python caches the import).
+    importlib.import_module("torchvalley.bench.tasks")
+
+
 def get_task(name: str) -> Task:
     """The task called ``name``; ``ValueError`` listing the known tasks otherwise."""
+    _load_builtins()
     try:
         return _TASKS[name]
     except KeyError:
@@ -111,13 +129,30 @@ def get_task(name: str) -> Task:
 
 def list_tasks() -> list[str]:
     """Registered task names, sorted."""
+    _load_builtins()
     return sorted(_TASKS)
 
 
 def task_entries() -> list[Task]:
     """All registered tasks, sorted by name."""
+    _load_builtins()
     return [_TASKS[name] for name in sorted(_TASKS)]
 
 
-# The built-in tasks register themselves on import (kept in their own module for size).
-from torchvalley.bench import builtin_tasks  # noqa: E402,F401
+@contextlib.contextmanager
+def require_extra(module: str, package: str, what: str, extra: str = "bench") -> Iterator[None]:
+    """Turn a missing optional package into an ``ImportError`` that says what to install.
+
+    Example:
+        >>> with require_extra("sklearn", "scikit-learn", "load_digits_data"):
+        ...     import sklearn  # doctest: +SKIP
+    """
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.split(".")[0] != module:
+            raise
+        raise ImportError(
+            f"{what} needs {package}, which is not installed: pip install -e '.[{extra}]' "
+            f"(from the repository; or pip install {package})"
+        ) from error
