@@ -1,11 +1,36 @@
-"""Hessian λ_max speed: torchvalley against PyHessian, same model, same batch, same iterations.
+"""Hessian λ_max speed: torchvalley against PyHessian, at equal accuracy and at equal iterations.
 
-Workload: the ``mnist1d_cnn`` task's 1-D CNN with BatchNorm (9,802 float32 parameters; weights
-from ``task.model(seed)``) on the first ``--batch`` training examples (default 1000), cross-entropy
-loss. ``--task mnist1d_mlp`` takes the MLP 40-100-100-10 instead, which has no BatchNorm and so
-nothing to fold: it shows the speed of the HVP loop itself. PyHessian calls ``model.eval()``, so
-every torchvalley row uses ``bn_mode="eval"`` (the same function: BatchNorm with its running
-statistics).
+**Equal accuracy** (``--mode accuracy``, the default; issue 20 item 7). Workload: a 2-D CNN with
+BatchNorm, 466,506 float32 parameters (conv 3-32-64-128-320, 3×3, BatchNorm + ReLU, two
+max-pools, global average pool, linear 320-10; ``cnn_model``), at its initialisation (model seed
+``--seed``) or after ``--train-steps`` SGD steps, on one batch of ``--batch`` synthetic
+``3 × --size × --size`` images with random labels (data seed ``--seed + 1``), cross-entropy,
+eval mode. The reference λ_max is a float64 Lanczos run (a copy of the model in float64,
+``tol=1e-10``). Rows:
+
+* **PyHessian tuned**: ``hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(
+  maxIter=500, tol=t, top_n=1)`` with ``t`` the *largest* value of a grid (1e-3, 5e-4, 2e-4,
+  1e-4, ...) for which every one of ``--tune-seeds`` untimed runs has a relative error
+  ≤ ``--accuracy`` (1e-3): PyHessian's rule (relative change of the Rayleigh quotient < t) does
+  not bound the error, so its tolerance has to be tuned to the model.
+* **torchvalley default**: ``hessian_eigenvalues(model, criterion, (x, y), seed=s)`` with every
+  other argument at its default (Lanczos, stopping when the Kato–Temple error bound of the top
+  Ritz value is ≤ 1e-3 relatively).
+
+Each timed run uses a new start vector (seeds ``1000·seed + round``); the table reports the
+median time, its inter-quartile range, the median number of Hessian-vector products (counted
+in every run: PyHessian's by wrapping its ``hessian_vector_product``, ours from ``hvp_count``),
+the largest relative error over the rounds, and ratio = median(ours) / median(PyHessian), with
+the median of the per-round paired ratios. The exit status is 1 when a timed run misses the
+accuracy.
+
+**Equal iterations** (``--mode iterations``): the earlier comparison at a fixed number of
+products. Workload: the ``mnist1d_cnn`` task's 1-D CNN with BatchNorm (9,802 float32 parameters;
+weights from ``task.model(seed)``) on the first ``--batch`` training examples (default 1000),
+cross-entropy loss. ``--task mnist1d_mlp`` takes the MLP 40-100-100-10 instead, which has no
+BatchNorm and so nothing to fold: it shows the speed of the HVP loop itself. PyHessian calls
+``model.eval()``, so every torchvalley row uses ``bn_mode="eval"`` (the same function: BatchNorm
+with its running statistics).
 
 Rows (each timed from the call that builds the Hessian object to the returned eigenvalue, so the
 one forward + ``create_graph`` backward both need is included):
@@ -30,18 +55,17 @@ agree to a relative 1e-3 (medians over the rounds; the exit status is 1 otherwis
 the default ``N = 40``: from random start vectors, 20 iterations leave errors of ~1e-3 on this
 model. The table also shows each row's relative difference from the Lanczos value.
 
-Measurement: one untimed warm-up run per row, then ``--repeats`` rounds, each timing every row once
-(``time.perf_counter``, garbage collector off) in an order rotated every round, so load drift on a
-shared machine affects all rows alike. Reported: median and inter-quartile range of the seconds per
-run, milliseconds per HVP, and ratio = median(row) / median(PyHessian); the JSON output also has
-the raw times and the median of the per-round paired ratios. Each row uses a different start
-vector per round (PyHessian draws from the global RNG, reseeded per round).
+Measurement (both modes): one untimed warm-up run per row, then ``--repeats`` rounds, each timing
+every row once (``time.perf_counter``, garbage collector off) in an order rotated every round, so
+load drift on a shared machine affects all rows alike.
 
 Usage::
 
-    python benchmarks/hessian_speed.py [--batch 1000] [--iterations 40] [--repeats 7]
-        [--threads 1] [--seed 0] [--task {mnist1d_cnn,mnist1d_mlp}] [--quick] [--out FILE.md]
-        [--json FILE]
+    python benchmarks/hessian_speed.py [--mode accuracy] [--batch 32] [--size 16]
+        [--train-steps 0] [--accuracy 1e-3] [--tune-seeds 3] [--repeats 5] [--threads 1]
+        [--seed 0] [--quick] [--out FILE.md] [--json FILE]
+    python benchmarks/hessian_speed.py --mode iterations [--batch 1000] [--iterations 40]
+        [--repeats 7] [--task {mnist1d_cnn,mnist1d_mlp}] [--quick]
 
 Needs PyHessian (``pip install -c constraints.txt pyhessian``, the ``anchors`` extra); without it
 only the torchvalley rows run.
@@ -91,6 +115,7 @@ class Row:
     times: list[float] = dataclasses.field(default_factory=list)
     eigenvalues: list[float] = dataclasses.field(default_factory=list)
     hvps: int | None = None
+    counts: list[int] = dataclasses.field(default_factory=list)
 
 
 def workload(
@@ -295,37 +320,338 @@ def render_markdown(facts: dict[str, Any], results: Sequence[dict[str, Any]]) ->
     return "\n".join(lines)
 
 
+# -- equal accuracy -----------------------------------------------------------------------------
+
+PYHESSIAN_TOLS = (1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5, 5e-6, 2e-6, 1e-6)
+QUICK_ACCURACY = {"batch": 8, "size": 8, "width": 0.25, "repeats": 2, "tune_seeds": 2}
+
+
+def cnn_model(seed: int, width: float = 1.0) -> nn.Module:
+    """The 2-D CNN of the equal-accuracy workload (466,506 parameters at ``width=1``)."""
+    channels = [max(1, round(c * width)) for c in (32, 64, 128, 320)]
+    layers: list[nn.Module] = []
+    previous = 3
+    for index, out in enumerate(channels):
+        layers += [nn.Conv2d(previous, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+        if index in (1, 2):
+            layers.append(nn.MaxPool2d(2))
+        previous = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(previous, 10)]
+    torch.manual_seed(seed)
+    return nn.Sequential(*layers)
+
+
+def cnn_workload(
+    batch: int, size: int, seed: int, train_steps: int = 0, width: float = 1.0
+) -> tuple[nn.Module, Any, tuple[torch.Tensor, torch.Tensor]]:
+    """The CNN (eval mode), cross-entropy and one synthetic batch (random images and labels)."""
+    model = cnn_model(seed, width)
+    generator = torch.Generator().manual_seed(seed + 1)
+    inputs = torch.randn(batch, 3, size, size, generator=generator)
+    targets = torch.randint(0, 10, (batch,), generator=generator)
+    loss_fn = nn.functional.cross_entropy
+    if train_steps:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        model.train()
+        for _ in range(train_steps):
+            optimizer.zero_grad()
+            loss_fn(model(inputs), targets).backward()
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+    return model.eval(), loss_fn, (inputs, targets)
+
+
+def reference_lambda(model: nn.Module, loss_fn: Any, data: Any) -> float:
+    """λ_max by float64 Lanczos (a copy of the model) to a relative error bound of 1e-10."""
+    import copy
+
+    double = copy.deepcopy(model).double()
+    inputs, targets = data
+    result = hessian_eigenvalues(
+        double, loss_fn, (inputs.double(), targets), tol=1e-10, max_iter=400, seed=12345
+    )
+    if not result.converged[0]:
+        raise RuntimeError("the float64 reference did not converge")
+    return float(result.eigenvalues[0])
+
+
+def _pyhessian_tol_run(
+    model: nn.Module, loss_fn: Any, data: Any, tol: float, seed: int
+) -> tuple[float, int]:
+    """PyHessian's λ_max with ``tol`` (maxIter 500) and the HVPs it made."""
+    import pyhessian  # noqa: F401 - its package attribute ``hessian`` is the class
+
+    module = sys.modules["pyhessian.hessian"]
+    calls = 0
+    original = module.hessian_vector_product
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # its start vector comes from the global RNG
+    with mock.patch.object(module, "hessian_vector_product", counting), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        computer = module.hessian(model, loss_fn, data=data, cuda=False)
+        values, _ = computer.eigenvalues(maxIter=500, tol=tol, top_n=1)
+    model.zero_grad(set_to_none=True)
+    return float(values[0]), calls
+
+
+def tune_pyhessian(
+    model: nn.Module, loss_fn: Any, data: Any, reference: float, accuracy: float, seeds: int
+) -> tuple[float, list[dict[str, Any]]]:
+    """The largest PyHessian ``tol`` whose runs all reach ``accuracy`` (and the trials)."""
+    trials = []
+    for tol in PYHESSIAN_TOLS:
+        runs = [_pyhessian_tol_run(model, loss_fn, data, tol, 10_000 + s) for s in range(seeds)]
+        errors = [abs(value / reference - 1) for value, _ in runs]
+        trials.append({"tol": tol, "errors": errors, "hvps": [n for _, n in runs]})
+        if max(errors) <= accuracy:
+            return tol, trials
+    raise RuntimeError(f"PyHessian misses {accuracy:g} at every tol down to {PYHESSIAN_TOLS[-1]}")
+
+
+def accuracy_rows(
+    model: nn.Module, loss_fn: Any, data: Any, seed: int, pyhessian_tol: float | None
+) -> list[Row]:
+    """PyHessian at its tuned tol (when given) and torchvalley at its defaults."""
+
+    def ours(round_index: int) -> tuple[float, int]:
+        result = hessian_eigenvalues(model, loss_fn, data, seed=seed * 1000 + round_index)
+        return float(result.eigenvalues[0]), result.hvp_count
+
+    rows = []
+    if pyhessian_tol is not None:
+
+        def reference(round_index: int) -> tuple[float, int]:
+            return _pyhessian_tol_run(
+                model, loss_fn, data, pyhessian_tol, seed * 1000 + round_index
+            )
+
+        rows.append(Row(REFERENCE, reference, f"eigenvalues(maxIter=500, tol={pyhessian_tol:g})"))
+    rows.append(Row("torchvalley default", ours, "hessian_eigenvalues(model, loss, data, seed=s)"))
+    return rows
+
+
+def measure_counted(rows: Sequence[Row], repeats: int) -> None:
+    """As :func:`measure`, but the HVP count may vary per run (kept in ``row.counts``)."""
+    for row in rows:
+        row.run(-1)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for round_index in range(repeats):
+            shift = round_index % len(rows)
+            for row in list(rows[shift:]) + list(rows[:shift]):
+                start = time.perf_counter()
+                value, hvps = row.run(round_index)
+                row.times.append(time.perf_counter() - start)
+                row.eigenvalues.append(value)
+                row.counts.append(hvps)
+            gc.collect()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def summarize_accuracy(rows: Sequence[Row], reference: float) -> list[dict[str, Any]]:
+    """Per row: median/IQR seconds, median HVPs, largest error, ratios to PyHessian."""
+    anchor = rows[0] if rows[0].label == REFERENCE else None
+    out = []
+    for row in rows:
+        q1, median, q3 = _quartiles(row.times)
+        errors = [abs(v / reference - 1) for v in row.eigenvalues]
+        entry: dict[str, Any] = {
+            "label": row.label,
+            "note": row.note,
+            "median_s": median,
+            "iqr_s": q3 - q1,
+            "times_s": row.times,
+            "hvps_median": statistics.median(row.counts),
+            "hvps": row.counts,
+            "max_error": max(errors),
+            "errors": errors,
+            "eigenvalues": row.eigenvalues,
+        }
+        if anchor is not None:
+            entry["ratio"] = median / statistics.median(anchor.times)
+            entry["paired_ratio"] = statistics.median(
+                a / b for a, b in zip(row.times, anchor.times, strict=True)
+            )
+        out.append(entry)
+    return out
+
+
+def render_accuracy(facts: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
+    """The equal-accuracy report."""
+    lines = [
+        "# Hessian λ_max at equal accuracy: torchvalley default vs PyHessian tuned",
+        "",
+        f"- date: {facts['date']}; torch {facts['torch']} (CPU capability "
+        f"{facts['cpu_capability']}), {facts['threads']} intra-op thread(s); Python "
+        f"{facts['python']}; PyHessian {facts['pyhessian'] or 'not installed'}",
+        f"- CPU: {facts['cpu_model']} ({facts['logical_cpus']} logical CPUs); load average at "
+        f"start {facts['load_start']}, at end {facts['load_end']}",
+        f"- workload: 2-D CNN with BatchNorm, {facts['parameters']:,} float32 parameters (model "
+        f"seed {facts['seed']}, {facts['train_steps']} SGD steps), batch of {facts['batch']} "
+        f"synthetic 3×{facts['size']}×{facts['size']} images, cross-entropy, eval mode",
+        f"- reference λ_max = {facts['reference']:.10g} (float64 Lanczos, error bound ≤ 1e-10); "
+        f"required relative error ≤ {facts['accuracy']:g}",
+        f"- PyHessian tuned: tol = {facts['pyhessian_tol']} (largest of "
+        f"{', '.join(f'{t:g}' for t in PYHESSIAN_TOLS)} with every one of {facts['tune_seeds']} "
+        f"untimed runs within the accuracy; trials: {facts['tuning']})",
+        f"- {facts['repeats']} rotated rounds after one warm-up run per row, a new start vector "
+        "per run",
+        "",
+        "| row | s/run (median) | IQR (s) | HVPs (median) | max rel. error | ratio to PyHessian "
+        "| paired ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "—"
+        paired = f"{r['paired_ratio']:.2f}" if "paired_ratio" in r else "—"
+        lines.append(
+            f"| {r['label']} ({r['note']}) | {r['median_s']:.3f} | {r['iqr_s']:.3f} | "
+            f"{r['hvps_median']:g} | {r['max_error']:.1e} | {ratio} | {paired} |"
+        )
+    lines += ["", facts["verdict"], ""]
+    return "\n".join(lines)
+
+
+def _run_accuracy(args: argparse.Namespace) -> int:
+    load_start = load_average()
+    version = library_version("pyhessian")
+    with_pyhessian = version is not None and not args.no_pyhessian
+    model, loss_fn, data = cnn_workload(
+        args.batch, args.size, args.seed, args.train_steps, args.width
+    )
+    reference = reference_lambda(model, loss_fn, data)
+    tol, trials = (None, [])
+    if with_pyhessian:
+        tol, trials = tune_pyhessian(
+            model, loss_fn, data, reference, args.accuracy, args.tune_seeds
+        )
+    rows = accuracy_rows(model, loss_fn, data, args.seed, tol)
+    measure_counted(rows, args.repeats)
+    results = summarize_accuracy(rows, reference)
+    accurate = all(r["max_error"] <= args.accuracy for r in results)
+    ours = results[-1]
+    verdict = f"accuracy: every timed run within {args.accuracy:g}: {'yes' if accurate else 'NO'}"
+    if "ratio" in ours:
+        met = "met" if ours["ratio"] <= 0.5 else "NOT met"
+        verdict += (
+            f"; torchvalley default / PyHessian tuned = {ours['ratio']:.2f} (paired "
+            f"{ours['paired_ratio']:.2f}; goal ≤ 0.5: {met})"
+        )
+    facts = {
+        **_machine_facts(load_start, version),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seed": args.seed,
+        "train_steps": args.train_steps,
+        "batch": args.batch,
+        "size": args.size,
+        "reference": reference,
+        "accuracy": args.accuracy,
+        "pyhessian_tol": "not run" if tol is None else f"{tol:g}",
+        "tune_seeds": args.tune_seeds,
+        "tuning": "; ".join(
+            f"tol {t['tol']:g}: max error {max(t['errors']):.1e}, HVPs {t['hvps']}" for t in trials
+        )
+        or "none",
+        "repeats": args.repeats,
+        "verdict": verdict,
+    }
+    _write(args, render_accuracy(facts, results), facts, results, accurate)
+    return 0 if accurate else 1
+
+
+def _machine_facts(load_start: Any, version: str | None) -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "pyhessian": version,
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "load_start": load_start,
+        "load_end": load_average(),
+    }
+
+
+def _write(
+    args: argparse.Namespace,
+    report: str,
+    facts: dict[str, Any],
+    results: Sequence[dict[str, Any]],
+    ok: bool,
+) -> None:
+    print(report, end="")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"facts": facts, "results": results, "ok": ok}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--batch", type=int, default=1000, help="examples in the batch")
-    parser.add_argument("--iterations", type=int, default=40, help="power iterations N")
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds")
+    parser.add_argument(
+        "--mode",
+        choices=("accuracy", "iterations"),
+        default="accuracy",
+        help="equal accuracy (CNN, default) or equal iterations (MNIST-1D task)",
+    )
+    parser.add_argument("--batch", type=int, help="examples (default 32; iterations: 1000)")
+    parser.add_argument("--size", type=int, default=16, help="accuracy: image side")
+    parser.add_argument("--width", type=float, default=1.0, help="accuracy: channel multiplier")
+    parser.add_argument("--train-steps", type=int, default=0, help="accuracy: SGD steps first")
+    parser.add_argument("--accuracy", type=float, default=1e-3, help="required relative error")
+    parser.add_argument(
+        "--tune-seeds", type=int, default=3, help="accuracy: runs per PyHessian tol"
+    )
+    parser.add_argument("--iterations", type=int, default=40, help="iterations: power steps N")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 5; iterations: 7)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0, help="model seed")
     parser.add_argument(
         "--task",
         default="mnist1d_cnn",
         choices=("mnist1d_cnn", "mnist1d_mlp"),
-        help="the workload (mnist1d_mlp: no BatchNorm, nothing to fold)",
+        help="iterations: the workload (mnist1d_mlp: no BatchNorm, nothing to fold)",
     )
-    parser.add_argument("--quick", action="store_true", help="batch 200, N = 5, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--no-pyhessian", action="store_true", help="skip the reference")
     parser.add_argument("--out", type=Path, help="write the markdown report here")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     args = parser.parse_args(argv)
+    accuracy_mode = args.mode == "accuracy"
+    if args.batch is None:
+        args.batch = 32 if accuracy_mode else 1000
+    if args.repeats is None:
+        args.repeats = 5 if accuracy_mode else 7
     if args.quick:
-        for key, value in QUICK.items():
+        for key, value in (QUICK_ACCURACY if accuracy_mode else QUICK).items():
             setattr(args, key, value)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; print the report; 1 if the λ_max check or an HVP count fails."""
+    """Run the benchmark; print the report; 1 if an accuracy, λ_max or HVP-count check fails."""
     args = parse_args(argv)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(args)
+        return _run_accuracy(args) if args.mode == "accuracy" else _run(args)
     finally:
         torch.set_num_threads(threads_before)
 

@@ -65,7 +65,7 @@ def _measure(
     curves: dict[str, Any] = {}
     generator = torch.Generator().manual_seed(seed)
     if "eigenvalues" in measures:
-        eig = hessian_eigenvalues(model, loss_fn, batch, k=1, generator=generator)
+        eig = hessian_eigenvalues(model, loss_fn, batch, k=1, tol=1e-4, generator=generator)
         numbers["lambda_max"] = float(eig.eigenvalues[0])
     if "trace" in measures:
         trace = hessian_trace(model, loss_fn, batch, samples=50, generator=generator)
