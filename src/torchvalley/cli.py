@@ -10,8 +10,13 @@ Examples::
         --seeds 0 1 2 --out reports/landscape
     torchvalley demo
 
-A bad spec, an unknown optimizer or task, or an invalid value prints one line starting with
-``torchvalley: error:`` and exits with status 2 (set ``TORCHVALLEY_DEBUG=1`` for a traceback).
+Errors end in one line starting with ``torchvalley: error:`` on stderr, never a traceback (set
+``TORCHVALLEY_DEBUG=1`` for one). Exit status 2: bad input (a spec, a task, a value, a store that
+is not ours, a path that cannot be written), checked before any run starts; 1: the work failed
+(runs failed, the disk filled up; finished runs are kept in the store); 130: interrupted.
+
+``--help`` builds its parser from :mod:`torchvalley.bench.names` and imports no landscape module
+and no task.
 """
 
 from __future__ import annotations
@@ -19,21 +24,82 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from torchvalley import __version__
+from torchvalley.bench.names import DEFAULT_SUITES, DEMO_SUITES, MEASURES
 
 __all__ = ["main"]
 
 
 class CommandError(Exception):
     """An error reported to the user as one line, exit status 2."""
+
+
+class WorkFailed(Exception):
+    """The command ran but its work failed (runs failed): one line, exit status 1."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"seed {value} out of range [-2**63, 2**63)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _writable_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """Create ``path`` and prove a file can be written there, before any work starts."""
+    folder = Path(path)
+    if not str(path).strip():
+        raise CommandError(f"empty {what} path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".torchvalley-probe-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise CommandError(f"cannot write the {what} to {str(path)!r}: {reason}") from None
+    return folder
+
+
+def _open_store(path: str, *, must_exist: bool = False):
+    from torchvalley.bench.store import Store, StoreError
+
+    if must_exist and not Path(path).is_file():
+        raise CommandError(f"no results store at {path}")
+    try:
+        return Store(path)
+    except StoreError as error:
+        raise CommandError(str(error)) from None
 
 
 def _optimizer_rows() -> list[dict]:
@@ -160,21 +226,38 @@ def _check_tasks(names: Sequence[str]) -> list[str]:
 def _write_report(store, out: Path, tasks: Sequence[str] | None, title: str) -> None:
     from torchvalley.bench.report import build_report
 
+    if tasks:
+        stored = {run["task"] for run in store.runs()}
+        missing = [task for task in tasks if task not in stored]
+        if missing:
+            known = ", ".join(sorted(stored)) or "none"
+            raise CommandError(
+                f"no runs of task {', '.join(map(repr, missing))} in {store.path}; "
+                f"tasks with runs: {known}"
+            )
     report = build_report(store, out, tasks=tasks, title=title)
     print(report.markdown)
     print(f"\nreport written to {out}/ (markdown, JSON and plots)", file=sys.stderr)
 
 
-def _sweep(args: argparse.Namespace, tasks: list[str], specs: list, title: str) -> int:
-    from torchvalley.bench.runner import run_sweep
-    from torchvalley.bench.store import Store
+def _report_failures(results: Sequence, store_path: str) -> None:
+    failed = [result for result in results if result.status == "failed"]
+    if failed:
+        last = (failed[0].error or "").strip().splitlines() or ["unknown error"]
+        raise WorkFailed(
+            f"{len(failed)} of {len(results)} runs failed (kept as 'failed' in {store_path}, "
+            f"redone by the next sweep); first: {failed[0].task} {failed[0].spec_label} "
+            f"seed={failed[0].seed}: {last[-1]}"
+        )
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    Path(args.store).parent.mkdir(parents=True, exist_ok=True)
+
+def _sweep(args: argparse.Namespace, tasks: list[str], specs: list, title: str) -> int:
+    from torchvalley.bench.runner import SWEEP_THREADS, run_sweep
+
+    report = None if args.report is None else _writable_folder(args.report, "report")
     started = time.perf_counter()
-    with Store(args.store) as store:
-        run_sweep(
+    with _open_store(args.store) as store:
+        results = run_sweep(
             tasks,
             specs,
             args.seeds,
@@ -183,61 +266,56 @@ def _sweep(args: argparse.Namespace, tasks: list[str], specs: list, title: str) 
             batch_size=args.batch_size,
             store=store,
             progress=False if args.no_progress else None,  # None: bars on a terminal only
+            num_threads=args.threads or SWEEP_THREADS,
         )
         print(
             f"sweep finished in {time.perf_counter() - started:.1f} s; store: {args.store}",
             file=sys.stderr,
         )
-        if args.report is not None:
-            _write_report(store, Path(args.report), tasks, title)
+        if report is not None:
+            _write_report(store, report, tasks, title)
+    _report_failures(results, args.store)
     return 0
 
 
 def _command_bench(args: argparse.Namespace) -> int:
-    if args.epochs is not None and args.epochs < 1:
-        raise CommandError(f"--epochs must be >= 1, got {args.epochs}")
     tasks = _check_tasks(args.task)
     specs = _parse_specs(args.optimizer)
     return _sweep(args, tasks, specs, title="torchvalley benchmark")
 
 
 def _command_report(args: argparse.Namespace) -> int:
-    from torchvalley.bench.store import Store
-
-    if not Path(args.store).exists():
-        raise CommandError(f"no results store at {args.store}")
-    with Store(args.store) as store:
-        _write_report(store, Path(args.out), args.task or None, args.title)
+    out = _writable_folder(args.out, "report")
+    with _open_store(args.store, must_exist=True) as store:
+        _write_report(store, out, args.task or None, args.title)
     return 0
 
 
 def _command_demo(args: argparse.Namespace) -> int:
     from torchvalley.bench import demo
-    from torchvalley.bench.runner import run_sweep
-    from torchvalley.bench.store import Store
+    from torchvalley.bench.runner import SWEEP_THREADS, run_sweep
 
     names = list(dict.fromkeys(args.suite or demo.DEFAULT_SUITES))
     try:
         suites = [(demo.get_suite(name), demo.demo_specs(name)) for name in names]
     except ValueError as error:
         raise CommandError(str(error)) from None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _writable_folder(args.out, "demo output")
     store_path = out / "demo.db"
     if args.fresh and store_path.exists():
         store_path.unlink()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    with Store(str(store_path)) as store:
+    results = []
+    with _open_store(str(store_path)) as store:
         for suite, specs in suites:
-            run_sweep(
+            results += run_sweep(
                 [suite.task],
                 specs,
                 args.seeds or list(suite.seeds),
-                epochs=args.epochs or suite.epochs,
+                epochs=suite.epochs if args.epochs is None else args.epochs,
                 store=store,
                 progress=False if args.no_progress else None,  # None: bars on a terminal only
+                num_threads=args.threads or SWEEP_THREADS,
             )
         print(
             f"demo finished in {time.perf_counter() - started:.1f} s; store: {store_path}",
@@ -245,7 +323,48 @@ def _command_demo(args: argparse.Namespace) -> int:
         )
         title = "torchvalley demo: " + "; ".join(suite.title for suite, _ in suites)
         _write_report(store, out, [suite.task for suite, _ in suites], title)
+    _report_failures(results, str(store_path))
     return 0
+
+
+def _check_checkpoint(path: str, task_name: str) -> None:
+    """A ``--checkpoint`` must be a ``torch.save``'d state_dict that fits the task's model."""
+    import torch
+
+    from torchvalley.bench.tasks import get_task
+
+    if not Path(path).is_file():
+        raise CommandError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CommandError(
+            f"checkpoint {path} is not a state_dict saved with torch.save ({reason[:200]})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise CommandError(
+            f"checkpoint {path} holds a {type(state).__name__}, not a state_dict "
+            "(save model.state_dict())"
+        )
+    model = get_task(task_name).model(0)
+    missing, unexpected = (
+        model.state_dict().keys() - state.keys(),
+        state.keys() - model.state_dict().keys(),
+    )
+    if missing or unexpected:
+        raise CommandError(
+            f"checkpoint {path} does not fit task {task_name!r}'s model: "
+            f"{len(missing)} missing keys (e.g. {sorted(missing)[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:300]
+        raise CommandError(
+            f"checkpoint {path} does not fit task {task_name!r}'s model: {detail}"
+        ) from None
 
 
 def _command_landscape(args: argparse.Namespace) -> int:
@@ -253,11 +372,14 @@ def _command_landscape(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None and not args.optimizer:
         raise CommandError("give --optimizer specs to train with, or a --checkpoint to measure")
-    if args.checkpoint is not None and not Path(args.checkpoint).exists():
-        raise CommandError(f"no checkpoint at {args.checkpoint}")
     tasks = _check_tasks([args.task])
+    if args.checkpoint is not None:
+        _check_checkpoint(args.checkpoint, tasks[0])
     specs = _parse_specs(args.optimizer or [])
+    _writable_folder(args.out, "landscape study")
     if args.threads is not None:
+        import torch
+
         torch.set_num_threads(args.threads)
     study = run_landscape_study(
         tasks[0],
@@ -295,16 +417,28 @@ def _build_parser() -> argparse.ArgumentParser:
     def add_run_options(sub: argparse.ArgumentParser, seeds_default: list[int] | None) -> None:
         sub.add_argument(
             "--seeds",
-            type=int,
+            type=_seed,
             nargs="+",
             default=seeds_default,
             help="model-init / data-order seeds",
         )
         sub.add_argument(
-            "--epochs", type=int, default=None, help="epochs per run (default: the task's)"
+            "--epochs",
+            type=_positive_int,
+            default=None,
+            help="epochs per run (default: the task's)",
         )
-        sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-        sub.add_argument("--no-progress", action="store_true", help="no progress bars")
+        sub.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=None,
+            help="torch CPU threads per run (default: 1 in sweeps, fastest on a shared CPU)",
+        )
+        sub.add_argument(
+            "--no-progress",
+            action="store_true",
+            help="no progress bars (on a terminal) or lines (in a log)",
+        )
 
     bench = commands.add_parser("bench", help="run tasks x optimizer specs x seeds into a store")
     bench.add_argument(
@@ -325,7 +459,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--data-seed", type=int, default=None, help="data-generation seed (default: the task's)"
     )
     bench.add_argument(
-        "--batch-size", type=int, default=None, help="batch size (default: the task's)"
+        "--batch-size", type=_positive_int, default=None, help="batch size (default: the task's)"
     )
     bench.add_argument(
         "--store",
@@ -341,8 +475,6 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--task", action="append", help="only these tasks (repeatable)")
     report.add_argument("--title", default="torchvalley benchmark")
     report.set_defaults(handler=_command_report)
-
-    from torchvalley.landscape.study import MEASURES
 
     landscape = commands.add_parser(
         "landscape", help="Hessian spectrum, sharpness and interpolation of trained models"
@@ -368,17 +500,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="what to measure (default: all)",
     )
     landscape.add_argument(
-        "--examples", type=int, default=1000, help="training examples in the measurement batch"
+        "--examples",
+        type=_positive_int,
+        default=1000,
+        help="training examples in the measurement batch",
     )
-    landscape.add_argument("--rho", type=float, default=0.05, help="sharpness radius")
+    landscape.add_argument("--rho", type=_positive_float, default=0.05, help="sharpness radius")
     landscape.add_argument("--out", default="reports/landscape", help="output folder")
     landscape.set_defaults(handler=_command_landscape)
 
     demo = commands.add_parser("demo", help="the demo suite (what `make demo` runs)")
     demo.add_argument("--out", default="reports/demo", help="output folder (store + report)")
     demo.add_argument("--fresh", action="store_true", help="discard earlier demo runs")
-    from torchvalley.bench.demo import DEFAULT_SUITES, DEMO_SUITES
-
     demo.add_argument(
         "--suite",
         action="append",
@@ -390,17 +523,34 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}"
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+    """Run the CLI; returns the exit status (0 ok, 1 the work failed, 2 bad input, 130 ^C)."""
+    from torchvalley.bench.store import StoreError
+
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (CommandError, ValueError) as error:
-        if os.environ.get("TORCHVALLEY_DEBUG"):
-            traceback.print_exc()
-        print(f"torchvalley: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("torchvalley: interrupted; finished runs are kept in the store", file=sys.stderr)
         return 130
+    except Exception as error:
+        if os.environ.get("TORCHVALLEY_DEBUG"):
+            traceback.print_exc()
+        if isinstance(error, CommandError | ValueError | ImportError):
+            status, prefix = 2, ""
+        elif isinstance(error, WorkFailed | StoreError | OSError | sqlite3.Error):
+            status, prefix = 1, ""
+        else:  # a bug of ours: still one line, with a way to see more
+            status = 1
+            prefix = f"internal error ({type(error).__name__}; TORCHVALLEY_DEBUG=1 shows it): "
+        print(f"torchvalley: error: {prefix}{_one_line(error)}", file=sys.stderr)
+        return status

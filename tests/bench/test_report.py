@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from torchvalley.bench import tasks as tasks_module
-from torchvalley.bench.report import build_report, format_table, summarize
+from torchvalley.bench.report import build_report, format_specs, format_table, summarize
 from torchvalley.bench.store import Store
 from torchvalley.bench.tasks import Task, TaskData, register_task
 
@@ -157,13 +157,15 @@ def test_format_table(known_store):
     table = format_table(rows)
     lines = table.splitlines()
     assert lines[0].startswith("| method | seeds | final test accuracy | best test accuracy")
-    for label in ("a:lr=1", "b", "c", "d"):
-        assert f"`{label}`" in table
-    row_b = next(line for line in lines if "`b`" in line)
+    # Short method names in the table; format_specs maps them to the full specs.
+    for short in ("a", "b", "c", "d"):
+        assert any(line.startswith(f"| {short} |") for line in lines)
+    assert "| a | `a:lr=1` |" in format_specs(rows)
+    row_b = next(line for line in lines if line.startswith("| b |"))
     assert "| 2 (+1 diverged) |" in row_b
     assert f"{np.mean([0.97, 0.96]):.4g} ± {np.std([0.97, 0.96], ddof=1):.2g}" in row_b
     assert "| 2/2 |" in row_b
-    row_c = next(line for line in lines if "`c`" in line)
+    row_c = next(line for line in lines if line.startswith("| c |"))
     assert "0.5 ± 0†" in row_c and "(+1 failed)" in row_c and "| 0/1 |" in row_c
     assert "† a single seed" in table
     assert format_table([]) == "(no runs)"
@@ -288,3 +290,148 @@ def test_without_matplotlib_tables_and_json_are_still_written(known_store, tmp_p
     assert report.messages and "matplotlib is not installed" in report.messages[0]
     assert "matplotlib is not installed" in report.markdown
     assert json.loads(report.json_path.read_text(encoding="utf-8"))["tasks"][TASK]["rows"]
+
+
+# -- issue 20: readable plots, atomic files, timing columns, old labels ------------------------
+
+LONG_SPECS = [
+    "sam:base_optimizer=sgd,lr=0.05,momentum=0.9,rho=0.05,weight_decay=0.0005,nesterov=True",
+    "asam:base_optimizer=sgd,lr=0.05,momentum=0.9,rho=0.5,eta=0.01,weight_decay=0.0005",
+    "fisher_sam:base_optimizer=sgd,lr=0.05,momentum=0.9,rho=0.1,fisher_eta=1.0,dampening=0.1",
+    "sgd:lr=0.05,momentum=0.9,weight_decay=0.0005,nesterov=True,dampening=0.0",
+    "sgd:lr=0.1,momentum=0.9,weight_decay=0.0005,nesterov=True,dampening=0.0",
+    "adamw:lr=0.001,weight_decay=0.01,betas=(0.9, 0.95),eps=1e-08,amsgrad=True",
+]
+
+
+def _figures_of(monkeypatch) -> list:
+    """Capture every figure the report saves (rendered at its default size and dpi)."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def test_plots_keep_every_label_inside_the_figure(tmp_path, monkeypatch):
+    """Issue 20 item 17: legends, tick labels and titles lie inside the saved figure."""
+    figures = _figures_of(monkeypatch)
+    with Store(":memory:") as store:
+        for index, label in enumerate(LONG_SPECS):
+            for seed in range(2):
+                _insert(
+                    store,
+                    label,
+                    seed,
+                    "finished",
+                    curve=[0.1 * index, 0.5, 0.8 + 0.01 * seed],
+                    test_metric=0.8 + 0.01 * index + 0.001 * seed,
+                    train_time_s=1.0,
+                    steps=10,
+                )
+        report = build_report(store, tmp_path / "out")
+    assert len(figures) == 2
+    for figure in figures:
+        renderer = figure.canvas.get_renderer()
+        figure.draw(renderer)  # lay out as savefig did
+        box = figure.bbox
+        # What is drawn: each axes with its ticks, labels and title; legends; the suptitle.
+        parts = [
+            (f"axes {axes.get_title()!r}", axes.get_tightbbox(renderer)) for axes in figure.axes
+        ]
+        parts += [("legend", legend.get_window_extent(renderer)) for legend in figure.legends]
+        if figure._suptitle is not None:
+            parts.append(("suptitle", figure._suptitle.get_window_extent(renderer)))
+        assert len(parts) >= 2
+        for name, extent in parts:
+            inside = (
+                extent.x0 >= box.x0 - 1
+                and extent.y0 >= box.y0 - 1
+                and extent.x1 <= box.x1 + 1
+                and extent.y1 <= box.y1 + 1
+            )
+            assert inside, f"{name} is cut: {extent} outside {box}"
+        for axes in figure.axes:  # the data area is not squeezed to a sliver
+            assert axes.get_window_extent(renderer).width > 0.3 * box.width
+            assert axes.get_window_extent(renderer).height > 0.25 * box.height
+    # Short names in the plots and table; the full specs in the methods table.
+    from torchvalley.bench.specs import OptimizerSpec
+
+    for spec in LONG_SPECS:
+        assert f"`{OptimizerSpec.parse(spec).label}`" in report.markdown
+    assert "| sgd lr=0.05 |" in report.markdown and "| sam |" in report.markdown
+
+
+def test_short_labels_are_unique_and_short():
+    from torchvalley.bench.report import _short_labels
+
+    rows = [
+        {"optimizer": "sgd", "spec_label": "sgd:lr=0.1,momentum=0.9"},
+        {"optimizer": "sgd", "spec_label": "sgd:lr=0.2,momentum=0.9"},
+        {"optimizer": "adam", "spec_label": "adam:lr=0.001"},
+        {"optimizer": "sam", "spec_label": "sam:rho=0.05," + ",".join(f"k{i}=1" for i in range(9))},
+        {"optimizer": "sam", "spec_label": "sam:rho=0.1," + ",".join(f"k{i}=2" for i in range(9))},
+    ]
+    assert _short_labels(rows) == ["sgd lr=0.1", "sgd lr=0.2", "adam", "sam (1)", "sam (2)"]
+
+
+def test_report_files_are_replaced_atomically(known_store, tmp_path, monkeypatch):
+    """A failure while writing leaves the previous report whole and no temporary files."""
+    import os
+
+    out = tmp_path / "out"
+    first = build_report(known_store, out, title="first")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="No space"):
+        build_report(known_store, out, title="second")
+    assert first.markdown_path.read_text(encoding="utf-8") == first.markdown
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["report.md", "report.json", f"{TASK}_curves.png", f"{TASK}_final.png"]
+    )
+
+
+def test_threads_cpu_share_and_noisy_timing_are_shown():
+    with Store(":memory:") as store:
+        # steady: 10 ms/step on every seed, full CPU share
+        for seed in range(3):
+            run_id = _insert(
+                store, "a", seed, "finished", test_metric=0.9, train_time_s=1.0, steps=100
+            )
+            store._connection.execute(
+                "UPDATE runs SET num_threads = 1, cpu_time_s = 0.95 WHERE id = ?", (run_id,)
+            )
+        # noisy: 10, 30, 50 ms/step, and runs that waited for the CPU
+        for seed, time_s in enumerate((1.0, 3.0, 5.0)):
+            run_id = _insert(
+                store, "b", seed, "finished", test_metric=0.8, train_time_s=time_s, steps=100
+            )
+            store._connection.execute(
+                "UPDATE runs SET num_threads = 2, cpu_time_s = ? WHERE id = ?",
+                (0.3 * time_s, run_id),
+            )
+        rows = {row["spec_label"]: row for row in summarize(store)[TASK]["rows"]}
+    table = format_table(list(rows.values()))
+    line_a = next(line for line in table.splitlines() if line.startswith("| a |"))
+    line_b = next(line for line in table.splitlines() if line.startswith("| b |"))
+    assert "‡" not in line_a and line_a.rstrip(" |").endswith("| 1 | 0.95")
+    assert "30 ± 20 ‡" in line_b and line_b.rstrip(" |").endswith("| 2 | 0.15")
+    assert "noisy timing" in table
+
+
+def test_old_spellings_of_a_spec_are_one_row():
+    """Runs stored before labels were canonical group with today's label."""
+    with Store(":memory:") as store:
+        _insert(store, "sgd:lr=0.1,momentum=0", 0, "finished", test_metric=0.5)
+        _insert(store, "sgd:lr=0.1", 1, "finished", test_metric=0.7)
+        (row,) = summarize(store)[TASK]["rows"]
+    assert row["spec_label"] == "sgd:lr=0.1" and row["final_test_metric"]["n"] == 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from torchvalley.bench.names import DEFAULT_SUITES, DEMO_SUITES
 from torchvalley.bench.specs import OptimizerSpec
 from torchvalley.registry import optimizer_entries
 
@@ -119,11 +120,6 @@ def _suites() -> dict[str, DemoSuite]:
     }
 
 
-#: The suites by name.
-DEMO_SUITES: tuple[str, ...] = ("mnist1d", "spirals")
-
-#: What ``torchvalley demo`` (and ``make demo``) runs without ``--suite``.
-DEFAULT_SUITES: tuple[str, ...] = ("mnist1d", "spirals")
 
 
 def get_suite(name: str) -> DemoSuite:

@@ -8,6 +8,18 @@ shows ``± 0†`` and the JSON ``"std": null``. Rows are sorted by mean final te
 first (direction: the ``higher_is_better`` recorded with the runs, else the registered task's,
 else ``metric_name == "accuracy"``); specs without a finished run come last.
 
+Methods are named by short labels (the optimizer's name, with the settings that tell its rows
+apart when it has several); a table under each task gives every label's full spec. Plots use the
+short labels and constrained layout, so legends and tick labels stay inside the figure.
+
+Timing: each run records its torch thread count and process CPU time. A ``ms / step`` cell is
+marked ‡ (noisy) when its seeds' spread exceeds :data:`NOISY_CV` of the mean, or when the runs
+got less than :data:`BUSY_CPU_SHARE` of their threads' CPU time (they waited for a shared CPU).
+
+Runs stored under an older spelling of a spec (before labels were canonical) are grouped with
+the canonical label. Files are written atomically (a temporary file, then ``os.replace``), so a
+report is either the old one or the new one, never half written.
+
 Plots use matplotlib's object-oriented API with the Agg canvas (no ``pyplot``), so building a
 report never changes the caller's matplotlib backend or global figure state. Without
 matplotlib, the tables and the JSON are still written and the report says the plots were
@@ -22,7 +34,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +44,18 @@ import numpy as np
 from torchvalley.bench.store import Store
 from torchvalley.bench.tasks import get_task
 
-__all__ = ["Report", "build_report", "format_table", "summarize"]
+__all__ = ["BUSY_CPU_SHARE", "NOISY_CV", "Report", "build_report", "format_table", "summarize"]
 
 _ONE_SEED_MARK = "†"
+_NOISY_MARK = "‡"
+
+#: A timing cell is noisy when the seeds' sample std exceeds this fraction of the mean.
+NOISY_CV = 0.2
+#: ... or when the runs' CPU time was below this share of train time × threads (CPU contention).
+BUSY_CPU_SHARE = 0.7
+
+#: Short labels longer than this fall back to ``name (k)``.
+_SHORT_LABEL_WIDTH = 28
 
 
 @dataclasses.dataclass
@@ -151,6 +173,13 @@ def _summarize_group(
         ),
         "train_time_s": _stat(run["train_time_s"] for run in finished),
         "wall_time_s": _stat(run["wall_time_s"] for run in finished),
+        "num_threads": sorted({run.get("num_threads") for run in finished} - {None}),
+        # CPU time per second of training and per thread: 1 = every thread computed throughout.
+        "cpu_share": _stat(
+            run["cpu_time_s"] / (run["train_time_s"] * run["num_threads"])
+            for run in finished
+            if run.get("cpu_time_s") is not None and run.get("num_threads") and run["train_time_s"]
+        ),
         "runs": [
             {
                 key: run[key]
@@ -170,12 +199,22 @@ def _summarize_group(
                     "steps",
                     "forward_passes",
                     "backward_passes",
+                    "num_threads",
+                    "cpu_time_s",
                     "error",
                 )
             }
             for run in sorted(runs, key=lambda run: run["seed"])
         ],
     }
+
+
+def _noisy(row: Mapping[str, Any]) -> bool:
+    """Whether a row's timing should not be trusted (see :data:`NOISY_CV`)."""
+    stat, share = row["ms_per_step"], row.get("cpu_share", {"n": 0})
+    spread = stat["n"] >= 2 and stat["mean"] and stat["std"] > NOISY_CV * stat["mean"]
+    contended = share["n"] > 0 and share["mean"] < BUSY_CPU_SHARE
+    return bool(spread or contended)
 
 
 def _sort_rows(rows: list[dict[str, Any]], higher_is_better: bool) -> list[dict[str, Any]]:
@@ -193,6 +232,48 @@ def _open_existing(path: str | os.PathLike[str]) -> Store:
     if str(path) != ":memory:" and not Path(path).is_file():
         raise FileNotFoundError(f"no results store at {str(path)!r}")
     return Store(path)
+
+
+def _canonical_label(label: str) -> str:
+    """A stored spec label in today's canonical spelling (unchanged if it does not parse)."""
+    from torchvalley.bench.specs import OptimizerSpec
+
+    try:
+        return OptimizerSpec.parse(label).label
+    except Exception:  # an unregistered optimizer, a class path: keep the stored text
+        return label
+
+
+def _short_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Short, unique method names: the optimizer, plus the settings that differ between its rows."""
+    from torchvalley.bench.specs import _split_top_level
+
+    def settings(row: Mapping[str, Any]) -> dict[str, str]:
+        _, _, rest = row["spec_label"].partition(":")
+        items = _split_top_level(rest) if rest else []
+        return dict(item.partition("=")[::2] for item in items)
+
+    by_name: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_name.setdefault(row["optimizer"], []).append(index)
+    labels = [""] * len(rows)
+    for name, indices in by_name.items():
+        if len(indices) == 1:
+            labels[indices[0]] = name
+            continue
+        parsed = [settings(rows[index]) for index in indices]
+        keys = sorted({key for items in parsed for key in items})
+        differing = [key for key in keys if len({items.get(key) for items in parsed}) > 1]
+        candidates = [
+            f"{name} " + ",".join(f"{key}={items.get(key, '·')}" for key in differing)
+            for items in parsed
+        ]
+        fits = all(len(candidate) <= _SHORT_LABEL_WIDTH for candidate in candidates)
+        if not differing or not fits or len(set(candidates)) < len(candidates):
+            candidates = [f"{name} ({number})" for number in range(1, len(indices) + 1)]
+        for index, candidate in zip(indices, candidates, strict=True):
+            labels[index] = candidate
+    return labels
 
 
 def summarize(
@@ -226,9 +307,11 @@ def summarize(
         runs = [run for run in all_runs if run["task"] == task]
         higher_is_better = _direction(task, runs)
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        canonical: dict[str, str] = {}
         for run in runs:
-            config = (run["spec_label"], run["epochs"], run["batch_size"], run["data_seed"])
-            groups.setdefault(config, []).append(run)
+            label = canonical.setdefault(run["spec_label"], _canonical_label(run["spec_label"]))
+            config = (label, run["epochs"], run["batch_size"], run["data_seed"])
+            groups.setdefault(config, []).append({**run, "spec_label": label})
         rows = [_summarize_group(task, group, higher_is_better) for group in groups.values()]
         configs = {(row["epochs"], row["batch_size"], row["data_seed"]) for row in rows}
         if len(configs) > 1:
@@ -238,12 +321,17 @@ def summarize(
                     f"{row['spec_label']} [epochs={row['epochs']}, "
                     f"batch_size={row['batch_size']}, data_seed={row['data_seed']}]"
                 )
+        rows = _sort_rows(rows, higher_is_better)
+        for row, short in zip(rows, _short_labels(rows), strict=True):
+            row["short_label"] = short
+            if len(configs) > 1:
+                row["short_label"] += f" [{row['epochs']} ep]"
         summary[task] = {
             "metric_name": runs[0]["metric_name"] if runs else None,
             "higher_is_better": higher_is_better,
             "target": _target(task, runs),
             "n_runs": len(runs),
-            "rows": _sort_rows(rows, higher_is_better),
+            "rows": rows,
         }
     return summary
 
@@ -279,10 +367,11 @@ def _escape(text: str) -> str:
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table of :func:`summarize` rows (one task's), as in the report.
 
-    Columns: method, seeds (finished, plus diverged/failed/running counts), final and best test
-    metric, final train loss, time to target over the seeds that reached it and how many did,
-    milliseconds and passes (forward+backward pairs) per step, training time per run. Cells are
-    ``mean ± std``; a footnote marks single-seed cells.
+    Columns: method (short label; :func:`format_specs` lists the full specs), seeds (finished,
+    plus diverged/failed/running counts), final and best test metric, final train loss, time to
+    target over the seeds that reached it and how many did, milliseconds and passes
+    (forward+backward pairs) per step, training time per run, threads and CPU share. Cells are
+    ``mean ± std``; footnotes mark single-seed cells (†) and noisy timings (‡).
     """
     if not rows:
         return "(no runs)"
@@ -298,6 +387,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "ms / step",
         "fwd+bwd passes / step",
         "train time (s)",
+        "threads",
+        "CPU share",
     ]
     lines = [
         "| " + " | ".join(header) + " |",
@@ -305,23 +396,44 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     for row in rows:
         reached = f"{row['n_reached']}/{row['n_finished']}"
+        ms_per_step = _mean_std(row["ms_per_step"], 3)
+        if _noisy(row):
+            ms_per_step += f" {_NOISY_MARK}"
+        share = row.get("cpu_share", {"n": 0})
         cells = [
-            f"`{_escape(row['label'])}`",
+            _escape(row.get("short_label", row["label"])),
             _seeds_cell(row),
             _mean_std(row["final_test_metric"]),
             _mean_std(row["best_test_metric"]),
             _mean_std(row["final_train_loss"]),
             _mean_std(row["time_to_target_s"], 3),
             reached,
-            _mean_std(row["ms_per_step"], 3),
+            ms_per_step,
             _mean_std(row["passes_per_step"], 3),
             _mean_std(row["train_time_s"], 3),
+            ", ".join(map(str, row.get("num_threads", []))) or "—",
+            "—" if not share["n"] else f"{share['mean']:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     if any(row["n_finished"] == 1 or row["n_reached"] == 1 for row in rows):
         text += f"\n\n{_ONE_SEED_MARK} a single seed: no spread to show."
+    if any(_noisy(row) for row in rows):
+        text += (
+            f"\n\n{_NOISY_MARK} noisy timing: the seeds differ by more than "
+            f"{NOISY_CV:.0%} of the mean, or the runs got under {BUSY_CPU_SHARE:.0%} of their "
+            "threads' CPU time (a shared, busy machine); compare such cells with care."
+        )
     return text
+
+
+def format_specs(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table from each row's short label to its full spec (and run settings)."""
+    lines = ["| method | spec |", "|---|---|"]
+    for row in rows:
+        short = _escape(row.get("short_label", row["label"]))
+        lines.append(f"| {short} | `{_escape(row['label'])}` |")
+    return "\n".join(lines)
 
 
 # -- plots ------------------------------------------------------------------------------------
@@ -386,7 +498,7 @@ def _plot_curves(
                 _as_array(curve[f"{key}_mean"]),
                 color=colour,
                 linewidth=1.5,
-                label=row["label"] if axes is metric_axes else None,
+                label=row.get("short_label", row["label"]) if axes is metric_axes else None,
             )
             # A min-max band rather than mean ± std: with a handful of seeds it shows every
             # seed's range, never leaves the metric's domain and works on a log scale.
@@ -408,8 +520,11 @@ def _plot_curves(
         axes.grid(alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(f"{task}: mean over seeds (line) and min–max over seeds (band)")
-    figure.legend(loc="outside lower center", ncols=min(len(rows) + 1, 4), fontsize="small")
-    figure.savefig(path, dpi=110)
+    longest = max((len(row.get("short_label", row["label"])) for row in rows), default=10)
+    # Columns that fit the 12-inch width at small font (about 0.075 in per character + handle).
+    ncols = max(1, min(len(rows) + 1, int(11.0 / (0.075 * longest + 0.6))))
+    figure.legend(loc="outside lower center", ncols=ncols, fontsize="small")
+    _save_figure(figure, path)
 
 
 def _plot_final(task: str, info: Mapping[str, Any], path: Path) -> None:
@@ -417,7 +532,7 @@ def _plot_final(task: str, info: Mapping[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
     rows = [row for row in info["rows"] if row["final_test_metric"]["n"]]
-    figure = Figure(figsize=(8, 1.5 + 0.45 * max(len(rows), 1)), layout="constrained")
+    figure = Figure(figsize=(8, 2.0 + 0.45 * max(len(rows), 1)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     # Best row at the top.
@@ -438,17 +553,39 @@ def _plot_final(task: str, info: Mapping[str, Any], path: Path) -> None:
             capsize=4,
             zorder=4,
         )
-    axes.set_yticks(range(len(rows)), [row["label"] for row in reversed(rows)], fontsize="small")
+    names = [row.get("short_label", row["label"]) for row in reversed(rows)]
+    axes.set_yticks(range(len(rows)), names, fontsize="small")
     if info.get("target") is not None:
         axes.axvline(info["target"], color="grey", linestyle="--", linewidth=1)
     metric = info["metric_name"]
     better = "higher" if info["higher_is_better"] else "lower"
-    axes.set(
-        xlabel=f"final test {metric} ({better} is better)",
-        title=f"{task}: final test {metric} (dots: seeds; diamond: mean ± std)",
-    )
+    axes.set(xlabel=f"final test {metric} ({better} is better)")
+    figure.suptitle(f"{task}: final test {metric}\n(dots: seeds; diamond: mean ± std)")
     axes.grid(alpha=0.3, axis="x")
-    figure.savefig(path, dpi=110)
+    _save_figure(figure, path)
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    _write_atomic(path, lambda handle: figure.savefig(handle, dpi=110, format="png"), binary=True)
+
+
+def _write_atomic(path: Path, write: Callable[[Any], None], *, binary: bool = False) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: all or nothing."""
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed or removed
+        mode="wb" if binary else "w",
+        dir=path.parent,
+        prefix=f".{path.name}.",
+        suffix=".tmp",
+        delete=False,
+        **({} if binary else {"encoding": "utf-8"}),
+    )
+    try:
+        with handle:
+            write(handle)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -554,6 +691,8 @@ def build_report(
                 "",
             ]
         lines.append(format_table(rows))
+        if rows:
+            lines += ["", "Methods:", "", format_specs(rows)]
         if plots and any(curve["epoch"] for curve in curves):
             curves_path = out / f"{_safe_name(task)}_curves.png"
             final_path = out / f"{_safe_name(task)}_final.png"
@@ -582,7 +721,7 @@ def build_report(
     markdown = "\n".join(lines) + "\n"
     markdown_path = out / "report.md"
     json_path = out / "report.json"
-    markdown_path.write_text(markdown, encoding="utf-8")
+    _write_atomic(markdown_path, lambda handle: handle.write(markdown))
     document = {
         "title": title,
         "generated_at": generated,
@@ -590,9 +729,8 @@ def build_report(
         "environment": _environment(all_runs) if all_runs else None,
         "tasks": json_tasks,
     }
-    json_path.write_text(
-        json.dumps(_jsonable(document), indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
+    text = json.dumps(_jsonable(document), indent=2, allow_nan=False) + "\n"
+    _write_atomic(json_path, lambda handle: handle.write(text))
     return Report(
         markdown=markdown,
         markdown_path=markdown_path,
