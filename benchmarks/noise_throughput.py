@@ -19,30 +19,38 @@ the reference. Usage: ``python benchmarks/noise_throughput.py [--repeats 15] [--
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib.util
-import os
-import statistics
-import sys
+import dataclasses
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from torchvalley.bench.machine import cpu_model, load_average
+from _harness import (
+    TimedRow,
+    machine_facts,
+    machine_lines,
+    measure_round_robin,
+    time_summary,
+    torch_threads,
+)
+from step_overhead import resnet18_shapes
+from torchvalley.bench.machine import load_average
 from torchvalley.noise import DEFAULT_BLOCK_SIZE, CounterNoise
 
 
-def _load_shapes() -> list[tuple[int, ...]]:
-    spec = importlib.util.spec_from_file_location(
-        "step_overhead", Path(__file__).with_name("step_overhead.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_overhead"] = module  # dataclasses in it look their module up
-    spec.loader.exec_module(module)
-    return module.resnet18_shapes()
+@dataclasses.dataclass
+class Call(TimedRow):
+    """One row: a function timed per call."""
+
+    label: str
+    fn: Callable[[], None]
+
+    def run(self, steps: int) -> float:
+        """Seconds for ``steps`` calls."""
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.fn()
+        return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,11 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):
+        _run(args)
 
-    shapes = _load_shapes()
-    params = [torch.zeros(s) for s in shapes]
+
+def _run(args: argparse.Namespace) -> None:
+    params = [torch.zeros(s) for s in resnet18_shapes()]
     total = sum(p.numel() for p in params)
     noise = CounterNoise(0, block_size=args.block_size)
     counter = {"step": 0}
@@ -86,42 +95,28 @@ def main(argv: list[str] | None = None) -> None:
             n = p.numel()
             noise.gaussian(n - n // 2, step=counter["step"], index=i, offset=n // 2, numel_total=n)
 
-    rows: dict[str, Callable[[], None]] = {
-        "[torch.randn_like(p) for p in params] (reference)": randn_like_list,
-        f"CounterNoise.gaussian_like (block {args.block_size})": counter_full,
-        "torch.randn_like per tensor, each freed at once": randn_like_each,
-        "CounterNoise.gaussian per tensor, each freed at once": counter_each,
-        "CounterNoise sharded: 2nd half of each tensor": counter_shard,
-    }
-    names = list(rows)
-    for _ in range(args.warmup):
-        for fn in rows.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    gc.disable()
-    try:
-        for r in range(args.repeats):
-            for k in range(len(names)):
-                name = names[(r + k) % len(names)]
-                start = time.perf_counter()
-                rows[name]()
-                times[name].append((time.perf_counter() - start) * 1e3)
-    finally:
-        gc.enable()
-
-    ref = statistics.median(times[names[0]])
+    rows = [
+        Call(label="[torch.randn_like(p) for p in params] (reference)", fn=randn_like_list),
+        Call(label=f"CounterNoise.gaussian_like (block {args.block_size})", fn=counter_full),
+        Call(label="torch.randn_like per tensor, each freed at once", fn=randn_like_each),
+        Call(label="CounterNoise.gaussian per tensor, each freed at once", fn=counter_each),
+        Call(label="CounterNoise sharded: 2nd half of each tensor", fn=counter_shard),
+    ]
+    load_start = load_average()
+    measure_round_robin(rows, warmup=args.warmup, repeats=args.repeats, steps=1, progress=False)
+    ref = time_summary(rows[0].times_ms)["median_ms"]
+    print("\n".join(machine_lines(machine_facts(load_start))))
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()}, "
-        f"os.cpu_count() {os.cpu_count()}, load average {load_average()}; "
-        f"{len(params)} tensors, {total:,} float32 elements; "
-        f"{args.repeats} interleaved repeats\n"
+        f"- {len(params)} tensors, {total:,} float32 elements; {args.repeats} interleaved repeats\n"
     )
     print("| row | median ms | IQR ms | ratio to reference |")
     print("|---|---:|---:|---:|")
-    for name in names:
-        q = statistics.quantiles(times[name], n=4)
-        med = statistics.median(times[name])
-        print(f"| {name} | {med:.1f} | {q[0]:.1f}-{q[2]:.1f} | {med / ref:.3f} |")
+    for row in rows:
+        s = time_summary(row.times_ms)
+        print(
+            f"| {row.label} | {s['median_ms']:.1f} | {s['q1_ms']:.1f}-{s['q3_ms']:.1f} | "
+            f"{s['median_ms'] / ref:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -36,21 +36,21 @@ What is timed, per kind of optimizer:
 * Wrappers (``wraps_base``): built from their registry ``example`` (which names the base); the
   base's update is part of the step.
 * Second-order optimizers: skipped (their closure needs a real autograd graph).
-* Anchors (other libraries' implementations of a registered method, see :data:`ANCHORS`): the
-  same, with that method's ``example`` hyperparameters mapped onto the library's arguments.
-  ``posteriors`` is functional: its SGLD ``update`` computes the gradient itself with
-  ``torch.func``, so its row uses a linear log posterior ``<g, theta>`` whose gradient is the
-  preset ``g``; that row therefore also includes one dot product and one gradient write.
-  ``pytorch_optimizer``'s SAM expects the first gradient to be in ``.grad`` already, so its
-  row calls the closure once before ``step(closure)`` (two closure calls per step, like ours).
+* Anchors (other libraries' implementations of a registered method, ``benchmarks/anchors.py``):
+  the same, with that method's ``example`` hyperparameters mapped onto the library's arguments.
+* Variants: ``--row SPEC`` (repeatable) adds a row built from an optimizer spec in the grammar of
+  ``torchvalley bench`` (``name:key=value,...``, e.g. ``--row "sam:swap_storage=True"``): the
+  entry's ``example`` with the spec's hyperparameters on top, labelled by the spec. ``--optimizers``
+  takes names or specs. Without ``--optimizers``, ``--row`` rows are timed alone (with the
+  reference); without either, every registered optimizer is.
 
-Measurement: every row owns its parameters, gradients and optimizer state. After ``W`` warm-up
-steps per row, ``R`` repeats each time every row for a block of ``K`` steps
-(``time.perf_counter``, garbage collector off), round-robin with the starting row rotated each
-repeat so that load drift on a shared machine affects all rows alike. The table shows the median
-and inter-quartile range of the ``R`` per-step times; ratio = median(row) / median(reference).
-The JSON output also has the raw per-repeat times, the minimum, and the median of the
-per-repeat paired ratios row/reference (more robust to drift).
+Measurement (``benchmarks/_harness.py``): every row owns its parameters, gradients and optimizer
+state. After ``W`` warm-up steps per row, ``R`` repeats each time every row for a block of ``K``
+steps (``time.perf_counter``, garbage collector off), round-robin with the starting row rotated
+each repeat so that load drift on a shared machine affects all rows alike. The table shows the
+median and inter-quartile range of the ``R`` per-step times; ratio = median(row) /
+median(reference). The JSON output also has the raw per-repeat times, the minimum, and the
+median of the per-repeat paired ratios row/reference (more robust to drift).
 
 A "Parity ratios" section (and ``parity`` in the JSON) divides the rows of methods that must
 match a torch optimizer by that optimizer's row from the same run: radam/adam, rsgd/sgd, and
@@ -73,10 +73,15 @@ Usage::
 
     python benchmarks/step_overhead.py [--quick] [--out FILE.md] [--json FILE]
         [--threads N] [--foreach {default,true,false}] [--repeats R] [--steps K]
-        [--warmup W] [--width C] [--no-anchors] [--optimizers NAME ...]
+        [--warmup W] [--width C] [--no-anchors] [--optimizers NAME|SPEC ...] [--row SPEC ...]
     python benchmarks/step_overhead.py --training-step [--train-model {mnist1d_cnn,resnet18}]
-        [--train-batch B] [--train-optimizers NAME ...] [--quick] [--out ...] [--json ...]
+        [--train-batch B] [--train-optimizers NAME|SPEC ...] [--quick] [--out ...] [--json ...]
         [--threads N] [--repeats R] [--steps K] [--warmup W] [--width C] [--no-anchors]
+
+For example, SAM's optimizer side with and without ``swap_storage`` in one run::
+
+    python benchmarks/step_overhead.py --threads 1 --no-anchors --optimizers sgd sam \\
+        --row "sam:swap_storage=True"
 """
 
 from __future__ import annotations
@@ -84,19 +89,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
-import gc
-import importlib
-import importlib.metadata
-import importlib.util
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -105,12 +101,24 @@ from torch import nn
 from torch.nn import functional as F
 
 import torchvalley
-from torchvalley.bench.machine import cpu_model, load_average
-from torchvalley.registry import (
-    OptimizerEntry,
-    get_optimizer_entry,
-    resolve_base_optimizer,
+from _harness import (
+    TimedRow,
+    fmt_ms,
+    library_version,
+    machine_facts,
+    machine_lines,
+    measure_round_robin,
+    paired_ratio_median,
+    time_summary,
+    torch_threads,
+    write_outputs,
 )
+from anchors import ANCHOR_LIBRARIES, ANCHORS, Anchor, StepFn, optimizer_step
+from torchvalley.bench.machine import load_average
+from torchvalley.bench.specs import OptimizerSpec
+from torchvalley.registry import OptimizerEntry, build_from_entry, get_optimizer_entry
+
+__all__ = ["ANCHORS", "ANCHOR_LIBRARIES", "Anchor", "Variant", "library_version", "main"]
 
 REFERENCE_LABEL = "reference: torch.optim.SGD(momentum=0.9)"
 RATIO_COLUMN = "ratio to SGD-momentum"
@@ -436,241 +444,26 @@ def make_training_workload(
 
 
 # --------------------------------------------------------------------------------------------
-# Anchors: other libraries' implementations of registered methods
-# --------------------------------------------------------------------------------------------
-
-StepFn = Callable[[], Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Anchor:
-    """Another library's implementation of a registered method, timed as a comparison row.
-
-    Attributes:
-        library: import name of the library (also its distribution name for the version).
-        name: what the row calls it, e.g. ``"RiemannianSGD"``.
-        build: ``build(workset, entry, foreach)`` returning a zero-argument step function
-            (``workset`` a :class:`Workset`, or a :class:`TrainSet` for closure anchors);
-            ``entry`` is the comparable registry entry, whose ``example`` gives the
-            hyperparameters, and ``foreach`` is the forced flag (or ``None``).
-        capabilities: short flags for the table.
-        note: what makes it comparable, or where it differs.
-    """
-
-    library: str
-    name: str
-    build: Callable[[Any, OptimizerEntry, bool | None], StepFn]
-    capabilities: tuple[str, ...] = ()
-    note: str = ""
-
-    @property
-    def label(self) -> str:
-        """``library:Class``."""
-        return f"{self.library}:{self.name}"
-
-
-def _pick(example: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
-    return {k: example[k] for k in keys if k in example}
-
-
-def _optimizer_step(opt: torch.optim.Optimizer, closure: Callable[[], Any] | None) -> StepFn:
-    if closure is None:
-        return opt.step
-    return lambda: opt.step(closure)
-
-
-def _import_quietly(module: str) -> Any:
-    # geoopt and posteriors warn at import time (torch.jit.script deprecation, tensordict
-    # FutureWarnings); they are not ours to fix, and pytest turns warnings into errors.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return importlib.import_module(module)
-
-
-def _geoopt_sgd(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
-    optim = _import_quietly("geoopt.optim")
-    keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
-    return _optimizer_step(optim.RiemannianSGD(ws.params, **_pick(entry.example, keys)), None)
-
-
-def _geoopt_adam(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
-    optim = _import_quietly("geoopt.optim")
-    keys = ("lr", "betas", "eps", "weight_decay", "amsgrad")
-    return _optimizer_step(optim.RiemannianAdam(ws.params, **_pick(entry.example, keys)), None)
-
-
-def _geoopt_amsgrad(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
-    # ramsgrad is radam with amsgrad=True (its registry example does not name it)
-    optim = _import_quietly("geoopt.optim")
-    keys = ("lr", "betas", "eps", "weight_decay")
-    opt = optim.RiemannianAdam(ws.params, amsgrad=True, **_pick(entry.example, keys))
-    return _optimizer_step(opt, None)
-
-
-def _pytorch_optimizer_sgdw(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
-    po = _import_quietly("pytorch_optimizer")
-    kwargs = _pick(entry.example, ("lr", "momentum", "dampening", "weight_decay", "nesterov"))
-    # weight_decouple=False: L2 added to the gradient, as torch.optim.SGD does.
-    opt = po.SGDW(ws.params, weight_decouple=False, foreach=foreach, **kwargs)
-    return _optimizer_step(opt, None)
-
-
-def _pytorch_optimizer_sam(ws: _Holder, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
-    po = _import_quietly("pytorch_optimizer")
-    example = dict(entry.example)
-    base = resolve_base_optimizer(example.pop("base_optimizer", "sgd"))
-    wrapper_kwargs = _pick(example, ("rho", "adaptive"))
-    # the keys the wrapper does not document are the base optimizer's
-    base_kwargs = {k: v for k, v in example.items() if entry.hyperparameter(k) is None}
-    if foreach is not None:
-        base_kwargs["foreach"] = foreach
-    opt = po.SAM(ws.params, base, **wrapper_kwargs, **base_kwargs)
-    closure = ws.closure
-
-    def step() -> Any:
-        # Its step(closure) is first_step, closure, second_step: it expects the first gradient
-        # in .grad already, so the first pass is ours (as in its documented training loop).
-        closure()
-        return opt.step(closure)
-
-    return step
-
-
-def _posteriors_sgld(ws: Workset, entry: OptimizerEntry, foreach: bool | None) -> StepFn:
-    sgld = _import_quietly("posteriors.sgmcmc.sgld")
-    names = [f"p{i}" for i in range(len(ws.params))]
-    grads = dict(zip(names, ws.ref_grads, strict=True))
-
-    no_aux = torch.tensor([])
-
-    def log_posterior(
-        params: dict[str, torch.Tensor], batch: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # linear in the parameters, so its gradient is exactly the preset gradient
-        value = torch.stack([torch.vdot(params[k].flatten(), grads[k].flatten()) for k in names])
-        return value.sum(), no_aux
-
-    kwargs = _pick(entry.example, ("lr", "temperature"))
-    kwargs.setdefault("lr", 1e-3)
-    transform = sgld.build(log_posterior, **kwargs)
-    # posteriors' in-place update rebinds each leaf's ``.data`` to a freshly computed tensor (an
-    # allocation per tensor and step, which is part of what this row times), so after the first
-    # step the state no longer shares storage with ``ws.params``; only the timing matters here.
-    state = transform.init({k: p.detach() for k, p in zip(names, ws.params, strict=True)})
-    return lambda: transform.update(state, None, inplace=True)
-
-
-# Keyed by registry name: a row is added only when that name is registered. geoopt's
-# RiemannianSGD/Adam are listed both under sgd/adam (where they were first added, as the
-# nearest method) and under the Riemannian family's rsgd/radam/ramsgrad.
-# pytorch_optimizer's Adam, AdamW and SGD are re-exports of torch.optim's classes, so they are
-# not listed (they would time the baseline itself); its SGDW with weight_decouple=False is its
-# own implementation of SGD with momentum.
-ANCHORS: dict[str, tuple[Anchor, ...]] = {
-    "sgd": (
-        Anchor(
-            "geoopt",
-            "RiemannianSGD",
-            _geoopt_sgd,
-            (),
-            "Euclidean manifold, per-tensor loop with retraction + transport; its first "
-            "momentum step differs from torch's (buffer starts at g and is updated at once)",
-        ),
-        Anchor(
-            "pytorch_optimizer",
-            "SGDW",
-            _pytorch_optimizer_sgdw,
-            ("foreach",),
-            "weight_decouple=False (L2 like torch.optim.SGD)",
-        ),
-    ),
-    "adam": (
-        Anchor("geoopt", "RiemannianAdam", _geoopt_adam, (), "Euclidean manifold, per-tensor loop"),
-    ),
-    "rsgd": (
-        Anchor(
-            "geoopt",
-            "RiemannianSGD",
-            _geoopt_sgd,
-            (),
-            "plain tensors (Euclidean manifold), per-tensor loop with retraction + transport; "
-            "same lr/momentum as rsgd",
-        ),
-    ),
-    "radam": (
-        Anchor(
-            "geoopt",
-            "RiemannianAdam",
-            _geoopt_adam,
-            (),
-            "plain tensors (Euclidean manifold), per-tensor loop",
-        ),
-    ),
-    "ramsgrad": (
-        Anchor(
-            "geoopt",
-            "RiemannianAdam(amsgrad=True)",
-            _geoopt_amsgrad,
-            (),
-            "plain tensors (Euclidean manifold), per-tensor loop",
-        ),
-    ),
-    "sam": (
-        Anchor(
-            "pytorch_optimizer",
-            "SAM",
-            _pytorch_optimizer_sam,
-            ("closure", "wrapper"),
-            "base and rho from the sam example; the first closure call is made before "
-            "step(closure), which expects the first gradient in .grad",
-        ),
-    ),
-    "sgld": (
-        Anchor(
-            "posteriors",
-            "sgmcmc.sgld",
-            _posteriors_sgld,
-            ("noisy", "functional"),
-            "gradient via torch.func of a linear log posterior (one dot product + one write)",
-        ),
-    ),
-}
-
-ANCHOR_LIBRARIES = ("geoopt", "pytorch_optimizer", "posteriors")
-
-
-def library_version(name: str) -> str | None:
-    """Installed version of ``name``, or ``None`` when it is not installed (nothing imported)."""
-    if importlib.util.find_spec(name) is None:
-        return None
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown version"
-
-
-# --------------------------------------------------------------------------------------------
 # Rows and measurement
 # --------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
-class Row:
-    """One line of the table: what it times and what was measured."""
+class Row(TimedRow):
+    """One line of the table: what it times; what was measured is in ``samples_ms``.
+
+    Each sample is ``(ms per step, ms per step spent inside the row's closure)``.
+    """
 
     label: str
     kind: str  # "reference", "registry", "anchor" or "closure"
     family: str
     capabilities: str
     registry_name: str | None = None
-    note: str = ""
-    status: str = "ok"  # "ok", "skipped" or "error"
     workset: _Holder | None = None
     step: StepFn | None = None
     passes: int = 1
     steps_run: int = 0
-    times_ms: list[float] = dataclasses.field(default_factory=list)
-    closure_ms: list[float] = dataclasses.field(default_factory=list)
 
     def run(self, steps: int) -> tuple[float, float]:
         """Run ``steps`` steps; return the seconds they took and the seconds inside closures."""
@@ -688,10 +481,67 @@ class Row:
 
     def fail(self, error: BaseException) -> None:
         """Mark the row as failed, keeping the error's text, and free its tensors."""
-        self.status = "error"
-        self.note = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        super().fail(error)
         self.step = None
         self.workset = None
+
+    @property
+    def closure_ms(self) -> list[float]:
+        """Milliseconds per step spent inside the closure, per repeat."""
+        return [sample[1] for sample in self.samples_ms]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A registry row to time: the entry, the hyperparameters it is built with, and its label.
+
+    Registered entries are timed with their ``example``; a spec (``--row``) puts its own
+    hyperparameters on top and is labelled by the spec. Only plain entries get anchor rows (an
+    anchor maps the entry's ``example``, not a variant's settings).
+    """
+
+    label: str
+    entry: OptimizerEntry
+    hyperparameters: Mapping[str, Any]
+    anchors: bool = True
+
+    @classmethod
+    def of(cls, entry: OptimizerEntry) -> Variant:
+        """The entry as registered (its ``example``)."""
+        return cls(entry.name, entry, dict(entry.example))
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """A variant from an optimizer spec ``name:key=value,...`` (validated by the registry)."""
+        spec = OptimizerSpec.parse(text)
+        entry = get_optimizer_entry(spec.name)
+        if not spec.hyperparameters:
+            return cls.of(entry)
+        return cls(spec.label, entry, {**entry.example, **spec.hyperparameters}, anchors=False)
+
+
+def select_variants(
+    entries: Sequence[OptimizerEntry],
+    names: Sequence[str] | None,
+    option: str = "--optimizers",
+    *,
+    default: Sequence[OptimizerEntry] | None = None,
+) -> list[Variant]:
+    """The rows ``names`` ask for, in that order: a plain name picks the entry of that name from
+    ``entries``; a spec with hyperparameters (``sam:swap_storage=True``) builds a variant of a
+    registered entry. Without ``names``: ``default`` (every entry when ``None``).
+
+    Raises:
+        ValueError: for names not among ``entries`` (``unknown optimizer(s) for OPTION: ...``)
+            and for specs the registry rejects.
+    """
+    if not names:
+        return [Variant.of(entry) for entry in (entries if default is None else default)]
+    by_name = {entry.name: entry for entry in entries}
+    missing = [name for name in names if ":" not in name and name not in by_name]
+    if missing:
+        raise ValueError(f"unknown optimizer(s) for {option}: {', '.join(missing)}")
+    return [Variant.of(by_name[name]) if ":" not in name else Variant.parse(name) for name in names]
 
 
 def _capability_text(entry: OptimizerEntry) -> str:
@@ -730,28 +580,44 @@ def _name_registered(name: str) -> bool:
     return True
 
 
-def _is_registered(entry: OptimizerEntry) -> bool:
-    try:
-        return get_optimizer_entry(entry.name) is entry
-    except ValueError:
-        return False
-
-
-def _create(entry: OptimizerEntry, params: Sequence[torch.Tensor], **hyperparameters: Any) -> Any:
-    if _is_registered(entry):
-        return torchvalley.create_optimizer(entry.name, params, **hyperparameters)
-    return entry.factory(params, **hyperparameters)
-
-
-def _note(hyperparameters: Mapping[str, Any]) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in hyperparameters.items() if k != "model")
-    if "model" in hyperparameters:
+def _note(hyperparameters: Mapping[str, Any], model: nn.Module | None) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in hyperparameters.items())
+    if model is not None:
         text += ", model=<the module owning the parameters>"
     return text
 
 
+def _build(variant: Variant, holder: _Holder, model: nn.Module | None, **forced: Any) -> Any:
+    """The variant's optimizer over ``holder.params`` (``model=`` goes where it is accepted)."""
+    return build_from_entry(
+        variant.entry, holder.params, model=model, **variant.hyperparameters, **forced
+    )
+
+
+def _registry_row(variant: Variant, **fields: Any) -> Row:
+    entry = variant.entry
+    return Row(
+        variant.label, "registry", entry.family, _capability_text(entry), entry.name, **fields
+    )
+
+
+def _anchor_row(anchor: Anchor, entry: OptimizerEntry, **fields: Any) -> Row:
+    caps = ", ".join(anchor.capabilities) or "—"
+    label = f"{anchor.label} (comparable to {entry.name})"
+    return Row(label, "anchor", entry.family, caps, entry.name, note=anchor.note, **fields)
+
+
+def _quiet_build(
+    anchor: Anchor, holder: Any, entry: OptimizerEntry, foreach: bool | None
+) -> StepFn:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return anchor.build(holder, entry, foreach)
+
+
 def build_rows(
-    entries: Sequence[OptimizerEntry],
+    variants: Sequence[Variant],
     ref_params: Sequence[torch.Tensor],
     ref_grads: Sequence[torch.Tensor],
     *,
@@ -765,7 +631,7 @@ def build_rows(
     of ``width`` that owns the row's parameters (``ref_params`` must have its shapes).
 
     Returns:
-        The rows (reference first, each registry entry followed by its anchors, the
+        The rows (reference first, each registry row followed by its anchors, the
         closure-alone row last when used) and note lines about anchors not shown.
     """
 
@@ -784,54 +650,43 @@ def build_rows(
             step=torch.optim.SGD(ws.params, lr=0.05, momentum=0.9).step,
         )
     ]
-    notes: list[str] = []
     any_closure = False
-    for entry in entries:
-        row = Row(entry.name, "registry", entry.family, _capability_text(entry), entry.name)
+    for variant in variants:
+        entry = variant.entry
+        row = _registry_row(variant)
         rows.append(row)
         if entry.capabilities.second_order:
             row.status, row.note = "skipped", "second-order: needs a real autograd graph"
         else:
-            hyperparameters = dict(entry.example)
-            if foreach is not None and _foreach_applies(entry, hyperparameters):
-                hyperparameters["foreach"] = foreach
+            forced = {}
+            if foreach is not None and _foreach_applies(entry, variant.hyperparameters):
+                forced["foreach"] = foreach
             try:
                 row.workset = workset = new_workset(entry.capabilities.accepts_model)
-                if workset.model is not None:
-                    hyperparameters.setdefault("model", workset.model)
-                opt = _create(entry, workset.params, **hyperparameters)
+                opt = _build(variant, workset, workset.model, **forced)
                 closure = workset.closure if _uses_closure(entry) else None
                 any_closure = any_closure or closure is not None
-                row.step = _optimizer_step(opt, closure)
-                row.note = _note(hyperparameters)
+                row.step = optimizer_step(opt, closure)
+                row.note = _note({**variant.hyperparameters, **forced}, workset.model)
             except Exception as error:
                 row.fail(error)
-        if not anchors:
+        if not (anchors and variant.anchors):
             continue
         for anchor in ANCHORS.get(entry.name, ()):
             if library_version(anchor.library) is None:
                 continue  # reported once in the header
-            anchor_row = Row(
-                f"{anchor.label} (comparable to {entry.name})",
-                "anchor",
-                entry.family,
-                ", ".join(anchor.capabilities) or "—",
-                entry.name,
-                note=anchor.note,
-            )
+            anchor_row = _anchor_row(anchor, entry)
             rows.append(anchor_row)
             anchor_foreach = foreach if "foreach" in anchor.capabilities else None
             try:
                 anchor_row.workset = new_workset()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    warnings.simplefilter("ignore", FutureWarning)
-                    anchor_row.step = anchor.build(anchor_row.workset, entry, anchor_foreach)
+                anchor_row.step = _quiet_build(anchor, anchor_row.workset, entry, anchor_foreach)
                 any_closure = any_closure or "closure" in anchor.capabilities
             except Exception as error:
                 anchor_row.fail(error)
+    notes: list[str] = []
     if anchors:
-        registered = {entry.name for entry in entries}
+        registered = {variant.entry.name for variant in variants}
         waiting = [
             f"{anchor.label} ({name})"
             for name, group in ANCHORS.items()
@@ -858,24 +713,17 @@ def build_rows(
     return rows, notes
 
 
-def training_entries(
-    entries: Sequence[OptimizerEntry],
-    names: Sequence[str] | None,
-    option: str = "--train-optimizers",
-) -> list[OptimizerEntry]:
-    """The entries ``--training-step`` times: ``names`` if given (in that order), else every
-    non-second-order entry that needs a closure or makes several passes."""
-    if names:
-        by_name = {entry.name: entry for entry in entries}
-        missing = [name for name in names if name not in by_name]
-        if missing:
-            raise ValueError(f"unknown optimizer(s) for {option}: {', '.join(missing)}")
-        return [by_name[name] for name in names]
-    return [e for e in entries if _uses_closure(e) and not e.capabilities.second_order]
+def training_variants(
+    entries: Sequence[OptimizerEntry], names: Sequence[str] | None
+) -> list[Variant]:
+    """The rows ``--training-step`` times: ``names`` if given (names or specs, in that order),
+    else every non-second-order entry that needs a closure or makes several passes."""
+    default = [e for e in entries if _uses_closure(e) and not e.capabilities.second_order]
+    return select_variants(entries, names, "--train-optimizers", default=default)
 
 
 def build_training_rows(
-    entries: Sequence[OptimizerEntry],
+    variants: Sequence[Variant],
     model: nn.Module,
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     *,
@@ -897,6 +745,7 @@ def build_training_rows(
         return step
 
     def plain(ts: TrainSet, opt: torch.optim.Optimizer) -> StepFn:
+        # The separate closure call is deliberate: it times the plain loop users write.
         def inner() -> Any:
             ts.closure()
             return opt.step()
@@ -915,87 +764,38 @@ def build_training_rows(
             step=plain(ts, torch.optim.SGD(ts.params, lr=0.05, momentum=0.9)),
         )
     ]
-    for entry in entries:
-        row = Row(entry.name, "registry", entry.family, _capability_text(entry), entry.name)
+    for variant in variants:
+        entry = variant.entry
+        row = _registry_row(variant)
         rows.append(row)
         if entry.capabilities.second_order:
             row.status, row.note = "skipped", "second-order (not timed in this mode)"
             continue
-        hyperparameters = dict(entry.example)
         try:
             row.workset = ts = TrainSet(model, batches)
-            if entry.capabilities.accepts_model:
-                hyperparameters.setdefault("model", ts.model)
-            opt = _create(entry, ts.params, **hyperparameters)
+            opt = _build(variant, ts, ts.model)
             if _uses_closure(entry):
-                row.step = training_step(ts, _optimizer_step(opt, ts.closure))
+                row.step = training_step(ts, optimizer_step(opt, ts.closure))
             else:
                 row.step = plain(ts, opt)
             row.passes = entry.capabilities.passes_per_step
-            row.note = _note(hyperparameters)
+            with_model = ts.model if entry.capabilities.accepts_model else None
+            row.note = _note(variant.hyperparameters, with_model)
         except Exception as error:
             row.fail(error)
-        if not anchors:
+        if not (anchors and variant.anchors):
             continue
         for anchor in ANCHORS.get(entry.name, ()):
             if "closure" not in anchor.capabilities or library_version(anchor.library) is None:
                 continue
-            anchor_row = Row(
-                f"{anchor.label} (comparable to {entry.name})",
-                "anchor",
-                entry.family,
-                ", ".join(anchor.capabilities),
-                entry.name,
-                note=anchor.note,
-                passes=row.passes,
-            )
+            anchor_row = _anchor_row(anchor, entry, passes=row.passes)
             rows.append(anchor_row)
             try:
                 anchor_row.workset = ts = TrainSet(model, batches)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    warnings.simplefilter("ignore", FutureWarning)
-                    anchor_row.step = training_step(ts, anchor.build(ts, entry, None))
+                anchor_row.step = training_step(ts, _quiet_build(anchor, ts, entry, None))
             except Exception as error:
                 anchor_row.fail(error)
     return rows
-
-
-def measure(rows: Sequence[Row], *, warmup: int, repeats: int, steps: int) -> None:
-    """Warm up, then time ``repeats`` blocks of ``steps`` steps per row, round-robin.
-
-    Each repeat visits every live row once, starting one row further along than the previous
-    repeat. A row whose step raises is marked as failed and dropped from later repeats.
-    Per-step milliseconds are appended to ``row.times_ms``, and the part of them spent inside
-    the row's closure to ``row.closure_ms``.
-    """
-    live = [row for row in rows if row.status == "ok"]
-    for row in live:
-        try:
-            row.run(warmup)
-        except Exception as error:
-            row.fail(error)
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        for repeat in range(repeats):
-            live = [row for row in rows if row.status == "ok"]
-            if not live:
-                break
-            shift = repeat % len(live)
-            for row in live[shift:] + live[:shift]:
-                try:
-                    elapsed, inside = row.run(steps)
-                except Exception as error:
-                    row.fail(error)
-                    continue
-                row.times_ms.append(1e3 * elapsed / steps)
-                row.closure_ms.append(1e3 * inside / steps)
-            print(f"repeat {repeat + 1}/{repeats} done", file=sys.stderr, flush=True)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def summarize(row: Row, reference: Row) -> dict[str, Any]:
@@ -1022,8 +822,7 @@ def summarize(row: Row, reference: Row) -> dict[str, Any]:
     times = row.times_ms
     if row.status != "ok" or not times:
         return out
-    q1, median, q3 = _quartiles(times)
-    out.update(median_ms=median, q1_ms=q1, q3_ms=q3, iqr_ms=q3 - q1, min_ms=min(times))
+    out.update(time_summary(times))
     out["closure_median_ms"] = statistics.median(row.closure_ms)
     own = [t - c for t, c in zip(times, row.closure_ms, strict=True)]
     if row.kind != "closure":
@@ -1031,23 +830,13 @@ def summarize(row: Row, reference: Row) -> dict[str, Any]:
         out["optimizer_median_ms"] = statistics.median(own)
     ref = reference.times_ms
     if reference.status == "ok" and ref:
-        out["ratio"] = median / statistics.median(ref)
-        paired = [t / r for t, r in zip(times, ref, strict=True)]
-        out["paired_ratio_median"] = statistics.median(paired)
+        out["ratio"] = out["median_ms"] / statistics.median(ref)
+        out["paired_ratio_median"] = paired_ratio_median(times, ref)
         if row.kind != "closure":
             ref_own = [t - c for t, c in zip(ref, reference.closure_ms, strict=True)]
             out["optimizer_ratio"] = out["optimizer_median_ms"] / statistics.median(ref_own)
-            out["optimizer_paired_ratio_median"] = statistics.median(
-                [t / r for t, r in zip(own, ref_own, strict=True)]
-            )
+            out["optimizer_paired_ratio_median"] = paired_ratio_median(own, ref_own)
     return out
-
-
-def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, median, q3
 
 
 # --------------------------------------------------------------------------------------------
@@ -1117,8 +906,7 @@ def parity_ratios(
         num, den = by_label[pair.numerator], by_label[pair.denominator]
         item["status"] = "ok"
         item["ratio"] = num["median_ms"] / den["median_ms"]
-        paired = [a / b for a, b in zip(num["ms_per_step"], den["ms_per_step"], strict=False)]
-        item["paired_ratio_median"] = statistics.median(paired)
+        item["paired_ratio_median"] = paired_ratio_median(num["ms_per_step"], den["ms_per_step"])
         if pair.goal is not None:
             item["goal_met"] = item["ratio"] <= pair.goal
         out.append(item)
@@ -1165,24 +953,8 @@ def render_parity(parity: Sequence[Mapping[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _fmt_ms(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.1f}" if value >= 100 else f"{value:.2f}" if value >= 10 else f"{value:.3f}"
-
-
 def _fmt_ratio(result: Mapping[str, Any], key: str) -> str:
     return f"{result[key]:.2f}" if key in result else "—"
-
-
-def _machine_lines(machine: Mapping[str, Any]) -> list[str]:
-    return [
-        f"- date: {machine['date']}",
-        f"- torch {machine['torch']} (CPU capability {machine['cpu_capability']}), "
-        f"{machine['threads']} intra-op threads; Python {machine['python']}",
-        f"- CPU: {machine['cpu_model']} ({machine['logical_cpus']} logical CPUs); "
-        f"load average at start {machine['load_start']}, at end {machine['load_end']}",
-    ]
 
 
 def render_markdown(machine: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> str:
@@ -1190,7 +962,7 @@ def render_markdown(machine: Mapping[str, Any], results: Sequence[Mapping[str, A
     lines = [
         "# Optimizer step overhead",
         "",
-        *_machine_lines(machine),
+        *machine_lines(machine),
         f"- workload: {machine['workload']}: {machine['param_count']:,} float32 parameters in "
         f"{machine['tensor_count']} tensors, gradients preset to fixed random values",
         f"- measurement: {machine['warmup']} warm-up steps per row, then "
@@ -1203,8 +975,8 @@ def render_markdown(machine: Mapping[str, Any], results: Sequence[Mapping[str, A
     ]
     for r in results:
         if r["status"] == "ok" and "median_ms" in r:
-            ms, iqr = _fmt_ms(r["median_ms"]), _fmt_ms(r["iqr_ms"])
-            own = _fmt_ms(r.get("optimizer_median_ms"))
+            ms, iqr = fmt_ms(r["median_ms"]), fmt_ms(r["iqr_ms"])
+            own = fmt_ms(r.get("optimizer_median_ms"))
         else:
             ms, iqr, own = r["status"], "—", "—"
         cells = (
@@ -1244,7 +1016,7 @@ def render_training_markdown(
     lines = [
         "# Full training step: closure optimizers vs SGD-momentum",
         "",
-        *_machine_lines(machine),
+        *machine_lines(machine),
         f"- workload: {machine['workload']}",
         f"- measurement: {machine['warmup']} warm-up steps per row, then "
         f"{machine['repeats']} repeats × {machine['steps']} training steps, rows interleaved "
@@ -1256,9 +1028,9 @@ def render_training_markdown(
     ]
     for r in results:
         if r["status"] == "ok" and "median_ms" in r:
-            ms, iqr = _fmt_ms(r["median_ms"]), _fmt_ms(r["iqr_ms"])
-            inside = _fmt_ms(r["closure_median_ms"])
-            own = _fmt_ms(r.get("optimizer_median_ms"))
+            ms, iqr = fmt_ms(r["median_ms"]), fmt_ms(r["iqr_ms"])
+            inside = fmt_ms(r["closure_median_ms"])
+            own = fmt_ms(r.get("optimizer_median_ms"))
         else:
             ms, iqr, inside, own = r["status"], "—", "—", "—"
         cells = (
@@ -1327,8 +1099,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--optimizers",
         nargs="+",
         metavar="NAME",
-        help="step mode: time only these registered optimizers (and their anchors); "
-        "default: every registered one",
+        help="step mode: time only these registered optimizers (and their anchors), or specs "
+        "such as 'sam:swap_storage=True'; default: every registered one (none with --row)",
+    )
+    parser.add_argument(
+        "--row",
+        action="append",
+        metavar="SPEC",
+        help="add a row built from an optimizer spec, e.g. 'sam:swap_storage=True' "
+        "(repeatable; in both modes)",
     )
     training = parser.add_argument_group("full training step (--training-step)")
     training.add_argument(
@@ -1350,8 +1129,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--train-optimizers",
         nargs="+",
         metavar="NAME",
-        help="registered optimizers to time (default: those that need a closure or make "
-        "several passes, second-order ones excepted)",
+        help="registered optimizers or specs to time (default: those that need a closure or "
+        "make several passes, second-order ones excepted)",
     )
     args = parser.parse_args(argv)
     if args.training_step:
@@ -1380,36 +1159,19 @@ def main(
 
     Args:
         argv: command-line arguments (default: ``sys.argv[1:]``).
-        entries: the optimizers to time (default: every registered one).
+        entries: the optimizers to time (default: every registered one); unregistered entries
+            are built from their factory with their ``example``.
 
     Returns:
         0, or 1 when some row failed to build or step.
     """
     args = parse_args(argv)
-    threads_before = torch.get_num_threads()
-    try:
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):
         return _run(args, entries)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
-def _machine_facts(args: argparse.Namespace, load_start: str) -> dict[str, Any]:
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "load_start": load_start,
-        "load_end": load_average(),
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-        "steps": args.steps,
-    }
+def _measurement(args: argparse.Namespace) -> dict[str, Any]:
+    return {"warmup": args.warmup, "repeats": args.repeats, "steps": args.steps}
 
 
 def _anchor_text(args: argparse.Namespace) -> tuple[str, dict[str, str | None]]:
@@ -1420,23 +1182,13 @@ def _anchor_text(args: argparse.Namespace) -> tuple[str, dict[str, str | None]]:
     return text, versions
 
 
-def _write(args: argparse.Namespace, report: str, payload: Mapping[str, Any]) -> None:
-    print(report, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-
-
 def _run(args: argparse.Namespace, entries: Sequence[OptimizerEntry] | None) -> int:
     """:func:`main` after the thread count is set."""
     entries = list(torchvalley.optimizer_entries() if entries is None else entries)
     if args.training_step:
         return _run_training(args, entries)
-    if args.optimizers:
-        entries = training_entries(entries, args.optimizers, option="--optimizers")
+    variants = select_variants(entries, args.optimizers, default=[] if args.row else None)
+    variants += [Variant.parse(text) for text in args.row or ()]
     foreach = {"default": None, "true": True, "false": False}[args.foreach]
     shapes = resnet18_shapes(args.width)
     ref_params, ref_grads = make_reference_tensors(shapes, args.seed)
@@ -1444,18 +1196,19 @@ def _run(args: argparse.Namespace, entries: Sequence[OptimizerEntry] | None) -> 
     anchor_text, versions = _anchor_text(args)
     load_start = load_average()
     rows, notes = build_rows(
-        entries,
+        variants,
         ref_params,
         ref_grads,
         foreach=foreach,
         anchors=not args.no_anchors,
         width=args.width,
     )
-    measure(rows, warmup=args.warmup, repeats=args.repeats, steps=args.steps)
+    measure_round_robin(rows, warmup=args.warmup, repeats=args.repeats, steps=args.steps)
     results = [summarize(row, rows[0]) for row in rows]
 
     machine = {
-        **_machine_facts(args, load_start),
+        **machine_facts(load_start),
+        **_measurement(args),
         "mode": "step",
         "workload": f"ResNet-18 parameter shapes (CIFAR variant, width {args.width})",
         "param_count": sum(p.numel() for p in ref_params),
@@ -1466,26 +1219,28 @@ def _run(args: argparse.Namespace, entries: Sequence[OptimizerEntry] | None) -> 
         "notes": notes,
     }
     payload = {"machine": machine, "rows": results, "parity": parity_ratios(results)}
-    _write(args, render_markdown(machine, results), payload)
+    write_outputs(render_markdown(machine, results), payload, args.out, args.json)
     return 1 if any(row.status == "error" for row in rows) else 0
 
 
 def _run_training(args: argparse.Namespace, entries: Sequence[OptimizerEntry]) -> int:
     """``--training-step``: full training steps on a real model."""
-    chosen = training_entries(entries, args.train_optimizers)
+    chosen = training_variants(entries, args.train_optimizers)
+    chosen += [Variant.parse(text) for text in args.row or ()]
     model, batches, description = make_training_workload(
         args.train_model, width=args.width, batch_size=args.train_batch, seed=args.seed
     )
     anchor_text, versions = _anchor_text(args)
     load_start = load_average()
     rows = build_training_rows(chosen, model, batches, anchors=not args.no_anchors)
-    measure(rows, warmup=args.warmup, repeats=args.repeats, steps=args.steps)
+    measure_round_robin(rows, warmup=args.warmup, repeats=args.repeats, steps=args.steps)
     results = [summarize(row, rows[0]) for row in rows]
     notes = []
     if args.foreach != "default":
         notes.append("--foreach is ignored in --training-step mode (the examples' defaults).")
     machine = {
-        **_machine_facts(args, load_start),
+        **machine_facts(load_start),
+        **_measurement(args),
         "mode": "training-step",
         "workload": description,
         "train_model": args.train_model,
@@ -1496,7 +1251,8 @@ def _run_training(args: argparse.Namespace, entries: Sequence[OptimizerEntry]) -
         "anchor_versions": versions,
         "notes": notes,
     }
-    _write(args, render_training_markdown(machine, results), {"machine": machine, "rows": results})
+    payload = {"machine": machine, "rows": results}
+    write_outputs(render_training_markdown(machine, results), payload, args.out, args.json)
     return 1 if any(row.status == "error" for row in rows) else 0
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -21,22 +20,18 @@ from torchvalley.registry import (
     resolve_base_optimizer,
 )
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_overhead.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # ~45k parameters in 62 tensors, 1 warm-up step, 2 repeats x 2 steps, one thread
 TINY = ["--width", "4", "--warmup", "1", "--repeats", "2", "--steps", "2", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
 def script() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("step_overhead_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    # The scripts import their siblings (_harness, anchors) as `python benchmarks/x.py` does:
+    # with benchmarks/ first on sys.path.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))
+        yield importlib.import_module("step_overhead")
 
 
 def _table(markdown: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -290,3 +285,29 @@ def test_parity_ratios_section(script: ModuleType, tmp_path: Path) -> None:
             assert f"| {pair[0]} / {pair[1]} |" in text
     with pytest.raises(ValueError, match="--optimizers: no_such"):
         script.main([*TINY, "--optimizers", "no_such"])
+
+
+def test_spec_rows(script: ModuleType, tmp_path: Path) -> None:
+    """`--row SPEC` adds a variant labelled by its canonical spec; alone it times only itself."""
+    raw = tmp_path / "step.json"
+    argv = [*TINY, "--no-anchors", "--json", str(raw), "--row", "sam:swap_storage=true"]
+    assert script.main(argv) == 0
+    rows = {row["label"]: row for row in json.loads(raw.read_text())["rows"]}
+    label = "sam:swap_storage=True"
+    assert set(rows) == {script.REFERENCE_LABEL, label, "closure alone (re-set preset gradients)"}
+    assert rows[label]["status"] == "ok"
+    assert rows[label]["registry_name"] == "sam"
+    assert "swap_storage=True" in rows[label]["note"] and "model=" in rows[label]["note"]
+    assert rows[label]["closure_calls_per_step"] == 2
+
+    # --optimizers takes names and specs together, in that order
+    assert (
+        script.main(
+            [*TINY, "--no-anchors", "--json", str(raw), "--optimizers", "sgd", "sgd:momentum=0.5"]
+        )
+        == 0
+    )
+    labels = [row["label"] for row in json.loads(raw.read_text())["rows"]]
+    assert labels == [script.REFERENCE_LABEL, "sgd", "sgd:momentum=0.5"]
+    with pytest.raises(ValueError, match="rhoo"):
+        script.main([*TINY, "--row", "sam:rhoo=0.1"])
