@@ -44,6 +44,9 @@ class Part:
     owns_directions: bool = False
     #: ``||g||`` over every perturbed parameter of the step (Monge's factor; set by the engine).
     euclidean_norm: Tensor | None = None
+    #: ``workspace(slot, params)``: scratch tensors shaped like ``params`` (see
+    #: :class:`~torchvalley.optim.sam.systems.Workspace`).
+    workspace: Callable[[str, list[Tensor]], list[Tensor]] | None = None
 
 
 class AscentRule(Protocol):
@@ -65,12 +68,15 @@ class AscentRule(Protocol):
         ...
 
 
-ScaleFn = Callable[[list[Tensor], list[Tensor], dict, Callable[[Tensor], bool]], Any]
+ScaleFn = Callable[[Part, Callable[[Tensor], bool]], list[Tensor]]
 
 
-def _asam_scale(params, grads, group, is_bias):
+def _asam_scale(part: Part, is_bias: Callable[[Tensor], bool]) -> list[Tensor]:
     # T_w = |w| + eta on weights; biases keep T = 1 unless normalize_bias (davda54 variant).
-    scale = torch._foreach_abs(params)
+    params, group = part.params, part.group
+    scale = part.workspace("scale", params)
+    torch._foreach_copy_(scale, params)
+    torch._foreach_abs_(scale)
     torch._foreach_add_(scale, group["eta"])
     if not group["normalize_bias"]:
         for index, p in enumerate(params):
@@ -79,10 +85,12 @@ def _asam_scale(params, grads, group, is_bias):
     return scale
 
 
-def _fisher_scale(params, grads, group, is_bias):
+def _fisher_scale(part: Part, is_bias: Callable[[Tensor], bool]) -> list[Tensor]:
     # F = 1 + eta_F g^2 (diagonal empirical Fisher of the minibatch gradient); M^{-1/2} = F^{-1/2}.
-    fisher = torch._foreach_mul(grads, grads)
-    torch._foreach_mul_(fisher, group["fisher_eta"])
+    fisher = part.workspace("scale", part.params)
+    torch._foreach_copy_(fisher, part.grads)
+    torch._foreach_mul_(fisher, part.grads)
+    torch._foreach_mul_(fisher, part.group["fisher_eta"])
     torch._foreach_add_(fisher, 1.0)
     torch._foreach_rsqrt_(fisher)
     return fisher
@@ -99,8 +107,10 @@ class Ellipsoid:
         if self.scale_fn is None:
             part.directions, part.owns_directions = part.grads, False  # u = g (read only)
         else:
-            part.scale = self.scale_fn(part.params, part.grads, part.group, is_bias)
-            part.directions = torch._foreach_mul(part.grads, part.scale)  # u = M^{-1/2} g
+            part.scale = self.scale_fn(part, is_bias)
+            part.directions = part.workspace("directions", part.params)
+            torch._foreach_copy_(part.directions, part.grads)
+            torch._foreach_mul_(part.directions, part.scale)  # u = M^{-1/2} g
             part.owns_directions = True
         return list(torch._foreach_norm(part.directions, 2, dtype=dtype))  # ||u|| per tensor
 

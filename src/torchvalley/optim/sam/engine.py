@@ -185,6 +185,7 @@ class SAM(torch.optim.Optimizer):
         # Where w waits during the perturbed pass (scratch of one step, not in state_dict).
         self._backup = systems.SwapBackup() if self.swap_storage else systems.CopyBackup()
         self._bn_backup = systems.BatchNormBackup(model, self.bn_statistics == "clean")
+        self._workspace = systems.Workspace()  # the ascent rules' scratch
         # "idle" -> first_step -> "ascended" -> second_step -> "stepped": catches a second
         # second_step (the base update applied twice) and one without a first_step.
         self._phase = "idle"
@@ -394,6 +395,8 @@ class SAM(torch.optim.Optimizer):
                 rule = ASCENT_RULES["sam"]
             if params:
                 parts.append(Part(group, rule, params, [p.grad for p in params]))
+        for part in parts:
+            part.workspace = self._workspace
         return parts
 
     def _euclidean_norm(self, parts: list[Part], norms: list[list[Tensor]], dtype) -> Any:

@@ -21,6 +21,7 @@ __all__ = [
     "BatchNormBackup",
     "CopyBackup",
     "SwapBackup",
+    "Workspace",
     "ddp_module",
     "refuse_local_riemannian",
     "skip_scaled_step",
@@ -126,6 +127,29 @@ def _scaled(steps: list[Tensor], factor: Tensor, owned: bool) -> list[Tensor]:
         torch._foreach_mul_(steps, factor)
         return steps
     return list(torch._foreach_mul(steps, factor))
+
+
+class Workspace:
+    """Scratch tensors of the ascent rules (``|w| + eta``, ``u = M^{-1/2} g``), one per
+    (slot, parameter). Kept from step to step on the CPU, where a fresh parameter-sized tensor
+    per step costs page faults (the allocator hands large blocks back to the system); fresh on
+    accelerators, whose caching allocator makes that free and keeps the peak memory low."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, dict[Tensor, Tensor]] = {}
+
+    def __call__(self, slot: str, params: list[Tensor]) -> list[Tensor]:
+        kept = self._kept.setdefault(slot, {})  # keyed by the tensor itself, as optimizer state
+        found = []
+        for p in params:
+            if p.device.type != "cpu":
+                found.append(torch.empty_like(p))
+                continue
+            buffer = kept.get(p)
+            if buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype:
+                buffer = kept[p] = torch.empty_like(p)
+            found.append(buffer)
+        return found
 
 
 class BatchNormBackup:
