@@ -3,7 +3,7 @@
 Trains the task's model (default ``mnist1d_cnn``: the 1-D CNN with BatchNorm) with
 ``torch.optim.SGD(lr, momentum, weight_decay)`` under
 
-* ``fdr-yaida``: :class:`torchvalley.landscape.fdr.FDRScheduler` with Yaida's exact quench rule
+* ``fdr-yaida``: :class:`torchvalley.landscape.gradient_statistics.fdr.FDRScheduler` with Yaida's exact quench rule
   (``|mean O_L / mean O_R - 1| < threshold`` over the second half of each ``window``, then
   ``lr *= factor``), stepped after every optimizer step;
 * ``fdr-ci``: the same scheduler with ``mode="ci"`` (quench when the batch-means interval of the
@@ -51,7 +51,7 @@ import torchvalley.bench.builtin_tasks  # noqa: F401  (registers the tasks)
 from torchvalley.bench.machine import cpu_model
 from torchvalley.bench.runner import global_seed, shuffle_seed
 from torchvalley.bench.tasks import Task, get_task
-from torchvalley.landscape.fdr import FDRScheduler
+from torchvalley.landscape import FDRScheduler
 
 SCHEDULES = ("fdr-yaida", "fdr-ci", "step", "constant")
 TUNE_CANDIDATES = ((0.5, 0.75), (0.33, 0.66), (0.6, 0.85))

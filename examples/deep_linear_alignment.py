@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torchvalley.landscape.alignment import LayerAlignment, layer_alignment, max_margin_direction
+from torchvalley.landscape import LayerAlignment, layer_alignment, max_margin_direction
 
 
 def separable_data(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from torchvalley.landscape.ntk import (
+from torchvalley.landscape import (
     NTKTrajectory,
     TwoLayerReLU,
     ntk_gram,

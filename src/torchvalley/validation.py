@@ -11,7 +11,7 @@ registry runs these checks before it builds any optimizer, torch's included.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
@@ -22,6 +22,8 @@ __all__ = [
     "INVALID_EXAMPLES",
     "check_betas",
     "check_bool",
+    "check_choice",
+    "check_int_at_least",
     "check_non_negative",
     "check_optional_positive",
     "check_optional_positive_int",
@@ -120,6 +122,21 @@ def check_positive_int(name: str, value: Any) -> int:
     """An ``int`` ``>= 1``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Invalid {name}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def check_int_at_least(name: str, value: Any, minimum: int) -> int:
+    """An ``int`` ``>= minimum`` (e.g. a number of samples that needs at least 2)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Invalid {name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, options: Sequence[Any]) -> Any:
+    """One of ``options`` (a method or mode name)."""
+    if isinstance(value, bool) or value not in options:
+        choices = ", ".join(map(repr, options))
+        raise ValueError(f"Invalid {name}: {value!r} (one of {choices})")
     return value
 
 

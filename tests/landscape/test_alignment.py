@@ -29,7 +29,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchvalley.landscape.alignment import (
+from torchvalley.landscape.theory.alignment import (
     LayerAlignment,
     layer_alignment,
     max_margin_direction,

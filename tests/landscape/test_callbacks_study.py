@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from torchvalley import cli
-from torchvalley.bench.runner import run_one
-from torchvalley.bench.store import Store
-from torchvalley.bench.tasks import get_task
-from torchvalley.landscape.callbacks import (
+from torchvalley.bench.landscape_study import run_landscape_study
+from torchvalley.bench.measurements import (
     HessianEigenvaluesCallback,
     HessianTraceCallback,
     SharpnessCallback,
 )
+from torchvalley.bench.runner import run_one
+from torchvalley.bench.store import Store
+from torchvalley.bench.tasks import get_task
 from torchvalley.landscape.sharpness import sharpness
-from torchvalley.landscape.study import run_landscape_study
 
 EIGENVALUES = sorted(get_task("quadratic").info["hessian_eigenvalues"], reverse=True)
 

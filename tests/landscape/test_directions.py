@@ -21,7 +21,7 @@ import math
 import pytest
 import torch
 
-from torchvalley.landscape.directions import (
+from torchvalley.landscape.gradient_statistics.directions import (
     sample_vmf,
     uniform_null,
     vmf_concentration,

@@ -21,8 +21,8 @@ import math
 import pytest
 import torch
 
-from torchvalley.landscape._core import ParameterFunction
-from torchvalley.landscape.fdr import (
+from torchvalley.curvature.function import ParameterFunction
+from torchvalley.landscape.gradient_statistics.fdr import (
     FDRMonitor,
     FDRScheduler,
     _t_quantile,

@@ -17,15 +17,15 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from torchvalley.bench.tasks import get_task
-from torchvalley.landscape.hessian import (
+from torchvalley.landscape.spectrum import (
     HessianEigenResult,
     HessianTrace,
     SpectralDensity,
     hessian_eigenvalues,
     hessian_trace,
-    plot_spectral_density,
     spectral_density,
 )
+from torchvalley.landscape.surfaces.plots import plot_spectral_density
 
 DTYPE = torch.float64
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from torchvalley.landscape import hessian_eigenvalues
-from torchvalley.landscape.hessian import DEFAULT_TOL
+from torchvalley.landscape.spectrum import DEFAULT_TOL
 
 DTYPE = torch.float64
 P = 200

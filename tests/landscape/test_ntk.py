@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchvalley.landscape.ntk import (
+from torchvalley.landscape.theory.ntk import (
     NTKTrajectory,
     TwoLayerReLU,
     ntk_gram,

@@ -19,7 +19,7 @@ Conventions:
   that of the concatenated data set (``m = n`` in the *m*-sharpness of Foret et al. 2021). For
   *m*-sharpness, call :func:`sharpness` once per batch of size *m* and average the values.
 * the maximization is over the selected ``parameters`` (default: every parameter that requires
-  grad); BatchNorm follows ``bn_mode`` (see :mod:`torchvalley.landscape._core`).
+  grad); BatchNorm follows ``bn_mode`` (see :mod:`torchvalley.curvature.function`).
 * the model is never modified.
 
 Example:
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchvalley.landscape._core import (
+from torchvalley.curvature.function import (
     LossFunction,
     ParameterFunction,
     Vector,

@@ -1,4 +1,5 @@
-"""PNG figures of loss curves, slices and layer-wise paths, drawn with matplotlib's object API
+"""PNG figures of loss curves, slices, layer-wise paths and spectral densities, drawn with
+matplotlib's object API
 (``Figure`` + the Agg canvas: no ``pyplot`` state is touched; matplotlib is imported only when
 plotting, ``pip install torchvalley[plots]``)."""
 
@@ -7,10 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torchvalley.landscape.interpolation import InterpolationResult, LayerwiseInterpolationResult
-from torchvalley.landscape.slices import LossSlice1D, LossSlice2D
+from torchvalley.landscape.spectrum import SpectralDensity
+from torchvalley.landscape.surfaces.interpolation import (
+    InterpolationResult,
+    LayerwiseInterpolationResult,
+)
+from torchvalley.landscape.surfaces.slices import LossSlice1D, LossSlice2D
 
-__all__ = ["plot_layerwise_interpolation", "plot_loss_contour", "plot_loss_curve"]
+__all__ = [
+    "plot_layerwise_interpolation",
+    "plot_loss_contour",
+    "plot_loss_curve",
+    "plot_spectral_density",
+]
 
 
 def _new_figure(size: tuple[float, float]) -> Any:
@@ -167,3 +177,52 @@ def plot_layerwise_interpolation(
     axes.legend(title="vary", fontsize="small")
     axes.set_title(title or f"layer-wise interpolation (others at {result.others})")
     return _save(figure, path, dpi)
+
+
+def plot_spectral_density(
+    result: SpectralDensity,
+    path: str | Path,
+    *,
+    sigma: float | None = None,
+    points: int = 10000,
+    title: str | None = None,
+    floor: float = 1e-10,
+    dpi: int = 110,
+) -> Path:
+    """Plot the smoothed eigenvalue density on a logarithmic density axis (PyHessian's style).
+
+    Args:
+        result: from :func:`spectral_density`.
+        path: the PNG file to write (parent folders are created).
+        sigma: the kernel's standard deviation (default :meth:`SpectralDensity.default_sigma`).
+        points: grid points (:meth:`SpectralDensity.grid`).
+        title: the figure title (default: the probes and Lanczos steps).
+        floor: densities below ``floor × max`` are drawn at that level (the axis' bottom).
+        dpi: the resolution.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = result.grid(points, sigma)
+    values = result.density(grid, sigma)
+    top = float(values.max())
+    bottom = top * floor
+    figure = Figure(figsize=(6.0, 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.semilogy(grid.numpy(), values.clamp_min(bottom).numpy(), linewidth=1.2)
+    axes.set_ylim(bottom, top * 3.0)
+    axes.set_xlabel("Eigenvalue")
+    axes.set_ylabel("Density (log scale)")
+    axes.set_title(
+        title
+        or f"Eigenvalue density (SLQ: {result.n_probes} probes × {result.nodes.shape[1]} steps)"
+    )
+    axes.grid(True, which="major", alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi, format="png")
+    return path

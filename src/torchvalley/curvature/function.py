@@ -1,7 +1,8 @@
-"""Shared machinery of the landscape diagnostics: a model + loss + data as a pure function of
-its parameters, batch handling, BatchNorm modes, and arithmetic on parameter-shaped vectors.
+"""A model + loss + data as a pure function of its parameters: batch handling, BatchNorm
+modes, random masks, and arithmetic on parameter-shaped vectors.
 
-Conventions used by every function in :mod:`torchvalley.landscape`:
+Conventions used by :mod:`torchvalley.curvature` and every function in
+:mod:`torchvalley.landscape`:
 
 * ``loss_fn(outputs, targets)`` returns a scalar, the *mean* loss over the batch;
 * ``data`` is one ``(inputs, targets)`` batch or an iterable of such batches; over several

@@ -62,7 +62,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from torchvalley.landscape._core import LossFunction, ParameterFunction
+from torchvalley.curvature.function import LossFunction, ParameterFunction
 
 __all__ = [
     "VMFConcentration",

@@ -7,8 +7,8 @@
 * :func:`layerwise_interpolation`: the same path for one layer (or block) at a time, every
   other parameter held at an endpoint (Vlaar & Frankle 2022, following Chatterji et al. 2020).
 
-Random filter-normalized slices are in :mod:`torchvalley.landscape.slices`, plots in
-:mod:`torchvalley.landscape.plots`.
+Random filter-normalized slices are in :mod:`torchvalley.landscape.surfaces.slices`, plots in
+:mod:`torchvalley.landscape.surfaces.plots`.
 
 **BatchNorm along an interpolation path.** The running statistics of the endpoints do not
 describe the network in between, so the two path functions take ``bn``:
@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from torchvalley.landscape._core import (
-    Batch,
-    LossFunction,
-    as_batches,
-)
+from torchvalley.curvature.function import Batch, LossFunction, as_batches
+from torchvalley.landscape.surfaces.grid import MetricFunction, alpha_grid
 
 __all__ = [
     "InterpolationResult",
@@ -49,7 +46,6 @@ __all__ = [
     "linear_interpolation",
 ]
 
-MetricFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 State = Mapping[str, torch.Tensor]
 
 _BN_OPTIONS = ("recompute", "interpolate")
@@ -100,31 +96,6 @@ class LayerwiseInterpolationResult:
 
 
 # -- validation -------------------------------------------------------------------------------
-
-
-def _alpha_grid(
-    name: str, steps: int, span: Sequence[float], alphas: Sequence[float] | torch.Tensor | None
-) -> torch.Tensor:
-    """The explicit ``alphas`` (named ``name``), else ``steps`` points spanning ``span``."""
-    if alphas is not None:
-        try:
-            grid = torch.as_tensor(alphas, dtype=torch.float64).detach().cpu().reshape(-1)
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"Invalid {name}: expected a sequence of numbers") from None
-        if grid.numel() == 0 or not bool(torch.isfinite(grid).all()):
-            raise ValueError(f"Invalid {name}: expected a non-empty sequence of finite numbers")
-        return grid.clone()
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"Invalid steps: expected an integer >= 2, got {steps!r}")
-    try:
-        start, end = (float(v) for v in span)
-    except (TypeError, ValueError):
-        raise ValueError(f"Invalid span: expected a pair (start, end), got {span!r}") from None
-    if not (torch.isfinite(torch.tensor([start, end])).all() and start < end):
-        raise ValueError(f"Invalid span: {span!r} (finite, start < end)")
-    grid = torch.linspace(start, end, steps, dtype=torch.float64)
-    grid[0], grid[-1] = start, end  # exact endpoints
-    return grid
 
 
 def _check_bn(bn: str) -> None:
@@ -368,7 +339,7 @@ def linear_interpolation(
         >>> result.losses.tolist()  # outputs 0, 1.5, 3
         [0.0, 2.25, 9.0]
     """
-    grid = _alpha_grid("alphas", steps, span, alphas)
+    grid = alpha_grid("alphas", steps, span, alphas)
     _check_bn(bn)
     own = _check_states(model, state_a, state_b)
     batches = as_batches(data)
@@ -495,7 +466,7 @@ def layerwise_interpolation(
         ValueError: for a bad ``groups``, ``others``, ``steps``, ``span``, ``alphas``, ``bn``,
             states that do not fit the model, or bad ``data``.
     """
-    grid = _alpha_grid("alphas", steps, span, alphas)
+    grid = alpha_grid("alphas", steps, span, alphas)
     _check_bn(bn)
     if others not in _OTHERS:
         raise ValueError(f"Invalid others: {others!r} (one of 'a', 'b')")

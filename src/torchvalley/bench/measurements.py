@@ -9,7 +9,7 @@ batch)`` yourself.
 
 Example:
     >>> from torchvalley.bench.runner import run_one
-    >>> from torchvalley.landscape.callbacks import HessianEigenvaluesCallback
+    >>> from torchvalley.bench.measurements import HessianEigenvaluesCallback
     >>> result = run_one("quadratic", "sgd:lr=0.05", seed=0, epochs=2, progress=False,
     ...                  callbacks=[HessianEigenvaluesCallback(every=2, examples=200)])
     >>> sorted({name for _, name, _ in result.measurements})
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchvalley.landscape._core import Batch, LossFunction
+from torchvalley.curvature.function import Batch, LossFunction
 
 __all__ = [
     "GradientConcentrationCallback",
@@ -86,7 +86,7 @@ class HessianEigenvaluesCallback(LandscapeCallback):
         self.max_iter = max_iter
 
     def measure(self, model, loss_fn, batch):
-        from torchvalley.landscape.hessian import hessian_eigenvalues
+        from torchvalley.landscape import hessian_eigenvalues
 
         result = hessian_eigenvalues(
             model,
@@ -108,7 +108,7 @@ class HessianTraceCallback(LandscapeCallback):
         self.samples = samples
 
     def measure(self, model, loss_fn, batch):
-        from torchvalley.landscape.hessian import hessian_trace
+        from torchvalley.landscape import hessian_trace
 
         result = hessian_trace(
             model,
@@ -155,7 +155,7 @@ class GradientConcentrationCallback(LandscapeCallback):
         self.batch_size = batch_size
 
     def measure(self, model, loss_fn, batch):
-        from torchvalley.landscape.directions import vmf_concentration
+        from torchvalley.landscape import vmf_concentration
 
         inputs, targets = batch
         batches = [

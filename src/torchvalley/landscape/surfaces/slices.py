@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchvalley.landscape._core import (
+from torchvalley.curvature.function import (
     LossFunction,
     ParameterFunction,
     Vector,
@@ -21,7 +21,7 @@ from torchvalley.landscape._core import (
     vector_add,
     vector_random,
 )
-from torchvalley.landscape.interpolation import MetricFunction, _alpha_grid
+from torchvalley.landscape.surfaces.grid import MetricFunction, alpha_grid
 
 __all__ = [
     "LossSlice1D",
@@ -216,7 +216,7 @@ def random_direction_slice_1d(
             a random filter-normalized one (:func:`filter_normalized_direction`).
         include_1d: see :func:`filter_normalize`.
         parameters: names of the parameters to move (default: all that require grad).
-        bn_mode: ``"eval"`` or ``"train"`` (see :mod:`torchvalley.landscape._core`).
+        bn_mode: ``"eval"`` or ``"train"`` (see :mod:`torchvalley.curvature.function`).
         metric_fn: optional ``metric_fn(outputs, targets) -> scalar`` (e.g. accuracy).
         generator: the source of randomness; ``None`` uses a generator seeded with 0. With
             ``bn_mode="train"`` it also seeds the dropout masks (the global RNG is untouched).
@@ -228,7 +228,7 @@ def random_direction_slice_1d(
         ValueError: for ``steps < 2``, a bad ``span``/``alphas``/``direction``, or bad
             ``data``/``parameters``/``bn_mode``.
     """
-    grid = _alpha_grid("alphas", steps, span, alphas)
+    grid = alpha_grid("alphas", steps, span, alphas)
     generator = torch.Generator().manual_seed(0) if generator is None else generator
     function = ParameterFunction(
         model,
@@ -299,8 +299,8 @@ def random_direction_slice_2d(
         ValueError: as :func:`random_direction_slice_1d`, and for ``directions`` that are not
             a pair.
     """
-    grid_a = _alpha_grid("alphas", steps, span, alphas)
-    grid_b = _alpha_grid("betas", steps, span, betas)
+    grid_a = alpha_grid("alphas", steps, span, alphas)
+    grid_b = alpha_grid("betas", steps, span, betas)
     generator = torch.Generator().manual_seed(0) if generator is None else generator
     function = ParameterFunction(
         model,

@@ -63,7 +63,7 @@ g_B^\top H g_B\rangle` (research brief §6.1). With groups of different
 \sum_g \tfrac{1+\mu_g}{2(1-\mu_g)}\eta_g\langle b_g\cdot (H\Lambda b)_g\rangle` with
 :math:`w_g = \eta_g(1-\delta_g)/(1-\mu_g)`, :math:`\Lambda = \mathrm{diag}(\eta_g)`.
 :meth:`FDRMonitor.observe_fdr2` measures both sides with one full-data gradient and one
-Hessian-vector product (:meth:`~torchvalley.landscape._core.ParameterFunction.hvp`); the
+Hessian-vector product (:meth:`~torchvalley.curvature.function.ParameterFunction.hvp`); the
 deviation of the ratio from 1 measures the anharmonicity (Yaida §4).
 
 **Measurement.** :class:`FDRMonitor` records, after every ``optimizer.step()`` (a step
@@ -90,7 +90,7 @@ from typing import Any, Literal
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from torchvalley.landscape._core import ParameterFunction
+from torchvalley.curvature.function import ParameterFunction
 
 __all__ = [
     "FDREstimate",
@@ -527,7 +527,7 @@ class FDRMonitor:
         about tr(C)/N). Call it every k steps; :meth:`fdr2_estimate` averages the samples.
 
         Args:
-            function: a :class:`~torchvalley.landscape._core.ParameterFunction` of the
+            function: a :class:`~torchvalley.curvature.function.ParameterFunction` of the
                 optimized model; every optimized parameter must be among its parameters.
 
         Returns:

@@ -1,12 +1,21 @@
 """The Hessian's spectrum without forming it: top eigenvalues, trace and eigenvalue density.
 
-Every function here works with Hessian-vector products (:mod:`torchvalley.landscape.hvp`) at
-the model's current parameters and takes the conventions of :mod:`torchvalley.landscape._core`
-(``loss_fn(outputs, targets)`` a mean loss; ``data`` a batch or an iterable of batches, averaged
-by batch size; ``bn_mode`` ``"eval"`` or ``"train"``; ``parameters`` a subset by name). They
-also accept ``curvature="gauss_newton"`` or ``"fisher"`` (empirical) to analyse those matrices
-instead. Computation runs in the parameters' dtype and on their device; returned eigenvalues,
-trace samples and quadrature nodes are float64 CPU tensors.
+Every function here takes a :class:`~torchvalley.curvature.operator.CurvatureOperator` first,
+the way SciPy takes a ``LinearOperator``: one operator (one gradient graph, with the
+``"double_backward"`` strategy) serves every call::
+
+    op = CurvatureOperator.of(model, loss_fn, data, bn_mode="eval", curvature="hessian")
+    hessian_eigenvalues(op, k=1); hessian_trace(op, samples=50)
+    spectral_density(op, lanczos_steps=80)
+
+The earlier form ``f(model, loss_fn, data, ..., bn_mode=, parameters=, strategy=, curvature=,
+per_example_loss=)`` builds the operator from those options and still works. The conventions
+are those of :mod:`torchvalley.curvature.function` (``loss_fn(outputs, targets)`` a mean loss;
+``data`` a batch or an iterable of batches, averaged by batch size; ``bn_mode``; a parameter
+subset by name); ``curvature="gauss_newton"`` or ``"fisher"`` analyses those matrices instead.
+Computation runs in the parameters' dtype and on their device; returned eigenvalues, trace
+samples and quadrature nodes are float64 CPU tensors. The Krylov kernels are in
+:mod:`torchvalley.landscape.krylov`.
 
 * :func:`hessian_eigenvalues`: the ``k`` largest eigenvalues, either *algebraic* (``λ_max``
   first, the most positive) or by *magnitude* (largest ``|λ|`` first, negative ones included, as
@@ -53,22 +62,25 @@ trace samples and quadrature nodes are float64 CPU tensors.
   (squared first components of its eigenvectors; Golub & Welsch, *Calculation of Gauss
   quadrature rules*, Math. Comp. 1969) — exact for polynomials of degree ``≤ 2m − 1``, and
   ``E[Σ_j w_j f(θ_j)] = tr f(H)/P``. :meth:`SpectralDensity.density` smooths the rule with
-  Gaussians; :func:`plot_spectral_density` draws it on a log-density axis like PyHessian.
+  Gaussians; :func:`~torchvalley.landscape.surfaces.plots.plot_spectral_density` draws it on
+  a log-density axis like PyHessian.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from torchvalley.landscape._core import LossFunction, ParameterFunction, Vector, mask_seed
-from torchvalley.landscape.hvp import CURVATURES, STRATEGIES, CurvatureOperator, PerExampleLoss
+from torchvalley.curvature.function import Vector, mask_seed
+from torchvalley.curvature.operator import CurvatureOperator
+from torchvalley.landscape import krylov
+from torchvalley.validation import check_choice, check_int_at_least, check_positive_int
 
 __all__ = [
     "METHODS",
@@ -78,7 +90,6 @@ __all__ = [
     "SpectralDensity",
     "hessian_eigenvalues",
     "hessian_trace",
-    "plot_spectral_density",
     "spectral_density",
 ]
 
@@ -86,7 +97,6 @@ METHODS = ("lanczos", "power")
 MODES = ("algebraic", "magnitude")
 
 _F64 = torch.float64
-_DGKS = 1.0 / math.sqrt(2.0)
 DEFAULT_TOL = {"lanczos": 1e-3, "power": 1e-4}
 """The default ``tol`` of :func:`hessian_eigenvalues` per method (see its docstring)."""
 MatVec = Callable[[torch.Tensor], torch.Tensor]
@@ -221,38 +231,41 @@ def _make_generator(generator: torch.Generator | None, seed: int | None) -> torc
     return torch.Generator().manual_seed(int(seed))
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Invalid {name}: {value!r} (an integer ≥ {minimum})")
-    return value
+_OPERATOR_OPTIONS = ("bn_mode", "parameters", "strategy", "curvature", "per_example_loss")
 
 
-def _choice(name: str, value: Any, options: Sequence[str]) -> str:
-    if value not in options:
-        raise ValueError(f"Invalid {name}: {value!r} (one of {', '.join(map(repr, options))})")
-    return value
+def _accepts_model(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Also accept the earlier form ``f(model, loss_fn, data, ..., bn_mode=..., parameters=...,
+    strategy=..., curvature=..., per_example_loss=...)``: a wrapper that builds the operator with
+    :meth:`CurvatureOperator.of` and calls ``f(operator, ...)``."""
 
+    @functools.wraps(function)
+    def wrapper(operator: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(operator, CurvatureOperator):
+            misplaced = sorted(set(kwargs) & set(_OPERATOR_OPTIONS))
+            if misplaced:
+                raise ValueError(
+                    f"Invalid arguments: {', '.join(misplaced)} configure the operator; pass "
+                    "them to CurvatureOperator.of(model, loss_fn, data, ...)"
+                )
+            return function(operator, *args, **kwargs)
+        if not isinstance(operator, nn.Module) or len(args) < 2:
+            raise ValueError(
+                f"Invalid arguments: expected a CurvatureOperator or (model, loss_fn, data), got "
+                f"{type(operator).__name__} and {len(args)} more positional argument(s)"
+            )
+        loss_fn, data, *rest = args
+        options = {name: kwargs.pop(name) for name in _OPERATOR_OPTIONS if name in kwargs}
+        generator, seed = kwargs.get("generator"), kwargs.get("seed")
+        mask = None
+        if options.get("bn_mode", "eval") == "train":
+            if generator is None and seed is None:  # one draw from the global RNG, as before
+                kwargs["seed"] = seed = int(torch.randint(0, 2**62, ()))
+            mask = seed if seed is not None or generator is None else mask_seed("train", generator)
+        op = CurvatureOperator.of(operator, loss_fn, data, seed=mask, **options)
+        return function(op, *rest, **kwargs)
 
-def _operator(
-    model: nn.Module,
-    loss_fn: LossFunction,
-    data: Any,
-    *,
-    bn_mode: str,
-    parameters: Sequence[str] | None,
-    strategy: str,
-    curvature: str,
-    per_example_loss: PerExampleLoss | None,
-    seed: int | None,
-) -> CurvatureOperator:
-    _choice("strategy", strategy, STRATEGIES)
-    _choice("curvature", curvature, CURVATURES)
-    function = ParameterFunction(
-        model, loss_fn, data, parameters=parameters, bn_mode=bn_mode, seed=seed
-    )
-    return CurvatureOperator(
-        function, curvature=curvature, strategy=strategy, per_example_loss=per_example_loss
-    )
+    return wrapper
 
 
 def _gaussian(op: CurvatureOperator, generator: torch.Generator) -> torch.Tensor:
@@ -265,169 +278,12 @@ def _rademacher(op: CurvatureOperator, generator: torch.Generator) -> torch.Tens
     return (bits.to(op.dtype) * 2 - 1).to(op.device)
 
 
-# -- linear algebra on flat vectors -----------------------------------------------------------
-
-
-def _orthogonalize(vector: torch.Tensor, basis: torch.Tensor | None, times: int = 1):
-    """``vector`` minus its projection on the orthonormal rows of ``basis``."""
-    if basis is None or basis.shape[0] == 0:
-        return vector
-    for _ in range(times):
-        vector = vector - basis.T @ (basis @ vector)
-    return vector
-
-
-class _Basis:
-    """Orthonormal rows ``q_0, q_1, ...`` in a buffer that doubles when full (so memory follows
-    the steps actually taken, not ``max_iter``)."""
-
-    def __init__(self, like: torch.Tensor, capacity: int) -> None:
-        self.rows = torch.empty(
-            max(1, capacity), like.numel(), dtype=like.dtype, device=like.device
-        )
-        self.count = 0
-
-    def append(self, row: torch.Tensor) -> None:
-        if self.count == self.rows.shape[0]:
-            rows, columns = self.rows.shape
-            grown = self.rows.new_empty(2 * rows, columns)
-            grown[: self.count] = self.rows
-            self.rows = grown
-        self.rows[self.count] = row
-        self.count += 1
-
-    @property
-    def matrix(self) -> torch.Tensor:
-        return self.rows[: self.count]
-
-
-def _tridiagonal(alphas: Sequence[float], betas: Sequence[float]) -> torch.Tensor:
-    m = len(alphas)
-    t = torch.diag(torch.tensor(alphas, dtype=_F64))
-    if m > 1:
-        off = torch.tensor(betas[: m - 1], dtype=_F64)
-        t = t + torch.diag(off, 1) + torch.diag(off, -1)
-    return t
-
-
-def _wanted(values: torch.Tensor, k: int, mode: str) -> torch.Tensor:
-    """Indices of the ``k`` wanted values, in output order."""
-    keys = values if mode == "algebraic" else values.abs()
-    return torch.argsort(keys, descending=True, stable=True)[:k]
-
-
-@dataclasses.dataclass
-class _LanczosState:
-    alphas: list[float]
-    betas: list[float]  # betas[j] couples q_j and q_{j+1} (0.0 after a restart)
-    basis: _Basis
-    last_beta: float  # the residual norm after the last step
-
-
-def _lanczos(
-    matvec: MatVec,
-    start: torch.Tensor,
-    steps: int,
-    *,
-    restart: Callable[[], torch.Tensor] | None = None,
-    stop: Callable[[_LanczosState], bool] | None = None,
-) -> _LanczosState:
-    """Lanczos with full reorthogonalisation (CGS2) for at most ``steps`` products.
-
-    ``restart`` (if given) draws a new start vector after an exact breakdown; otherwise the
-    iteration ends there. ``stop(state)`` is asked after every step that is not a breakdown.
-    """
-    dimension = start.numel()
-    eps = torch.finfo(start.dtype).eps
-    state = _LanczosState([], [], _Basis(start, min(steps, dimension, 16)), 0.0)
-    q = start / torch.linalg.vector_norm(start)
-    scale = 0.0
-    for j in range(steps):
-        state.basis.append(q)
-        w = matvec(q)
-        alpha = float(torch.dot(q, w))
-        w = w - alpha * q
-        if j > 0 and state.betas[j - 1] != 0.0:
-            w = w - state.betas[j - 1] * state.basis.rows[j - 1]
-        # Full reorthogonalisation, a second Gram–Schmidt pass only when the first removed much
-        # of w (DGKS: ‖w'‖ < ‖w‖/√2; Daniel, Gragg, Kaufman & Stewart 1976, as in ARPACK).
-        before = float(torch.linalg.vector_norm(w))
-        w = _orthogonalize(w, state.basis.matrix)
-        beta = float(torch.linalg.vector_norm(w))
-        if beta < _DGKS * before:
-            w = _orthogonalize(w, state.basis.matrix)
-            beta = float(torch.linalg.vector_norm(w))
-        state.alphas.append(alpha)
-        state.last_beta = beta
-        scale = max(scale, abs(alpha) + beta + (state.betas[-1] if state.betas else 0.0))
-        exhausted = state.basis.count >= dimension
-        breakdown = beta <= 100 * eps * max(scale, torch.finfo(start.dtype).tiny)
-        if exhausted or (breakdown and restart is None):
-            state.last_beta = 0.0
-            break
-        if not breakdown and stop is not None and stop(state):
-            break
-        if j == steps - 1:
-            break
-        if breakdown:
-            assert restart is not None
-            fresh = _orthogonalize(restart(), state.basis.matrix, times=2)
-            state.betas.append(0.0)
-            state.last_beta = 0.0
-            q = fresh / torch.linalg.vector_norm(fresh)
-        else:
-            state.betas.append(beta)
-            q = w / beta
-    return state
-
-
-def _ritz(state: _LanczosState) -> tuple[torch.Tensor, torch.Tensor]:
-    values, vectors = torch.linalg.eigh(_tridiagonal(state.alphas, state.betas))
-    return values, vectors
-
-
-def _power(
-    matvec: MatVec,
-    start: torch.Tensor,
-    basis: torch.Tensor | None,
-    shift: float,
-    max_iter: int,
-    tol: float,
-) -> tuple[float, torch.Tensor, float, bool]:
-    """Power iteration on ``(H − shift·I)`` restricted to the complement of ``basis``.
-
-    Returns ``(λ, v, ‖Hv − λv‖, converged)`` with ``λ = vᵀHv`` the Rayleigh quotient of ``H``.
-    """
-    v = _orthogonalize(start, basis)
-    v = v / torch.linalg.vector_norm(v)
-    previous: float | None = None
-    value, residual, converged = 0.0, math.inf, False
-    for _ in range(max_iter):
-        product = matvec(v)
-        value = float(torch.dot(v, product))
-        residual = float(torch.linalg.vector_norm(product - value * v))
-        w = _orthogonalize(product, basis)
-        shifted = w - shift * v if shift != 0.0 else w
-        norm = float(torch.linalg.vector_norm(shifted))
-        if norm == 0.0 or residual == 0.0:  # an exact eigenvector (or a zero operator)
-            converged = True
-            break
-        if previous is not None and abs(value - previous) < tol * abs(value):
-            converged = True
-            break
-        previous = value
-        v = _orthogonalize(shifted / norm, basis)
-        v = v / torch.linalg.vector_norm(v)
-    return value, v, residual, converged
-
-
 # -- eigenvalues ------------------------------------------------------------------------------
 
 
+@_accepts_model
 def hessian_eigenvalues(
-    model: nn.Module,
-    loss_fn: LossFunction,
-    data: Any,
+    operator: CurvatureOperator,
     k: int = 1,
     *,
     method: str = "lanczos",
@@ -435,13 +291,8 @@ def hessian_eigenvalues(
     max_iter: int = 100,
     tol: float | None = None,
     return_vectors: bool = False,
-    bn_mode: str = "eval",
-    parameters: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
-    strategy: str = "auto",
-    curvature: str = "hessian",
-    per_example_loss: PerExampleLoss | None = None,
 ) -> HessianEigenResult:
     """The ``k`` largest eigenvalues of the Hessian (algebraic or by magnitude).
 
@@ -449,9 +300,10 @@ def hessian_eigenvalues(
     and a spectral shift, as PyHessian, Yao et al. 2020).
 
     Args:
-        model: the network (not modified).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss.
-        data: one ``(inputs, targets)`` batch or an iterable of batches.
+        operator: the curvature operator (:meth:`CurvatureOperator.of`); its products are
+            counted in ``operator.products``. The earlier form ``(model, loss_fn, data, ...,
+            bn_mode=, parameters=, strategy=, curvature=, per_example_loss=)`` still works: it
+            builds the operator with those options (see :meth:`CurvatureOperator.of`).
         k: how many eigenvalues.
         method: ``"lanczos"`` (default) or ``"power"``.
         mode: ``"algebraic"`` (largest values, ``λ_max`` first) or ``"magnitude"`` (largest
@@ -466,54 +318,38 @@ def hessian_eigenvalues(
             (PyHessian's rule, which does not bound the error: slow convergence looks
             converged).
         return_vectors: also return the unit eigenvectors.
-        bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics).
-        parameters: names of the parameters (default: all that require grad).
         generator: CPU ``torch.Generator`` for the start vectors.
         seed: seed of a new generator (instead of ``generator``); with neither, a seed is drawn
             from the global RNG.
-        strategy: Hessian products: ``"auto"``, ``"double_backward"``,
-            ``"double_backward_per_batch"`` or ``"forward_over_reverse"`` (see
-            :mod:`torchvalley.landscape.hvp`; ``"auto"`` keeps one batch's gradient graph and
-            backpropagates through it for every product).
-        curvature: ``"hessian"``, ``"gauss_newton"`` or ``"fisher"`` (empirical).
-        per_example_loss: for ``curvature="fisher"`` (see
-            :func:`~torchvalley.landscape.hvp.fisher_vector_product`).
 
     Returns:
         A :class:`HessianEigenResult`.
 
     Raises:
-        ValueError: for an invalid ``k`` (not in ``1..P``), ``method``, ``mode``, ``bn_mode``,
-            ``strategy``, ``curvature``, ``max_iter`` or ``tol``.
+        ValueError: for an invalid ``k`` (not in ``1..P``), ``method``, ``mode``, ``max_iter``
+            or ``tol`` (and, in the model form, ``bn_mode``, ``strategy`` or ``curvature``).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(),
         ...                             torch.nn.Linear(4, 1)).double()
         >>> data = (torch.randn(16, 3).double(), torch.randn(16, 1).double())
-        >>> result = hessian_eigenvalues(model, torch.nn.functional.mse_loss, data, k=2, seed=0)
+        >>> op = CurvatureOperator.of(model, torch.nn.functional.mse_loss, data)
+        >>> result = hessian_eigenvalues(op, k=2, seed=0)
         >>> result.eigenvalues.shape, all(result.converged)
         (torch.Size([2]), True)
+        >>> float(hessian_trace(op, samples=50, seed=0).estimate) > 0  # the same graph
+        True
     """
-    _choice("method", method, METHODS)
-    _choice("mode", mode, MODES)
-    _positive_int("k", k)
-    _positive_int("max_iter", max_iter)
+    check_choice("method", method, METHODS)
+    check_choice("mode", mode, MODES)
+    check_positive_int("k", k)
+    check_positive_int("max_iter", max_iter)
     if tol is None:
         tol = DEFAULT_TOL[method]
     if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0):
         raise ValueError(f"Invalid tol: {tol!r} (a number ≥ 0)")
+    op, start = operator, operator.products
     rng = _make_generator(generator, seed)
-    op = _operator(
-        model,
-        loss_fn,
-        data,
-        bn_mode=bn_mode,
-        parameters=parameters,
-        strategy=strategy,
-        curvature=curvature,
-        per_example_loss=per_example_loss,
-        seed=seed if seed is not None else mask_seed(bn_mode, rng),
-    )
     if k > op.dimension:
         raise ValueError(f"Invalid k: {k} (more than the {op.dimension} parameters)")
     if method == "lanczos":
@@ -530,31 +366,10 @@ def hessian_eigenvalues(
         eigenvectors=eigenvectors,
         residuals=torch.tensor(residuals, dtype=_F64),
         converged=tuple(converged),
-        hvp_count=op.products,
+        hvp_count=op.products - start,
         method=method,
         mode=mode,
     )
-
-
-def _error_bounds(
-    values: torch.Tensor,
-    vectors: torch.Tensor,
-    last_beta: float,
-    wanted: torch.Tensor,
-    eigenvalues_only: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Residuals ``r_i = β_m |s_{m,i}|`` of the wanted Ritz pairs and bounds on the error of
-    their Ritz values: ``r_i`` (an eigenvalue lies within ``r_i``, Krylov–Bogoliubov) and, for
-    eigenvalues only, ``r_i²/δ_i`` with ``δ_i`` the distance to the nearest other Ritz value
-    (Kato–Temple, with the gap estimated from the Ritz values; Parlett, *The symmetric
-    eigenvalue problem*, §11-7): a Ritz value converges about twice as fast as its vector."""
-    residuals = (last_beta * vectors[-1, wanted]).abs()
-    if not eigenvalues_only or values.numel() < 2:
-        return residuals, residuals
-    distance = (values.reshape(1, -1) - values[wanted].reshape(-1, 1)).abs()
-    distance[torch.arange(wanted.numel()), wanted] = math.inf
-    gaps = distance.min(dim=1).values
-    return residuals, torch.minimum(residuals, residuals**2 / gaps)
 
 
 def _lanczos_top(
@@ -568,10 +383,10 @@ def _lanczos_top(
 ) -> tuple[list[float], list[torch.Tensor], list[float], list[bool]]:
     floor = 100 * torch.finfo(op.dtype).eps  # relative accuracy the arithmetic allows
 
-    def check(state: _LanczosState):
-        values, vectors = _ritz(state)
-        wanted = _wanted(values, k, mode)
-        residuals, bounds = _error_bounds(
+    def check(state: krylov.LanczosState):
+        values, vectors = krylov.ritz(state)
+        wanted = krylov.wanted_indices(values, k, mode)
+        residuals, bounds = krylov.error_bounds(
             values, vectors, state.last_beta, wanted, not return_vectors
         )
         # converged: error ≤ tol·|θ_i| (or at the rounding level of ‖T‖)
@@ -582,7 +397,7 @@ def _lanczos_top(
 
     passed = [False]  # the test's outcome at the previous step
 
-    def stop(state: _LanczosState) -> bool:
+    def stop(state: krylov.LanczosState) -> bool:
         # The gap estimate is trusted only when the test holds at two consecutive steps and
         # after 2k + 4 steps: a Ritz value that a new one is about to overtake (an eigenvalue
         # missed so far, e.g. λ_max above a cluster) fails it.
@@ -591,7 +406,7 @@ def _lanczos_top(
         passed[0] = now
         return done
 
-    state = _lanczos(
+    state = krylov.lanczos(
         op.matvec_flat,
         _gaussian(op, rng),
         min(max_iter, op.dimension),
@@ -618,14 +433,14 @@ def _power_top(
     shift = 0.0
     for _ in range(k):
         basis = torch.stack(vectors) if vectors else None
-        value, vector, residual, ok = _power(
+        value, vector, residual, ok = krylov.power_iteration(
             op.matvec_flat, _gaussian(op, rng), basis, shift, max_iter, tol
         )
         if mode == "algebraic" and shift == 0.0 and value < 0.0:
             # The dominant eigenvalue of the rest is negative: every remaining eigenvalue is
             # ≥ value, so H − value·I is PSD there and its top eigenvector is the algebraic top.
             shift = value
-            value, vector, residual, ok = _power(
+            value, vector, residual, ok = krylov.power_iteration(
                 op.matvec_flat, _gaussian(op, rng), basis, shift, max_iter, tol
             )
         values.append(value)
@@ -647,20 +462,14 @@ def _power_top(
 # -- trace ------------------------------------------------------------------------------------
 
 
+@_accepts_model
 def hessian_trace(
-    model: nn.Module,
-    loss_fn: LossFunction,
-    data: Any,
+    operator: CurvatureOperator,
     *,
     samples: int = 100,
     probes_per_pass: int = 1,
-    bn_mode: str = "eval",
-    parameters: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
-    strategy: str = "auto",
-    curvature: str = "hessian",
-    per_example_loss: PerExampleLoss | None = None,
 ) -> HessianTrace:
     """Hutchinson's estimate of ``tr H`` with its standard error (Hutchinson 1989).
 
@@ -669,19 +478,15 @@ def hessian_trace(
     deviation over ``√n``.
 
     Args:
-        model: the network (not modified).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss.
-        data: a batch or an iterable of batches.
+        operator: the curvature operator (:meth:`CurvatureOperator.of`); its products are
+            counted in ``operator.products``. The earlier form ``(model, loss_fn, data, ...,
+            bn_mode=, parameters=, strategy=, curvature=, per_example_loss=)`` still works: it
+            builds the operator with those options (see :meth:`CurvatureOperator.of`).
         samples: number of probe vectors ``n`` (``≥ 2``).
         probes_per_pass: Hessian products computed together (batched backward or
             ``vmap``); the probes and the result do not depend on it.
-        bn_mode: ``"eval"`` or ``"train"``.
-        parameters: names of the parameters (default: all that require grad).
         generator: CPU ``torch.Generator`` for the probes.
         seed: seed of a new generator instead; with neither, drawn from the global RNG.
-        strategy: Hessian products (see :func:`hessian_eigenvalues`).
-        curvature: ``"hessian"``, ``"gauss_newton"`` or ``"fisher"`` (empirical).
-        per_example_loss: for ``curvature="fisher"``.
 
     Returns:
         A :class:`HessianTrace`.
@@ -690,20 +495,10 @@ def hessian_trace(
         ValueError: for invalid ``samples``, ``probes_per_pass``, ``bn_mode``, ``strategy`` or
             ``curvature``.
     """
-    _positive_int("samples", samples, minimum=2)
-    _positive_int("probes_per_pass", probes_per_pass)
+    check_int_at_least("samples", samples, 2)
+    check_positive_int("probes_per_pass", probes_per_pass)
+    op = operator
     rng = _make_generator(generator, seed)
-    op = _operator(
-        model,
-        loss_fn,
-        data,
-        bn_mode=bn_mode,
-        parameters=parameters,
-        strategy=strategy,
-        curvature=curvature,
-        per_example_loss=per_example_loss,
-        seed=seed if seed is not None else mask_seed(bn_mode, rng),
-    )
     values = []
     for start in range(0, samples, probes_per_pass):
         probes = torch.stack(
@@ -724,20 +519,14 @@ def hessian_trace(
 # -- spectral density -------------------------------------------------------------------------
 
 
+@_accepts_model
 def spectral_density(
-    model: nn.Module,
-    loss_fn: LossFunction,
-    data: Any,
+    operator: CurvatureOperator,
     *,
     n_probes: int = 1,
     lanczos_steps: int = 100,
-    bn_mode: str = "eval",
-    parameters: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
-    strategy: str = "auto",
-    curvature: str = "hessian",
-    per_example_loss: PerExampleLoss | None = None,
 ) -> SpectralDensity:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ubaru et al. 2017).
 
@@ -746,19 +535,15 @@ def spectral_density(
     squared first components of its eigenvectors the weights (Golub & Welsch 1969).
 
     Args:
-        model: the network (not modified).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss.
-        data: a batch or an iterable of batches.
+        operator: the curvature operator (:meth:`CurvatureOperator.of`); its products are
+            counted in ``operator.products``. The earlier form ``(model, loss_fn, data, ...,
+            bn_mode=, parameters=, strategy=, curvature=, per_example_loss=)`` still works: it
+            builds the operator with those options (see :meth:`CurvatureOperator.of`).
         n_probes: number of probe vectors.
         lanczos_steps: Lanczos steps per probe (capped at ``P``; fewer if the Krylov space of a
             probe is exhausted).
-        bn_mode: ``"eval"`` or ``"train"``.
-        parameters: names of the parameters (default: all that require grad).
         generator: CPU ``torch.Generator`` for the probes.
         seed: seed of a new generator instead; with neither, drawn from the global RNG.
-        strategy: Hessian products (see :func:`hessian_eigenvalues`).
-        curvature: ``"hessian"``, ``"gauss_newton"`` or ``"fisher"`` (empirical).
-        per_example_loss: for ``curvature="fisher"``.
 
     Returns:
         A :class:`SpectralDensity` (``n_probes × m`` nodes and weights).
@@ -767,77 +552,18 @@ def spectral_density(
         ValueError: for invalid ``n_probes``, ``lanczos_steps``, ``bn_mode``, ``strategy`` or
             ``curvature``.
     """
-    _positive_int("n_probes", n_probes)
-    _positive_int("lanczos_steps", lanczos_steps)
+    check_positive_int("n_probes", n_probes)
+    check_positive_int("lanczos_steps", lanczos_steps)
+    op = operator
     rng = _make_generator(generator, seed)
-    op = _operator(
-        model,
-        loss_fn,
-        data,
-        bn_mode=bn_mode,
-        parameters=parameters,
-        strategy=strategy,
-        curvature=curvature,
-        per_example_loss=per_example_loss,
-        seed=seed if seed is not None else mask_seed(bn_mode, rng),
-    )
     steps = min(lanczos_steps, op.dimension)
     nodes = torch.zeros(n_probes, steps, dtype=_F64)
     weights = torch.zeros(n_probes, steps, dtype=_F64)
     for probe in range(n_probes):
-        state = _lanczos(op.matvec_flat, _rademacher(op, rng), steps)
-        values, vectors = _ritz(state)
+        state = krylov.lanczos(op.matvec_flat, _rademacher(op, rng), steps)
+        values, vectors = krylov.ritz(state)
         m = values.shape[0]
         nodes[probe, :m] = values
         nodes[probe, m:] = values[-1]
         weights[probe, :m] = vectors[0] ** 2
     return SpectralDensity(nodes=nodes, weights=weights, dimension=op.dimension)
-
-
-def plot_spectral_density(
-    result: SpectralDensity,
-    path: str | Path,
-    *,
-    sigma: float | None = None,
-    points: int = 10000,
-    title: str | None = None,
-    floor: float = 1e-10,
-    dpi: int = 110,
-) -> Path:
-    """Plot the smoothed eigenvalue density on a logarithmic density axis (PyHessian's style).
-
-    Args:
-        result: from :func:`spectral_density`.
-        path: the PNG file to write (parent folders are created).
-        sigma: the kernel's standard deviation (default :meth:`SpectralDensity.default_sigma`).
-        points: grid points (:meth:`SpectralDensity.grid`).
-        title: the figure title (default: the probes and Lanczos steps).
-        floor: densities below ``floor × max`` are drawn at that level (the axis' bottom).
-        dpi: the resolution.
-
-    Returns:
-        The path written.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    grid = result.grid(points, sigma)
-    values = result.density(grid, sigma)
-    top = float(values.max())
-    bottom = top * floor
-    figure = Figure(figsize=(6.0, 4.0), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.semilogy(grid.numpy(), values.clamp_min(bottom).numpy(), linewidth=1.2)
-    axes.set_ylim(bottom, top * 3.0)
-    axes.set_xlabel("Eigenvalue")
-    axes.set_ylabel("Density (log scale)")
-    axes.set_title(
-        title
-        or f"Eigenvalue density (SLQ: {result.n_probes} probes × {result.nodes.shape[1]} steps)"
-    )
-    axes.grid(True, which="major", alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, format="png")
-    return path

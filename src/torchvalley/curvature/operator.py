@@ -1,8 +1,8 @@
-"""Curvature-vector products: Hessian, generalised Gauss–Newton and empirical Fisher.
+"""The curvature operator ``v ↦ (C + λI) v``: Hessian, generalised Gauss–Newton, empirical Fisher.
 
 All three are products with a symmetric ``P × P`` matrix (``P`` = number of selected
 parameters) that is never formed. The matrices, for the data-set loss
-``L(θ) = Σ_b w_b L_b(θ)`` (batch-size weights ``w_b``, see :mod:`torchvalley.landscape._core`):
+``L(θ) = Σ_b w_b L_b(θ)`` (batch-size weights ``w_b``, see :mod:`torchvalley.curvature.function`):
 
 * **Hessian** ``H = ∇²L(θ)``, by Pearlmutter's exact product (Pearlmutter, *Fast exact
   multiplication by the Hessian*, Neural Computation 1994), with three strategies:
@@ -27,15 +27,11 @@ parameters) that is never formed. The matrices, for the data-set loss
     ``benchmarks/hessian_speed.py``).
 
   With dropout active (``bn_mode="train"``), every strategy differentiates the same masks,
-  drawn from the function's seed (see :mod:`torchvalley.landscape._core`).
+  drawn from the function's seed (see :mod:`torchvalley.curvature.function`).
 
   With ``bn_mode="eval"``, the double-backward strategies build their graphs with eval-mode
-  BatchNorm written as the per-channel affine map it is, ``x·a + c`` (``a = γ/√(σ²+ε)``,
-  ``c = β − μa``), and folded into the convolution or linear layer that feeds it
-  (``conv(x, W·a, b·a + c)``): the same function of the same parameters, so every derivative
-  is unchanged, but the activation-sized operations of PyTorch's batch-norm graph and of its
-  generic double backward are gone, which makes a product about half as expensive on a
-  conv + BatchNorm network (see ``benchmarks/hessian_speed.py``).
+  BatchNorm folded into the layer that feeds it (:mod:`torchvalley.curvature.bn_fold`): the same
+  function, about half the cost of a product on a conv + BatchNorm network.
 
 * **Generalised Gauss–Newton** ``G = Σ_b w_b J_bᵀ H_b J_b`` with ``J_b = ∂f(θ, x_b)/∂θ`` the
   Jacobian of the model's outputs on batch ``b`` and ``H_b = ∇²_z loss_fn(z, y_b)`` the Hessian of
@@ -64,33 +60,25 @@ parameters) that is never formed. The matrices, for the data-set loss
 
 GGN and Fisher products run two forward passes per batch (one for ``J v``, one for ``Jᵀ``); in
 ``bn_mode="train"`` every forward pass draws its dropout masks from the same seeded, forked RNG
-(:class:`~torchvalley.landscape._core.ParameterFunction`), so the masks agree between the two
+(:class:`~torchvalley.curvature.function.ParameterFunction`), so the masks agree between the two
 passes and between products: every strategy multiplies by one fixed matrix.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from torchvalley.landscape._core import Batch, LossFunction, ParameterFunction, Vector
+from torchvalley.curvature import bn_fold
+from torchvalley.curvature.function import Batch, LossFunction, ParameterFunction, Vector
+from torchvalley.validation import check_choice, check_non_negative
 
-__all__ = [
-    "CURVATURES",
-    "STRATEGIES",
-    "CurvatureOperator",
-    "fisher_vector_product",
-    "gauss_newton_vector_product",
-    "hessian_vector_product",
-]
+__all__ = ["CURVATURES", "STRATEGIES", "CurvatureOperator", "PerExampleLoss"]
 
 STRATEGIES = ("auto", "double_backward", "double_backward_per_batch", "forward_over_reverse")
 """Hessian-vector-product strategies (see the module docstring)."""
@@ -100,98 +88,6 @@ CURVATURES = ("hessian", "gauss_newton", "fisher")
 
 PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _Graph = tuple[tuple[torch.Tensor, ...], list[int]]  # gradients with graphs, their indices
-
-
-# -- eval-mode BatchNorm, folded -------------------------------------------------------------
-
-# Layers y = op(x, W, b) whose output channels are W's first axis and, batched, y's axis 1.
-_FOLDABLE = (torch.conv1d, torch.conv2d, torch.conv3d, F.linear)
-
-
-class _FoldedEvalBatchNorm(TorchFunctionMode):
-    """Evaluates eval-mode ``F.batch_norm`` as the per-channel affine map it is, folded into the
-    convolution or linear layer that produced its input when there is one.
-
-    With ``a = γ/√(σ² + ε)`` and ``c = β − μa``, ``BN(conv(x, W, b)) = conv(x, W·a, b·a + c)``
-    (the same for ``F.linear`` with a ``(B, C)`` output) and otherwise ``BN(z) = z·a + c``: the
-    same function of the same parameters (``W``, ``b``, ``γ``, ``β``), so every derivative is
-    unchanged, but the activation-sized operations of PyTorch's batch-norm graph (and of its
-    generic double backward) disappear. The unfolded layer still runs once in the forward pass;
-    when its output feeds nothing else it is not part of the loss's graph. Only used while a
-    graph is built (see ``_batch_graph``).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # id(output) -> (output, its version counter, layer function, args, kwargs)
-        self._layers: dict[int, tuple[torch.Tensor, int, Any, tuple[Any, ...], dict[str, Any]]]
-        self._layers = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-        kwargs = kwargs or {}
-        if func is F.batch_norm:
-            return self._batch_norm(*args, **kwargs)
-        out = func(*args, **kwargs)
-        if func in _FOLDABLE and isinstance(out, torch.Tensor):
-            self._layers[id(out)] = (out, out._version, func, args, kwargs)
-        return out
-
-    def _batch_norm(
-        self,
-        input: torch.Tensor,
-        running_mean: torch.Tensor | None,
-        running_var: torch.Tensor | None,
-        weight: torch.Tensor | None = None,
-        bias: torch.Tensor | None = None,
-        training: bool = False,
-        momentum: float | None = 0.1,
-        eps: float = 1e-5,
-    ) -> torch.Tensor:
-        if training or running_mean is None or running_var is None:
-            return F.batch_norm(
-                input, running_mean, running_var, weight, bias, training, momentum, eps
-            )
-        scale = torch.rsqrt(running_var + eps)
-        if weight is not None:
-            scale = scale * weight
-        shift = -running_mean * scale
-        if bias is not None:
-            shift = shift + bias
-        producer = self._layers.get(id(input))
-        # the very tensor the layer returned, not modified in place since (e.g. ReLU(inplace))
-        if producer is not None and producer[0] is input and producer[1] == input._version:
-            folded = self._folded(*producer[2:], scale, shift)
-            if folded is not None:
-                return folded
-        shape = (1, -1) + (1,) * (input.dim() - 2)
-        return input * scale.reshape(shape) + shift.reshape(shape)
-
-    @staticmethod
-    def _folded(
-        layer: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        scale: torch.Tensor,
-        shift: torch.Tensor,
-    ) -> torch.Tensor | None:
-        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-        bound = dict(zip(names, args, strict=False))
-        bound.update(kwargs)
-        inputs, weight = bound["input"], bound["weight"]
-        # BatchNorm's channel axis must be the layer's output axis: batched convolutions
-        # (input and weight of the same rank) and linear layers with (B, C) outputs.
-        batched = inputs.dim() == weight.dim() if layer is not F.linear else inputs.dim() == 2
-        if not batched or weight.shape[0] != scale.numel():
-            return None
-        bound["weight"] = weight * scale.reshape((-1,) + (1,) * (weight.dim() - 1))
-        bias = bound.get("bias")
-        bound["bias"] = shift if bias is None else bias * scale + shift
-        return layer(**bound)
-
-
-def _graph_context(function: ParameterFunction) -> contextlib.AbstractContextManager[Any]:
-    return _FoldedEvalBatchNorm() if function.bn_mode == "eval" else contextlib.nullcontext()
-
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -258,8 +154,18 @@ class CurvatureOperator:
     """``v ↦ Cv`` for a curvature matrix ``C`` of a :class:`ParameterFunction` at a fixed point.
 
     Vectors are tuples of parameter-shaped tensors (:meth:`matvec`) or flat 1-D tensors in the
-    order of ``function.names`` (:meth:`matvec_flat`, :meth:`matmat_flat`). The operator counts
-    its products in :attr:`products`. Nothing about the model is changed.
+    order of ``function.names`` (:meth:`matvec_flat`, :meth:`matmat_flat`); for SciPy, the
+    operator is a ``scipy.sparse.linalg.LinearOperator`` (:meth:`as_linear_operator`). With
+    ``damping = λ`` every product is ``(C + λI) v`` (Tikhonov damping, as damped Newton and CG
+    solvers use it). The operator counts its products in :attr:`products`. Gradient graphs that
+    the ``"double_backward"`` strategy builds are kept and reused while the operator lives, so
+    one operator serves several spectral functions at one graph's cost. Nothing about the model
+    is changed.
+
+    Build it from a model with :meth:`of`::
+
+        op = CurvatureOperator.of(model, loss_fn, data, bn_mode="eval", curvature="hessian")
+        hessian_eigenvalues(op, k=1); hessian_trace(op, samples=50)
 
     Args:
         function: the model + loss + data (with its ``bn_mode`` and parameter subset).
@@ -270,9 +176,10 @@ class CurvatureOperator:
         per_example_loss: Fisher only: ``(outputs, targets) -> (B,)`` per-example losses whose
             mean is ``loss_fn``; default ``loss_fn`` on each example.
         point: the parameter values (default: the model's current ones).
+        damping: ``λ ≥ 0`` added to the diagonal.
 
     Raises:
-        ValueError: for an unknown ``curvature`` or ``strategy``.
+        ValueError: for an unknown ``curvature`` or ``strategy``, or a negative ``damping``.
     """
 
     def __init__(
@@ -283,11 +190,11 @@ class CurvatureOperator:
         strategy: str = "auto",
         per_example_loss: PerExampleLoss | None = None,
         point: Vector | None = None,
+        damping: float = 0.0,
     ) -> None:
-        if curvature not in CURVATURES:
-            raise ValueError(f"Invalid curvature: {curvature!r} (one of {', '.join(CURVATURES)})")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"Invalid strategy: {strategy!r} (one of {', '.join(STRATEGIES)})")
+        check_choice("curvature", curvature, CURVATURES)
+        check_choice("strategy", strategy, STRATEGIES)
+        self.damping = damping
         self.function = function
         self.curvature = curvature
         if strategy == "auto":
@@ -308,6 +215,90 @@ class CurvatureOperator:
         self._cached: list[tuple[float, _Graph]] | None = None
         self._leaves: tuple[torch.Tensor, ...] | None = None
 
+    @classmethod
+    def of(
+        cls,
+        model: nn.Module,
+        loss_fn: LossFunction,
+        data: Any,
+        *,
+        bn_mode: str = "eval",
+        curvature: str = "hessian",
+        strategy: str = "auto",
+        parameters: Sequence[str] | None = None,
+        per_example_loss: PerExampleLoss | None = None,
+        seed: int | None = None,
+        damping: float = 0.0,
+    ) -> CurvatureOperator:
+        """The operator of ``model`` + ``loss_fn`` on ``data`` at the model's parameters.
+
+        Args:
+            model: the network (not modified).
+            loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss.
+            data: one ``(inputs, targets)`` batch or an iterable of batches.
+            bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics).
+            curvature: ``"hessian"``, ``"gauss_newton"`` or ``"fisher"`` (empirical).
+            strategy: Hessian products (see the module docstring).
+            parameters: names of the parameters (default: all that require grad).
+            per_example_loss: for ``curvature="fisher"``.
+            seed: ``bn_mode="train"``: the seed of the dropout masks (see
+                :class:`~torchvalley.curvature.function.ParameterFunction`).
+            damping: ``λ ≥ 0``: products with ``C + λI``.
+
+        Example:
+            >>> model = torch.nn.Linear(3, 1).double()
+            >>> data = (torch.randn(8, 3).double(), torch.randn(8, 1).double())
+            >>> op = CurvatureOperator.of(model, torch.nn.functional.mse_loss, data, damping=0.5)
+            >>> op.dimension, op.curvature, op.damping
+            (4, 'hessian', 0.5)
+        """
+        function = ParameterFunction(
+            model, loss_fn, data, parameters=parameters, bn_mode=bn_mode, seed=seed
+        )
+        return cls(
+            function,
+            curvature=curvature,
+            strategy=strategy,
+            per_example_loss=per_example_loss,
+            damping=damping,
+        )
+
+    @property
+    def damping(self) -> float:
+        """``λ`` in ``(C + λI) v``."""
+        return self._damping
+
+    @damping.setter
+    def damping(self, value: float) -> None:
+        self._damping = float(check_non_negative("damping", value))
+
+    def as_linear_operator(self) -> Any:
+        """This operator as a ``scipy.sparse.linalg.LinearOperator`` (NumPy in, NumPy out).
+
+        Example:
+            >>> model = torch.nn.Linear(3, 1).double()
+            >>> data = (torch.randn(8, 3).double(), torch.randn(8, 1).double())
+            >>> from scipy.sparse.linalg import eigsh
+            >>> op = CurvatureOperator.of(model, torch.nn.functional.mse_loss, data)
+            >>> eigsh(op.as_linear_operator(), k=1)[0].shape
+            (1,)
+        """
+        import numpy as np
+        from scipy.sparse.linalg import LinearOperator
+
+        def to_torch(array: Any) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(array)).to(dtype=self.dtype, device=self.device)
+
+        def matvec(x: Any) -> Any:
+            return self.matvec_flat(to_torch(x).reshape(-1)).cpu().numpy()
+
+        def matmat(x: Any) -> Any:
+            return self.matmat_flat(to_torch(x).T).T.cpu().numpy()
+
+        dtype = torch.empty((), dtype=self.dtype).numpy().dtype
+        shape = (self.dimension, self.dimension)
+        return LinearOperator(shape, matvec=matvec, rmatvec=matvec, matmat=matmat, dtype=dtype)
+
     # -- flat vectors ------------------------------------------------------------------------
 
     def flatten(self, vector: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -323,17 +314,23 @@ class CurvatureOperator:
     # -- products ----------------------------------------------------------------------------
 
     def matvec(self, vector: Sequence[torch.Tensor]) -> Vector:
-        """``C v`` for a parameter-shaped ``vector``."""
-        return self._apply(_check_vector(self.function.names, self.point, vector))
+        """``(C + λI) v`` for a parameter-shaped ``vector``."""
+        vector = _check_vector(self.function.names, self.point, vector)
+        product = self._apply(vector)
+        if self._damping == 0.0:
+            return product
+        return tuple(c + self._damping * v for c, v in zip(product, vector, strict=True))
 
     def matvec_flat(self, flat: torch.Tensor) -> torch.Tensor:
-        """``C v`` for a flat vector ``v`` of length :attr:`dimension`."""
+        """``(C + λI) v`` for a flat vector ``v`` of length :attr:`dimension`."""
         if flat.shape != (self.dimension,):
             raise ValueError(f"Invalid vector: expected shape ({self.dimension},)")
         flat = flat.to(dtype=self.dtype, device=self.device)
-        return self.flatten(self._apply(self.unflatten(flat)))
+        product = self.flatten(self._apply(self.unflatten(flat)))
+        return product if self._damping == 0.0 else product.add_(flat, alpha=self._damping)
 
     def _apply(self, vector: Vector) -> Vector:
+        """``C v`` (undamped), counted."""
         self.products += 1
         if self.curvature == "hessian":
             if self.strategy != "forward_over_reverse":
@@ -344,7 +341,7 @@ class CurvatureOperator:
         return self._fisher(vector)
 
     def matmat_flat(self, flats: torch.Tensor) -> torch.Tensor:
-        """``C V`` for ``n`` flat vectors stacked as rows of ``flats`` (shape ``(n, P)``).
+        """``(C + λI)`` times ``n`` flat vectors stacked as rows of ``flats`` (shape ``(n, P)``).
 
         Hessian products are batched (``is_grads_batched`` for the double-backward strategies,
         ``torch.func.vmap`` for ``"forward_over_reverse"``); the others loop.
@@ -353,13 +350,15 @@ class CurvatureOperator:
             raise ValueError(f"Invalid vectors: expected shape (n, {self.dimension})")
         if self.curvature != "hessian" or flats.shape[0] == 1:
             return torch.stack([self.matvec_flat(row) for row in flats])
-        vectors = self.unflatten(flats.to(dtype=self.dtype, device=self.device))
+        flats = flats.to(dtype=self.dtype, device=self.device)
+        vectors = self.unflatten(flats)
         self.products += flats.shape[0]
         if self.strategy != "forward_over_reverse":
             result = self._hvp_double_backward(vectors, batched=True)
         else:
             result = torch.func.vmap(self._hvp_forward_over_reverse, randomness="same")(vectors)
-        return torch.cat([r.reshape(flats.shape[0], -1) for r in result], dim=1)
+        products = torch.cat([r.reshape(flats.shape[0], -1) for r in result], dim=1)
+        return products if self._damping == 0.0 else products.add_(flats, alpha=self._damping)
 
     # -- Hessian, forward over reverse --------------------------------------------------------
 
@@ -383,7 +382,7 @@ class CurvatureOperator:
         f = self.function
         if self._leaves is None:
             self._leaves = tuple(p.detach().requires_grad_(True) for p in self.point)
-        with torch.enable_grad(), _graph_context(f):
+        with torch.enable_grad(), bn_fold.graph_context(f):
             loss = f.batch_loss(self._leaves, batch)
             grads = torch.autograd.grad(loss, self._leaves, create_graph=True, allow_unused=True)
         # a gradient that does not depend on θ contributes a zero Hessian row
@@ -483,125 +482,3 @@ class CurvatureOperator:
             total = _accumulate(total, weight / batch[0].shape[0], vjp_fn(jv)[0])
         assert total is not None
         return tuple(total)
-
-
-# -- public one-off products ------------------------------------------------------------------
-
-
-def hessian_vector_product(
-    model: nn.Module,
-    loss_fn: LossFunction,
-    data: Any,
-    vector: Sequence[torch.Tensor],
-    *,
-    bn_mode: str = "eval",
-    parameters: Sequence[str] | None = None,
-    strategy: str = "auto",
-) -> Vector:
-    """The Hessian of the loss times ``vector``, ``Hv`` (Pearlmutter 1994).
-
-    Args:
-        model: the network (not modified).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss.
-        data: one ``(inputs, targets)`` batch or an iterable of batches (averaged weighted by
-            batch size).
-        vector: tensors shaped like the selected parameters.
-        bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics, running
-            buffers untouched).
-        parameters: names of the parameters to differentiate with respect to (default: all
-            that require grad).
-        strategy: ``"auto"`` (default), ``"double_backward"``, ``"double_backward_per_batch"``
-            or ``"forward_over_reverse"`` (see the module docstring).
-
-    Returns:
-        ``Hv`` as a tuple of parameter-shaped tensors.
-
-    Raises:
-        ValueError: for an invalid ``bn_mode``, ``strategy``, ``parameters`` or ``vector``.
-
-    Example:
-        >>> model = torch.nn.Linear(2, 1).double()
-        >>> data = (torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
-        >>> v = tuple(torch.ones_like(p) for p in model.parameters())
-        >>> hv = hessian_vector_product(model, torch.nn.functional.mse_loss, data, v)
-        >>> [tuple(t.shape) for t in hv]
-        [(1, 2), (1,)]
-    """
-    function = ParameterFunction(model, loss_fn, data, parameters=parameters, bn_mode=bn_mode)
-    return CurvatureOperator(function, strategy=strategy).matvec(vector)
-
-
-def gauss_newton_vector_product(
-    model: nn.Module,
-    loss_fn: LossFunction,
-    data: Any,
-    vector: Sequence[torch.Tensor],
-    *,
-    bn_mode: str = "eval",
-    parameters: Sequence[str] | None = None,
-) -> Vector:
-    """The generalised Gauss–Newton matrix times ``vector``, ``Gv = Σ_b w_b J_bᵀ H_b J_b v``.
-
-    ``J_b`` is the Jacobian of the model's outputs on batch ``b`` with respect to the selected
-    parameters and ``H_b`` the Hessian of ``loss_fn(·, targets_b)`` with respect to the outputs
-    (Schraudolph 2002). For softmax cross-entropy and MSE (negative log-likelihoods of an
-    exponential family in its natural parameters) ``G`` is the true Fisher information.
-
-    Args:
-        model: the network (not modified).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss; differentiated twice with
-            respect to ``outputs``.
-        data: a batch or an iterable of batches.
-        vector: tensors shaped like the selected parameters.
-        bn_mode: ``"eval"`` or ``"train"``.
-        parameters: names of the parameters (default: all that require grad).
-
-    Returns:
-        ``Gv`` as a tuple of parameter-shaped tensors.
-
-    Raises:
-        ValueError: for an invalid ``bn_mode``, ``parameters`` or ``vector``.
-    """
-    function = ParameterFunction(model, loss_fn, data, parameters=parameters, bn_mode=bn_mode)
-    return CurvatureOperator(function, curvature="gauss_newton").matvec(vector)
-
-
-def fisher_vector_product(
-    model: nn.Module,
-    loss_fn: LossFunction,
-    data: Any,
-    vector: Sequence[torch.Tensor],
-    *,
-    bn_mode: str = "eval",
-    parameters: Sequence[str] | None = None,
-    per_example_loss: PerExampleLoss | None = None,
-) -> Vector:
-    """The *empirical* Fisher matrix times ``vector``, ``Fv = (1/N) Σ_i g_i (g_iᵀ v)``.
-
-    ``g_i`` is the gradient of example ``i``'s loss over all ``N`` examples of ``data``. It is
-    computed without per-example gradients: for each batch, ``Λ v`` by forward mode and
-    ``Λᵀ(Λ v)`` by reverse mode, ``Λ`` the Jacobian of the batch's per-example losses. For the
-    *true* Fisher of softmax cross-entropy or MSE use :func:`gauss_newton_vector_product`
-    (Martens 2020; Kunstner et al. 2019 on the difference).
-
-    Args:
-        model: the network (not modified).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` mean loss.
-        data: a batch or an iterable of batches.
-        vector: tensors shaped like the selected parameters.
-        bn_mode: ``"eval"`` or ``"train"`` (then each ``g_i`` includes the dependence of the
-            batch statistics on example ``i``).
-        parameters: names of the parameters (default: all that require grad).
-        per_example_loss: ``(outputs, targets) -> (B,)`` losses whose mean is ``loss_fn``;
-            default: ``loss_fn`` applied to each example (``torch.func.vmap``).
-
-    Returns:
-        ``Fv`` as a tuple of parameter-shaped tensors.
-
-    Raises:
-        ValueError: for an invalid ``bn_mode``, ``parameters`` or ``vector``, or when the mean of
-            the per-example losses is not ``loss_fn``.
-    """
-    function = ParameterFunction(model, loss_fn, data, parameters=parameters, bn_mode=bn_mode)
-    operator = CurvatureOperator(function, curvature="fisher", per_example_loss=per_example_loss)
-    return operator.matvec(vector)

@@ -53,9 +53,15 @@ def _measure(
     rho: float,
     seed: int,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    from torchvalley.landscape.hessian import hessian_eigenvalues, hessian_trace, spectral_density
-    from torchvalley.landscape.interpolation import layerwise_interpolation, linear_interpolation
-    from torchvalley.landscape.sharpness import sharpness
+    from torchvalley.landscape import (
+        CurvatureOperator,
+        hessian_eigenvalues,
+        hessian_trace,
+        layerwise_interpolation,
+        linear_interpolation,
+        sharpness,
+        spectral_density,
+    )
 
     data = task.data()
     inputs, targets = data.train
@@ -64,11 +70,13 @@ def _measure(
     numbers: dict[str, float] = {}
     curves: dict[str, Any] = {}
     generator = torch.Generator().manual_seed(seed)
+    # one operator, so one gradient graph, for the three spectral measurements
+    operator = CurvatureOperator.of(model, loss_fn, batch)
     if "eigenvalues" in measures:
-        eig = hessian_eigenvalues(model, loss_fn, batch, k=1, tol=1e-4, generator=generator)
+        eig = hessian_eigenvalues(operator, k=1, tol=1e-4, generator=generator)
         numbers["lambda_max"] = float(eig.eigenvalues[0])
     if "trace" in measures:
-        trace = hessian_trace(model, loss_fn, batch, samples=50, generator=generator)
+        trace = hessian_trace(operator, samples=50, generator=generator)
         numbers["trace"] = trace.estimate
         numbers["trace_se"] = trace.standard_error
     if "sharpness" in measures:
@@ -101,7 +109,7 @@ def _measure(
             )
     if "density" in measures:
         curves["density"] = spectral_density(
-            model, loss_fn, batch, n_probes=1, lanczos_steps=80, generator=generator
+            operator, n_probes=1, lanczos_steps=80, generator=generator
         )
     return numbers, curves
 
@@ -141,8 +149,7 @@ def _table(runs: list[dict[str, Any]], labels: list[str], metric_name: str) -> s
 
 
 def _plots(out: Path, first_curves: dict[str, dict[str, Any]], task: Task) -> list[Path]:
-    from torchvalley.landscape.hessian import plot_spectral_density
-    from torchvalley.landscape.plots import plot_layerwise_interpolation
+    from torchvalley.landscape import plot_layerwise_interpolation, plot_spectral_density
 
     paths: list[Path] = []
     interpolations = {

@@ -16,10 +16,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from torchvalley.landscape._core import ParameterFunction
-from torchvalley.landscape.hvp import (
+from torchvalley.curvature.bn_fold import FoldedEvalBatchNorm
+from torchvalley.curvature.function import ParameterFunction
+from torchvalley.curvature.products import (
     CurvatureOperator,
-    _FoldedEvalBatchNorm,
     fisher_vector_product,
     gauss_newton_vector_product,
     hessian_vector_product,
@@ -282,7 +282,7 @@ def test_eval_batch_norm_is_folded_or_affine_in_the_double_backward_graph(net, f
     model, loss_fn, data = _setup(net, "mse")
     model.eval()
     plain = loss_fn(model(data[0]), data[1])
-    with _FoldedEvalBatchNorm():
+    with FoldedEvalBatchNorm():
         rewritten = loss_fn(model(data[0]), data[1])
     torch.testing.assert_close(rewritten, plain, rtol=1e-14, atol=0)
     assert any("BatchNorm" in name for name in _graph_nodes(plain))
@@ -317,7 +317,7 @@ def test_batch_norm_after_an_in_place_change_is_not_folded():
             model[2].running_mean.fill_(0.3)
     inputs = torch.randn(4, 1, 5, generator=torch.Generator().manual_seed(3), dtype=DTYPE)
     plain = model(inputs).square().mean()
-    with _FoldedEvalBatchNorm():
+    with FoldedEvalBatchNorm():
         rewritten = model(inputs).square().mean()
     torch.testing.assert_close(rewritten, plain, rtol=1e-14, atol=0)
 
@@ -333,7 +333,7 @@ def test_batch_norm_over_another_axis_is_not_folded():
     inputs = torch.randn(5, 12, generator=torch.Generator().manual_seed(2), dtype=DTYPE)
     targets = torch.zeros(5, 9, dtype=DTYPE)
     plain = F.mse_loss(model(inputs), targets)
-    with _FoldedEvalBatchNorm():
+    with FoldedEvalBatchNorm():
         rewritten = F.mse_loss(model(inputs), targets)
     torch.testing.assert_close(rewritten, plain, rtol=1e-14, atol=0)
     outputs, theta = _outputs_fn(model, inputs, "eval")

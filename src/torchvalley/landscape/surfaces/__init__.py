@@ -1,0 +1,1 @@
+"""The loss on lines, planes and paths through parameter space, and their figures."""
