@@ -319,3 +319,22 @@ register_optimizer(
     example=_LANGEVIN_EXAMPLE,
     group_example={**_LANGEVIN_GROUP_EXAMPLE, "dynamics": "overdamped"},
 )
+
+# ---------------------------------------------------------------------------------- multirate
+# isort: off
+from torchvalley.optim.multirate import Multirate  # noqa: E402
+
+# isort: on
+
+register_optimizer(
+    "multirate",
+    Multirate,
+    capabilities=Capabilities(wraps_base=True, separable=False, accepts_model=True),
+    hyperparameters=Multirate.HYPERPARAMETERS,
+    summary="multirate: fast part every step (h/k), slow part once per k steps (h) with linear "
+    "drift; partial backward passes on fast-only steps; over any base optimizer",
+    family="multirate",
+    paper="Vlaar & Leimkuhler, Multirate Training of Neural Networks, ICML 2022",
+    example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "k": 2},
+    group_example={"lr": 0.01, "momentum": 0.5},
+)

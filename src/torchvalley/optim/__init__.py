@@ -11,6 +11,7 @@ from typing import Any
 
 # public name -> module that defines it
 _EXPORTS = {
+    "Multirate": "torchvalley.optim.multirate",
     "RiemannianAdagrad": "torchvalley.optim.riemannian",
     "RiemannianAdam": "torchvalley.optim.riemannian",
     "RiemannianSGD": "torchvalley.optim.riemannian",
