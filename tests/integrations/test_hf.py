@@ -16,6 +16,7 @@ pytest.importorskip("accelerate")
 from transformers import TrainingArguments
 
 from torchvalley.integrations.hf import SAMTrainer
+from torchvalley.manifolds import ManifoldParameter, Sphere
 from torchvalley.optim import SAM
 
 STEPS, BATCH = 3, 8
@@ -200,3 +201,43 @@ def test_sam_trainer_refuses_other_optimizers(tmp_path):
     )
     with pytest.raises(TypeError, match="needs a SAM optimizer"):
         trainer.train()
+
+
+class SphereRegressor(Regressor):
+    """``Regressor`` whose output is ``<h, d>`` with ``d`` on the unit sphere (curved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.direction = ManifoldParameter(Sphere().random(3), Sphere())
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        output = (self.net(x) * self.direction).sum(dim=1, keepdim=True)
+        loss = None if labels is None else F.mse_loss(output, labels)
+        return {"loss": loss, "logits": output}
+
+
+def test_sam_trainer_pulls_riemannian_gradients_back_like_sam_by_hand(tmp_path):
+    # The trainer ends the perturbed pass itself: the sphere parameter's gradient, taken at
+    # the ascent point, must be transported back to w as SAM.second_step does.
+    model = SphereRegressor()
+    sam = SAM(model.parameters(), "sgd", ascent="riemannian", **SAM_KWARGS)
+    trainer = SAMTrainer(
+        model=model, args=arguments(tmp_path), train_dataset=Data(), optimizers=(sam, None)
+    )
+    trainer.train()
+
+    expected = SphereRegressor()
+    opt = SAM(expected.parameters(), "sgd", ascent="riemannian", **SAM_KWARGS)
+    data = Data()
+    for x, y in zip(data.x.split(BATCH), data.y.split(BATCH), strict=True):
+
+        def closure(x=x, y=y) -> torch.Tensor:
+            opt.zero_grad()
+            loss = expected(x, y)["loss"]
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    assert_same(trainer.model, list(expected.parameters()))

@@ -17,6 +17,7 @@ pl = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
 
 from torchvalley.integrations.lightning import SAMCallback  # noqa: E402
+from torchvalley.manifolds import ManifoldParameter, Sphere  # noqa: E402
 from torchvalley.optim import SAM  # noqa: E402
 
 STEPS, BATCH = 3, 8
@@ -34,8 +35,22 @@ pytestmark = [
 ]
 
 
-def make_net() -> nn.Module:
+class SphereDot(nn.Module):
+    """``<h, d>`` with ``d`` on the unit sphere: a curved parameter for Riemannian ascent."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.direction = ManifoldParameter(Sphere().random(dim), Sphere())
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (h * self.direction).sum(dim=1, keepdim=True)
+
+
+def make_net(sphere: bool = False) -> nn.Module:
     torch.manual_seed(0)
+    if sphere:
+        head = [nn.Linear(8, 3), SphereDot(3)]
+        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), *head)
     return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1))
 
 
@@ -86,9 +101,9 @@ def fit(module: pl.LightningModule, callback: SAMCallback, **trainer_kwargs) -> 
     return trainer
 
 
-def by_hand(ascent="sam", scaler=None, max_grad_norm=None):
+def by_hand(ascent="sam", scaler=None, max_grad_norm=None, sphere=False):
     """The same SAM steps without Lightning: (net, clean-pass losses)."""
-    net = make_net()
+    net = make_net(sphere)
     opt = SAM(
         net.parameters(),
         "sgd",
@@ -143,6 +158,20 @@ def test_fp32_equals_sam_by_hand(ascent):
     assert bn.num_batches_tracked.item() == STEPS  # the clean pass only (bn_statistics="clean")
     # self.log is muted in the perturbed pass: the logged loss is the last clean-pass loss.
     assert torch.equal(trainer.callback_metrics["train_loss"], losses[-1])
+
+
+def test_riemannian_ascent_pulls_the_gradient_back_like_sam_by_hand():
+    # The callback ends the perturbed pass itself: the sphere parameter's gradient, taken at
+    # the ascent point, must be transported back to w as SAM.second_step does.
+    class SphereModule(Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_net(sphere=True)
+
+    module = SphereModule()
+    fit(module, SAMCallback(rho=RHO, ascent="riemannian"))
+    expected, _ = by_hand("riemannian", sphere=True)
+    assert_same_state(module, expected)
 
 
 def test_fp32_differs_from_plain_sgd():

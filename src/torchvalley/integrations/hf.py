@@ -115,7 +115,8 @@ class SAMTrainer(Trainer):
             super().training_step(model, inputs, num_items_in_batch)
         finally:
             with torch.no_grad():
-                sam.restore()  # w back, bit for bit, whatever happened
+                # w back, bit for bit, whatever happened; Riemannian gradients pulled back to w
+                sam.restore(pull_back=True)
         # An LR scheduler attached to the SAM wrapper itself counts this as its step.
         sam._opt_called = True  # type: ignore[attr-defined]
         return loss

@@ -332,7 +332,7 @@ class SAMCallback(pl.Callback):
                 )
         finally:
             with torch.no_grad():  # the hook may run under enable_grad (optimizer.step's closure)
-                engine.restore()
+                engine.restore(pull_back=True)  # Riemannian ascent: gradients back at w
 
     def _perturbed_pass(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any

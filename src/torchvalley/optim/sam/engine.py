@@ -276,7 +276,7 @@ class SAM(torch.optim.Optimizer):
                 "the perturbed backward, then second_step() once"
             )
         self._phase = "stepped"
-        self._descend_to_w()
+        self.restore(pull_back=True)
         if grad_scaler is None:
             self._clip()
             self.base_optimizer.step()
@@ -344,10 +344,22 @@ class SAM(torch.optim.Optimizer):
         return systems.step_micro_batches(self, closures)
 
     @torch.no_grad()
-    def restore(self) -> None:
+    def restore(self, *, pull_back: bool = False) -> None:
         """Put back every perturbed parameter and BatchNorm buffer (in place unless
-        ``swap_storage``). A no-op when nothing is perturbed; for training loops that must undo
-        a :meth:`first_step` without a :meth:`second_step`."""
+        ``swap_storage``). A no-op when nothing is perturbed; for training loops that end the
+        perturbed pass themselves instead of calling :meth:`second_step` (then step the base
+        optimizer, or discard the gradients).
+
+        Args:
+            pull_back: ``.grad`` holds the perturbed-pass gradients: first turn those of
+                parameters moved by a retraction (``ascent="riemannian"``) into gradients at
+                ``w``, as :meth:`second_step` does. Without it their gradient stays the one
+                taken at the ascent point, which is wrong at ``w`` on a curved manifold.
+        """
+        if pull_back:
+            for p, (rule, manifold) in self._backup.moved:
+                if p.grad is not None:
+                    rule.pull_back(p, self._backup.origin(p), manifold)
         self._backup.restore()
         self._bn_backup.restore()
 
@@ -409,13 +421,6 @@ class SAM(torch.optim.Optimizer):
             euclidean = part.rule.euclidean
             found += part_norms if euclidean else torch._foreach_norm(part.grads, 2, dtype=dtype)
         return _global_norm(found)
-
-    def _descend_to_w(self) -> None:
-        """Pull the second-pass gradients of retracted parameters back to ``w``, restore ``w``."""
-        for p, (rule, manifold) in self._backup.moved:
-            if p.grad is not None:
-                rule.pull_back(p, self._backup.origin(p), manifold)
-        self.restore()
 
     @contextlib.contextmanager
     def _restored_on_error(self) -> Iterator[None]:

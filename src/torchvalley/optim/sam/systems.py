@@ -266,7 +266,7 @@ def step_micro_batches(sam: SAM, closures: Sequence[Callable[[], Any]]) -> list[
                 losses.append(closure())
                 sam._ascend(zero_grad=True, grad_scaler=None, micro_batch=True)
                 closure()
-            sam._descend_to_w()
+            sam.restore(pull_back=True)
             seen = [p for p in params if p.grad is not None and p in accumulated]
             if seen:
                 torch._foreach_add_([accumulated[p] for p in seen], [p.grad for p in seen])
