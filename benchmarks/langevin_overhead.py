@@ -11,8 +11,10 @@ parameters and optimizer state; the gradients are shared (read only).
 Measurement: for each thread count (``--threads``, default 1 and 2) in the same run, ``W``
 warm-up steps per row, then ``R`` repeats, each timing a block of ``K`` steps of every row,
 round-robin with the starting row rotated every repeat (load drift on a shared machine hits all
-rows alike), garbage collector off. Reported: median ms/step over the repeats and
-ratio = median(row) / median(anchor); ``paired`` is the median of the per-repeat ratios.
+rows alike), garbage collector off. Reported: median wall ms/step over the repeats and
+ratio = median(row) / median(anchor); ``paired`` is the median of the per-repeat ratios; the
+process CPU time per step (``time.process_time``, all threads) and its ratio, which a shared
+machine perturbs less than wall time.
 
 Rows: ``sgld``; ``baoab`` (the default scheme ``BAOAB``), ``obabo``, ``baoa``, ``overdamped``
 (BAOAB limit, LOL's partition), ``sghmc`` (``FBA``), ``sgnht`` (``BACDEDCAB``);
@@ -75,8 +77,10 @@ def build(name: str, grads: list[torch.Tensor], params: list[torch.Tensor]) -> C
     return LangevinSplitting(params, **hp).step
 
 
-def measure(names: list[str], threads: int, repeats: int, steps: int, warmup: int) -> dict:
-    """Per-row per-step seconds of each repeat, rows interleaved round-robin."""
+def measure(
+    names: list[str], threads: int, repeats: int, steps: int, warmup: int
+) -> tuple[dict, dict]:
+    """Per-row per-step wall and process-CPU seconds of each repeat, rows interleaved."""
     torch.set_num_threads(threads)
     params, grads = make_reference_tensors(resnet18_shapes())
     rows = {name: build(name, grads, params) for name in names}
@@ -84,19 +88,21 @@ def measure(names: list[str], threads: int, repeats: int, steps: int, warmup: in
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     gc.disable()
     try:
         for r in range(repeats):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 fn = rows[name]
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 for _ in range(steps):
                     fn()
                 times[name].append((time.perf_counter() - start) / steps)
+                cpu[name].append((time.process_time() - start_cpu) / steps)
     finally:
         gc.enable()
-    return times
+    return times, cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,16 +124,22 @@ def main(argv: list[str] | None = None) -> None:
         f"steps, {args.warmup} warm-up steps, rows interleaved round-robin"
     )
     for threads in args.threads:
-        times = measure(names, threads, args.repeats, args.steps, args.warmup)
-        base = statistics.median(times[ANCHOR])
+        times, cpu = measure(names, threads, args.repeats, args.steps, args.warmup)
+        base, base_cpu = statistics.median(times[ANCHOR]), statistics.median(cpu[ANCHOR])
         print(f"\n## {threads} thread(s)\n")
-        print("| row | ms/step (median) | ratio | paired ratio |\n|---|--:|--:|--:|")
+        print(
+            "| row | ms/step (median) | ratio | paired ratio | CPU ms/step | CPU ratio |\n"
+            "|---|--:|--:|--:|--:|--:|"
+        )
         for name in names:
             paired = statistics.median(
                 t / a for t, a in zip(times[name], times[ANCHOR], strict=True)
             )
-            median = statistics.median(times[name])
-            print(f"| {name} | {1e3 * median:.1f} | {median / base:.2f} | {paired:.2f} |")
+            median, median_cpu = statistics.median(times[name]), statistics.median(cpu[name])
+            print(
+                f"| {name} | {1e3 * median:.1f} | {median / base:.2f} | {paired:.2f} | "
+                f"{1e3 * median_cpu:.1f} | {median_cpu / base_cpu:.2f} |"
+            )
 
 
 if __name__ == "__main__":

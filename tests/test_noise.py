@@ -207,3 +207,23 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="indices"):
         noise.gaussian_like([torch.zeros(2)], step=0, indices=[0, 1])
     assert noise.gaussian(0, step=0, index=0).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fill_in_place_equals_the_allocating_draw(dtype: torch.dtype) -> None:
+    noise = CounterNoise(11, block_size=64)
+    total = 1000
+    full = noise.gaussian(total, step=4, index=9, dtype=dtype)
+    buffer = torch.full((total,), math.nan, dtype=dtype)
+    assert noise.gaussian_(buffer, step=4, index=9) is buffer
+    assert torch.equal(buffer, full)
+    for offset, n in ((0, 128), (128, 256), (100, 37), (960, 40)):  # aligned and unaligned
+        shard = torch.empty(n, dtype=dtype)
+        noise.gaussian_(shard, step=4, index=9, offset=offset, numel_total=total)
+        assert torch.equal(shard, full[offset : offset + n]), (offset, n)
+    with pytest.raises(ValueError, match="float32/float64 CPU"):
+        noise.gaussian_(torch.empty(3, dtype=torch.float16), step=0, index=0)
+    with pytest.raises(ValueError, match="contiguous"):
+        noise.gaussian_(torch.empty(4, 4).t(), step=0, index=0)
+    with pytest.raises(ValueError, match="exceeds numel_total"):
+        noise.gaussian_(torch.empty(5), step=0, index=0, offset=3, numel_total=7)

@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -175,8 +176,10 @@ class CounterNoise:
         Raises:
             ValueError: for negative, too large or non-integer ``step`` or ``index``.
         """
-        step = _check_uint("step", step)
-        index = _check_uint("index", index)
+        return self._key(_check_uint("step", step), _check_uint("index", index))
+
+    def _key(self, step: int, index: int) -> int:
+        """:meth:`parameter_key` without the checks (callers that made the keys themselves)."""
         return splitmix64(splitmix64(self._seed_key ^ step) ^ index)
 
     @staticmethod
@@ -257,6 +260,58 @@ class CounterNoise:
             out = out.to(device)
         return out
 
+    def gaussian_(
+        self,
+        out: torch.Tensor,
+        *,
+        step: int,
+        index: int,
+        offset: int = 0,
+        numel_total: int | None = None,
+        std: float = 1.0,
+    ) -> torch.Tensor:
+        """Fill ``out`` in place with the draw :meth:`gaussian` would return for its shape.
+
+        The allocation-free form for callers that reuse a buffer (the Langevin samplers draw
+        each chunk of a parameter into one scratch buffer): a fresh tensor per draw costs page
+        faults that can exceed the sampling itself.
+
+        Args:
+            out: a contiguous CPU tensor of dtype float32 or float64 (the two streams).
+            step: optimizer step, in ``[0, 2**64)``.
+            index: global parameter id, in ``[0, 2**64)``.
+            offset: position of ``out``'s first element in the flattened full parameter.
+            numel_total: elements of the full parameter (default ``offset + out.numel()``
+                when ``offset == 0``).
+            std: scale the samples inside the sampler (``normal_(0, std)``: each value is
+                ``std * z`` rounded once, at no extra pass over ``out``).
+
+        Returns:
+            ``out``, equal bitwise to ``gaussian(out.shape, step=step, index=index,
+            offset=offset, numel_total=numel_total, dtype=out.dtype)`` (times ``std``).
+
+        Raises:
+            ValueError: for an unsupported ``out`` or invalid keys, offset or numel_total.
+        """
+        if out.dtype not in (torch.float32, torch.float64) or out.device.type != "cpu":
+            raise ValueError(
+                f"out must be a float32/float64 CPU tensor, got {out.dtype} {out.device}"
+            )
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous")
+        n = out.numel()
+        offset = _check_uint("offset", offset, 1 << 63)
+        if numel_total is None:
+            if offset != 0:
+                raise ValueError("numel_total is required when offset != 0 (sharded draw)")
+            numel_total = n
+        numel_total = _check_uint("numel_total", numel_total, 1 << 63)
+        if offset + n > numel_total:
+            raise ValueError(f"shard [{offset}, {offset + n}) exceeds numel_total={numel_total}")
+        key = self.parameter_key(step=step, index=index)
+        self._fill(out.view(-1), key, offset, numel_total, float(std))
+        return out
+
     def gaussian_like(
         self,
         tensors: Sequence[torch.Tensor],
@@ -322,20 +377,42 @@ class CounterNoise:
     def _draw(
         self, key: int, offset: int, n: int, numel_total: int, dtype: torch.dtype
     ) -> torch.Tensor:
-        out = torch.empty(n, dtype=dtype)
+        return self._fill(torch.empty(n, dtype=dtype), key, offset, numel_total)
+
+    def _fill(
+        self, out: torch.Tensor, key: int, offset: int, numel_total: int, std: float = 1.0
+    ) -> torch.Tensor:
+        n = out.numel()
         if n == 0:
             return out
         size = self._block_size
         end = offset + n
-        generator = torch.Generator()
+        generator = _generator()  # reseeded for every block: one per thread is enough
+        if offset % size == 0 and (end == numel_total or n % size == 0):
+            # whole blocks (the common case): one view per block from a single split
+            for block, view in enumerate(out.split(size), start=offset // size):
+                generator.manual_seed(self.block_seed(key, block))
+                view.normal_(0.0, std, generator=generator)
+            return out
         for block in range(offset // size, (end - 1) // size + 1):
             start = block * size
             length = min(size, numel_total - start)
             lo, hi = max(offset, start), min(end, start + length)
             generator.manual_seed(self.block_seed(key, block))
             if lo == start and hi == start + length:
-                out[lo - offset : hi - offset].normal_(generator=generator)
+                out[lo - offset : hi - offset].normal_(0.0, std, generator=generator)
             else:
-                values = torch.empty(length, dtype=dtype).normal_(generator=generator)
+                values = torch.empty(length, dtype=out.dtype).normal_(0.0, std, generator=generator)
                 out[lo - offset : hi - offset] = values[lo - start : hi - start]
         return out
+
+
+_LOCAL = threading.local()
+
+
+def _generator() -> torch.Generator:
+    """This thread's CPU generator (creating one costs more than seeding it)."""
+    generator = getattr(_LOCAL, "generator", None)
+    if generator is None:
+        generator = _LOCAL.generator = torch.Generator()
+    return generator

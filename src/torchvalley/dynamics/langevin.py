@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from torchvalley.dynamics import engine
 from torchvalley.dynamics import operators as ops
 from torchvalley.dynamics.parameters import (
     PhysicalParameters as PhysicalParameters,
@@ -81,7 +82,7 @@ _ALLOWED = {
     "sghmc": frozenset("ABF"),
     "adaptive": frozenset("ABCDE"),
 }
-_SLOTS = 16  # noise step key = 16 * step + slot; schemes have at most 16 letters
+_SLOTS = engine.SLOTS  # noise step key = 16 * step + slot; schemes have at most 16 letters
 # the per-group values: checked when a group is added, loaded, or changed before a step
 _GROUP_KEYS = (
     "lr",
@@ -172,6 +173,7 @@ class LangevinSplitting(torch.optim.Optimizer):
         ['kinetic_temperature']
     """
 
+    _chunked: ClassVar[bool] = True  # False: one foreach pass per operator (the reference)
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
         Hyperparameter("lr", "positive", 0.1, "step size h"),
         Hyperparameter("friction", "non_negative", 1.0, "friction gamma"),
@@ -229,6 +231,7 @@ class LangevinSplitting(torch.optim.Optimizer):
         self._configurational: dict[int, torch.Tensor] = {}
         # group index -> (the values last checked, the parsed scheme): re-checked on change
         self._checked: dict[int, tuple[tuple, Any]] = {}
+        self._scratch: dict[torch.dtype, torch.Tensor] = {}  # the engine's noise buffers
         defaults = {
             "lr": lr,
             "friction": friction,
@@ -350,12 +353,6 @@ class LangevinSplitting(torch.optim.Optimizer):
                 )
 
     # ------------------------------------------------------------------ the engine
-    def _draw(self, tensors: list[torch.Tensor], indices: list[int], key: int) -> list:
-        return [
-            self._noise.gaussian(t, step=key, index=i, dtype=torch.float32).to(t.dtype)
-            for t, i in zip(tensors, indices, strict=True)
-        ]
-
     def _check_precision(self, group: Mapping[str, Any], params: list[torch.Tensor]) -> None:
         """Warn once when a bf16/fp16 group's noise increment is below half an ulp of its
         mean ``|theta|`` (one host sync, on the first such step)."""
@@ -401,6 +398,12 @@ class LangevinSplitting(torch.optim.Optimizer):
         skipped and its pending tail kept for its next step with gradients. ``sgld`` has no
         tail. The adaptive thermostat's ``N`` counts the elements with a gradient on the step.
 
+        Implementation (:mod:`.engine`): the step's letters run chunk by chunk (2**18
+        elements, in cache) with the noise drawn into a reused buffer; for float32 adjacent
+        kicks are merged and ``O`` is one pass (:func:`.engine.fold`). The numbers equal the
+        one-pass-per-operator reference (:mod:`.operators`) bitwise for float64 and bf16/fp16,
+        and up to rounding (a few ulp) for float32.
+
         Diagnostics (:meth:`diagnostics`) are recorded as tensors: no host sync here.
         """
         plans = [self._plan(gi, group) for gi, group in enumerate(self.param_groups)]
@@ -429,7 +432,8 @@ class LangevinSplitting(torch.optim.Optimizer):
                 dots = torch._foreach_mul(params, grads)
                 self._configurational[gi] = torch.stack([d.sum() for d in dots]).sum() / n
             if plan is None:  # sgld
-                self._sgld(group, params, grads, indices, k)
+                passes = [(engine.SGLD, group["lr"], k)]
+                self._execute(passes, params, [], grads, indices, None, group)
                 continue
             gstate = dict(group_states.get(gi, {}))
             momenta = []
@@ -443,13 +447,14 @@ class LangevinSplitting(torch.optim.Optimizer):
                     float(group["thermostat_init"]), dtype=params[0].dtype, device=params[0].device
                 )
             head, tail = plan
-            ctx = (group, params, grads, momenta, indices, gstate)
             if self._fused:
                 self._fused_baoab(group, params, grads, momenta, indices, gstate, k)
             else:
-                if "pending_lr" in gstate:
-                    self._run(tail, gstate["pending_lr"], gstate["pending_step"], *ctx)
-                self._run(head, group["lr"], k, *ctx)
+                passes = [(head, group["lr"], k)]
+                if "pending_lr" in gstate:  # the owed tail of the group's previous step
+                    passes.insert(0, (tail, gstate["pending_lr"], gstate["pending_step"]))
+                xi = gstate.get("thermostat")
+                self._execute(passes, params, momenta, grads, indices, xi, group)
             gstate["pending_lr"] = group["lr"]
             gstate["pending_step"] = k
             group_states[gi] = gstate
@@ -487,51 +492,31 @@ class LangevinSplitting(torch.optim.Optimizer):
             else:
                 _baoab_pass(theta, p, g, noise, *coefficients, scale)
 
-    def _sgld(self, group: Mapping[str, Any], params: list, grads: list, indices: list, k: int):
-        h = group["lr"]
-        torch._foreach_add_(params, grads, alpha=-h)
-        scale = math.sqrt(2.0 * h * group["temperature"])
-        if scale:
-            torch._foreach_add_(params, self._draw(params, indices, _SLOTS * k), alpha=scale)
-
-    def _run(
+    def _execute(
         self,
-        items: list,
-        h: float,
-        k: int,
+        passes: list[tuple[Any, float, int]],
+        params: list[torch.Tensor],
+        momenta: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        indices: list[int],
+        xi: torch.Tensor | None,
         group: Mapping[str, Any],
-        params: list,
-        grads: list,
-        momenta: list,
-        indices: list,
-        gstate: dict[str, Any],
     ) -> None:
-        m, tau, gamma = group["mass"], group["temperature"], group["friction"]
-        if group["dynamics"] == "overdamped":
-            gamma = math.inf
-        for letter, fraction, slot in items:
-            hh = h * fraction
-            if letter == "A":
-                ops.drift(params, momenta, hh, m)
-            elif letter == "B":
-                ops.kick(momenta, grads, hh)
-            elif letter == "O":
-                noise = self._draw(params, indices, _SLOTS * k + slot) if tau else []
-                ops.ornstein_uhlenbeck(momenta, noise, ops.ou_coefficient(gamma, hh), m, tau)
-            elif letter == "F":
-                noise = self._draw(params, indices, _SLOTS * k + slot) if tau else []
-                ops.euler_ou(momenta, noise, gamma, hh, m, tau)
-            elif letter == "C":
-                ops.thermostat_friction(momenta, gstate["thermostat"], hh)
-            elif letter == "D":
-                sigma = group["noise_scale"]
-                noise = self._draw(params, indices, _SLOTS * k + slot) if sigma else []
-                ops.additive_noise(momenta, noise, sigma, hh)
-            else:  # "E"
-                n = sum(p.numel() for p in params)
-                ops.thermostat_update(
-                    gstate["thermostat"], momenta, group["thermostat_coupling"], hh, m, tau, n
-                )
+        """Run ``passes`` (``(letters, lr, step)``): chunk by chunk (:mod:`.engine`), or one
+        operator pass per letter (``_chunked = False``: the reference)."""
+        if not self._chunked:
+            noise = self._noise
+            engine.run_reference(passes, params, momenta, grads, indices, noise, xi, group)
+            return
+        prog = [op for items, h, k in passes for op in engine.program(items, h, k, group)]
+        momenta = momenta or params  # sgld: its letters touch only theta
+        tensors = list(zip(params, momenta, grads, indices, strict=True))
+        numel = sum(p.numel() for p in params)
+        for part in engine.segments(prog):
+            if isinstance(part, engine.Op):  # E: a reduction over the group's momenta
+                engine.thermostat(part, momenta, xi, group, numel)
+            else:
+                engine.run_segment(part, tensors, self._noise, self._scratch, xi)
 
     def diagnostics(self) -> list[dict[str, torch.Tensor]]:
         """Per group: ``kinetic_temperature``, and ``thermostat`` / ``configurational_temperature``
