@@ -50,7 +50,13 @@ from torchvalley.curvature.function import (
     vector_random,
     vector_scale,
 )
-from torchvalley.validation import check_non_negative, check_positive, check_positive_int
+from torchvalley.validation import (
+    check_choice,
+    check_int_at_least,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+)
 
 __all__ = ["SharpnessResult", "sharpness"]
 
@@ -172,17 +178,14 @@ def sharpness(
     """
     check_non_negative("rho", rho)
     rho = float(rho)
-    if kind not in _KINDS:
-        raise ValueError(f"Invalid kind: {kind!r} (one of 'worst', 'adaptive', 'average')")
+    check_choice("kind", kind, _KINDS)
     check_positive_int("n_iters", n_iters)
     check_positive_int("n_restarts", n_restarts)
     if step_size is not None:
         check_positive("step_size", step_size)
     check_non_negative("eta", eta)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
-        raise ValueError(f"Invalid n_samples: expected an integer >= 2, got {n_samples!r}")
-    if distribution not in _DISTRIBUTIONS:
-        raise ValueError(f"Invalid distribution: {distribution!r} (one of 'gaussian', 'sphere')")
+    check_int_at_least("n_samples", n_samples, 2)
+    check_choice("distribution", distribution, _DISTRIBUTIONS)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
 

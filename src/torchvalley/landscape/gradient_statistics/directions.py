@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from torchvalley.curvature.function import LossFunction, ParameterFunction
+from torchvalley.validation import check_choice
 
 __all__ = [
     "VMFConcentration",
@@ -600,8 +601,7 @@ def vmf_concentration(
     Raises:
         ValueError: for invalid arguments, no batches, or a batch whose whole gradient is 0.
     """
-    if per not in ("tensor", "module"):
-        raise ValueError(f"Invalid per: {per!r} (one of 'tensor', 'module')")
+    check_choice("per", per, ("tensor", "module"))
     fn = ParameterFunction(model, loss_fn, batches, parameters=parameters, bn_mode=bn_mode)
     params = fn.point()
     if per == "tensor":

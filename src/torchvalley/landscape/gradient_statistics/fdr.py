@@ -91,6 +91,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from torchvalley.curvature.function import ParameterFunction
+from torchvalley.validation import check_choice, check_int_at_least
 
 __all__ = [
     "FDREstimate",
@@ -685,16 +686,13 @@ class FDRScheduler(LRScheduler):
         min_lr: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
-        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-            raise ValueError(f"Invalid window: {window!r} (need an int >= 2)")
+        check_int_at_least("window", window, 2)
         if not float(threshold) > 0.0:
             raise ValueError(f"Invalid threshold: {threshold} (need threshold > 0)")
         if not 0.0 < float(factor) < 1.0:
             raise ValueError(f"Invalid factor: {factor} (need 0 < factor < 1)")
-        if mode not in ("yaida", "ci"):
-            raise ValueError(f"Invalid mode: {mode!r} (one of 'yaida', 'ci')")
-        if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 5:
-            raise ValueError(f"Invalid n_batches: {n_batches!r} (need an int >= 5)")
+        check_choice("mode", mode, ("yaida", "ci"))
+        check_int_at_least("n_batches", n_batches, 5)
         if not 0.0 < float(confidence) < 1.0:
             raise ValueError(f"Invalid confidence: {confidence} (need 0 < confidence < 1)")
         if not float(max_halfwidth) > 0.0:
