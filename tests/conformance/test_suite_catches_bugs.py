@@ -25,6 +25,7 @@ from torchvalley.testing import (
     check_closure,
     check_dtypes,
     check_foreach,
+    check_foreign_state_dict,
     check_invalid_hyperparameters,
     check_lr_scheduler,
     check_param_groups,
@@ -128,6 +129,17 @@ class ToySGD(torch.optim.Optimizer):
 
     def _after_param_update(self, p: torch.Tensor) -> None:
         """Hook run on every updated parameter."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuse a dict this optimizer did not save (unknown group keys or state)."""
+        for group in state_dict["param_groups"]:
+            unknown = set(group) - {"params", *self.defaults}
+            if unknown:
+                raise ValueError(f"not a ToySGD state dict: param group keys {sorted(unknown)}")
+        for state in state_dict["state"].values():
+            if set(state) - {"momentum_buffer"}:
+                raise ValueError(f"not a ToySGD state dict: state keys {sorted(state)}")
+        super().load_state_dict(state_dict)
 
 
 TOY_HYPERPARAMETERS = (
@@ -624,12 +636,17 @@ class HandRolledCheck(Hyperparameter):
         return value
 
 
+def toy_sgd_factory(params: Iterable[Any], **hyperparameters: Any) -> torch.optim.Optimizer:
+    """ToySGD behind a ``**kwargs`` signature: the registry cannot check names against it."""
+    return ToySGD(params, **hyperparameters)
+
+
 def lenient_wrapper(
-    params: Iterable[Any], base_optimizer: Any = ToySGD, **hyperparameters: Any
+    params: Iterable[Any], base_optimizer: Any = toy_sgd_factory, **hyperparameters: Any
 ) -> torch.optim.Optimizer:
-    """A wrapper factory that drops whatever its base does not accept, typos included."""
+    """A wrapper factory that drops whatever ToySGD does not accept, typos included."""
     base = resolve_base_optimizer(base_optimizer)
-    accepted = inspect.signature(base).parameters
+    accepted = inspect.signature(ToySGD).parameters
     return base(params, **{k: v for k, v in hyperparameters.items() if k in accepted})
 
 
@@ -653,7 +670,7 @@ def test_invalid_hyperparameters_catches_a_dropped_unknown_name() -> None:
     entry = toy_entry(
         lenient_wrapper,
         hyperparameters=(
-            Hyperparameter("base_optimizer", "optimizer", ToySGD),
+            Hyperparameter("base_optimizer", "optimizer", toy_sgd_factory),
             *TOY_HYPERPARAMETERS,
         ),
         wraps_base=True,
@@ -671,3 +688,35 @@ def test_invalid_hyperparameters_catches_documented_names_the_factory_lacks() ->
     entry = dataclasses.replace(torchvalley.get_optimizer_entry("sgd"), factory=ToySGD)
     with pytest.raises(AssertionError, match=r"default dampening=0\.0: refused with TypeError"):
         check_invalid_hyperparameters(entry)
+
+
+# --------------------------------------------------------------------------------------------
+# 9. A state dict from another optimizer
+# --------------------------------------------------------------------------------------------
+
+
+class AcceptsAnyStateDict(ToySGD):
+    """torch's own load_state_dict: any dict with the right group and parameter counts."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.optim.Optimizer.load_state_dict(self, state_dict)
+
+
+class KeyErrorOnForeignStateDict(ToySGD):
+    """Checks the format, but fails with a bare KeyError."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for group in state_dict["param_groups"]:
+            _ = group["lr"]  # the bare KeyError is the bug
+        super().load_state_dict(state_dict)
+
+
+@pytest.mark.parametrize("broken", [AcceptsAnyStateDict, KeyErrorOnForeignStateDict])
+def test_foreign_state_dict_catches_a_dict_from_another_optimizer(broken: type) -> None:
+    with pytest.raises(AssertionError, match="foreign state dict"):
+        check_foreign_state_dict(toy_entry(broken))
+
+
+def test_foreign_state_dict_skips_torch_classes() -> None:
+    with pytest.raises(unittest.SkipTest, match=r"torch\.optim"):
+        check_foreign_state_dict(TORCH_SGD_ENTRY)

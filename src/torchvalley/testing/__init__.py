@@ -14,8 +14,8 @@ Example:
     ...     summary="SGD", family="baseline",
     ...     example={"lr": 0.05, "momentum": 0.9}, group_example={"lr": 0.01, "momentum": 0.5},
     ... )
-    >>> run_conformance(entry)["skipped"]
-    0
+    >>> run_conformance(entry)  # torch.optim.SGD does not check a foreign state dict: 1 skip
+    {'passed': 12, 'skipped': 1}
 """
 
 from torchvalley.registry import (
@@ -29,6 +29,9 @@ from torchvalley.testing.conformance import build_optimizer as build_optimizer
 from torchvalley.testing.conformance import check_closure as check_closure
 from torchvalley.testing.conformance import check_dtypes as check_dtypes
 from torchvalley.testing.conformance import check_foreach as check_foreach
+from torchvalley.testing.conformance import (
+    check_foreign_state_dict as check_foreign_state_dict,
+)
 from torchvalley.testing.conformance import (
     check_invalid_hyperparameters as check_invalid_hyperparameters,
 )
