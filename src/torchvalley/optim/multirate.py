@@ -74,7 +74,7 @@ __all__ = ["Multirate", "bias_partition", "head_partition"]
 
 _PARTITIONS = ("head", "biases", "weights", "random")
 # Settings of the whole wrapper (the cycle is global), refused in a param group.
-_WRAPPER_WIDE = ("k", "linear_drift", "partition", "fast_fraction", "seed", "model")
+_WRAPPER_WIDE = ("k", "linear_drift", "partition", "fast_fraction", "partition_seed", "model")
 
 
 class Multirate(torch.optim.Optimizer):
@@ -92,7 +92,8 @@ class Multirate(torch.optim.Optimizer):
             parameters is fast; needs ``model``), ``"biases"``/``"weights"`` (that kind fast),
             ``"random"`` (``fast_fraction`` of the tensors fast, re-drawn every cycle).
         fast_fraction: share of tensors drawn fast by ``partition="random"``.
-        seed: seed of the random partition's generator (saved in ``state_dict``).
+        partition_seed: seed of the random partition's generator (saved in ``state_dict``);
+            ``seed`` goes to the base (a Langevin sampler's noise).
         rate: the default of the groups' ``"rate"`` (``None``: placed by ``partition``).
         model: the module: names for the partitions; under DDP, :meth:`pass_context` uses its
             ``no_sync`` on partial steps and the fast gradients are averaged here.
@@ -110,7 +111,7 @@ class Multirate(torch.optim.Optimizer):
             "partition", "choice", "head", "parameters without a rate", choices=_PARTITIONS
         ),
         Hyperparameter("fast_fraction", "unit_interval_open", 0.5, "partition='random' share"),
-        Hyperparameter("seed", "any", 0, "random partition's generator seed (int >= 0)"),
+        Hyperparameter("partition_seed", "any", 0, "random partition's generator seed (int >= 0)"),
         Hyperparameter("rate", "any", None, "per param group: 'fast' | 'slow' | None"),
         Hyperparameter("model", "any", None, "the module: partitions, DDP no_sync"),
     )
@@ -123,7 +124,7 @@ class Multirate(torch.optim.Optimizer):
         linear_drift: bool = True,
         partition: str = "head",
         fast_fraction: float = 0.5,
-        seed: int = 0,
+        partition_seed: int = 0,
         rate: str | None = None,
         *,
         model: nn.Module | None = None,
@@ -139,8 +140,12 @@ class Multirate(torch.optim.Optimizer):
                 "fast_fraction": fast_fraction,
             },
         )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"Invalid seed: {seed!r} (an int >= 0)")
+        if (
+            isinstance(partition_seed, bool)
+            or not isinstance(partition_seed, int)
+            or partition_seed < 0
+        ):
+            raise ValueError(f"Invalid partition_seed: {partition_seed!r} (an int >= 0)")
         if model is not None and not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: expected an nn.Module, got {type(model).__name__}")
         _check_base_settings(base_optimizer, base_hyperparameters)
@@ -154,7 +159,7 @@ class Multirate(torch.optim.Optimizer):
         super().__init__(params, {"rate": rate})
         self._factory = resolve_base_optimizer(base_optimizer)
         self._base_hyperparameters = dict(base_hyperparameters)
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(partition_seed)
         self._owner = owners(model) if model is not None else {}
         self._position = 0  # place in the cycle; 0: the full (refresh) step
         self._passes = {"full": 0, "partial": 0}
@@ -245,7 +250,9 @@ class Multirate(torch.optim.Optimizer):
         if rate is not None and rate not in RATES:
             raise ValueError(f"Invalid rate: {rate!r} (one of 'fast', 'slow', or None)")
         params = param_group["params"]
-        if not isinstance(params, torch.Tensor) and len(list(params)) == 0:
+        if not isinstance(params, torch.Tensor):
+            param_group["params"] = params = list(params)  # a generator is read once
+        if not isinstance(params, torch.Tensor) and not params:
             raise ValueError(f"Invalid params: param group {len(self.param_groups)} is empty")
         super().add_param_group(param_group)  # refuses a parameter in two groups (ValueError)
         if not hasattr(self, "base_optimizer"):  # called by Optimizer.__init__
@@ -285,12 +292,9 @@ class Multirate(torch.optim.Optimizer):
     def pass_context(self) -> Iterator[None]:
         """Run the forward pass in this: under DDP a partial step's pass runs in ``no_sync``."""
         ddp = self._ddp() if self.next_step_is_partial else None
-        self._in_context = True
-        try:
-            with ddp.no_sync() if ddp is not None else contextlib.nullcontext():
-                yield
-        finally:
-            self._in_context = False
+        self._in_context = True  # until the step: backward may come after the block
+        with ddp.no_sync() if ddp is not None else contextlib.nullcontext():
+            yield
 
     def backward(self, loss: torch.Tensor, *, retain_graph: bool | None = None) -> None:
         """``loss.backward()`` on a full step, ``loss.backward(inputs=fast)`` on a partial one.
@@ -362,6 +366,7 @@ class Multirate(torch.optim.Optimizer):
             full = any(p.grad is not None for p in self._slow_params())
             self._passes["full" if full else "partial"] += 1
         self._backward_seen = False
+        self._in_context = False
         if partial:
             self._fast_step()
         else:
@@ -498,9 +503,8 @@ class Multirate(torch.optim.Optimizer):
         return cls(params, k=k, lr=slow_lr, **kwargs)
 
     def __repr__(self) -> str:
-        return (
-            f"Multirate(k={self.k}, linear_drift={self.linear_drift}, base={self.base_optimizer!r})"
-        )
+        base = getattr(self, "base_optimizer", None)
+        return f"Multirate(k={self.k}, linear_drift={self.linear_drift}, base={base!r})"
 
 
 def _named(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
