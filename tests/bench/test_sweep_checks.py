@@ -14,7 +14,6 @@ from torchvalley.bench.store import Store
     [
         ("sgd:lr=0.1,nesterov=True", "Nesterov momentum requires a momentum"),
         ("sgd:lr=0.1,momentum=0.9,nesterov=True,dampening=0.5", "zero dampening"),
-        ("sam:base_optimizer=sam,lr=0.1", "SAM over sam"),
         ("sam_on:lr=0.1,perturb=nope", "Invalid perturb"),
         ("sam:lr=0.1,model=abc", "'model' is set by the harness"),
         ("baoab:lr=0.1,scheme=XYZ", "Invalid scheme"),

@@ -57,6 +57,8 @@ DEMO_SPECS: dict[str, tuple[str, ...]] = {
     # FG-SGD: every conv/linear weight on unit-norm rows (per output channel) scaled by its
     # initial norm; the same lr and momentum as the SGD row.
     "riemannian": ("fgsgd:lr=0.05,momentum=0.9",),
+    # Multirate over the SGD row's base: the fast part every step, the slow part every k=2.
+    "multirate": ("multirate:base_optimizer=sgd,lr=0.05,momentum=0.9,k=2",),
 }
 
 #: Epochs of the spirals demo (the task's default is 1000, the paper's 4000).
