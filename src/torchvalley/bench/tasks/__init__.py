@@ -6,7 +6,8 @@ Importing this package registers every built-in task:
 * :mod:`~torchvalley.bench.tasks.digits`: ``digits_mlp``, ``digits_cnn`` (needs scikit-learn);
 * :mod:`~torchvalley.bench.tasks.spirals`: ``spirals`` (the AdLaLa paper's two spirals);
 * :mod:`~torchvalley.bench.tasks.quadratic`: ``quadratic`` (known Hessian, exact excess loss);
-* :mod:`~torchvalley.bench.tasks.poincare_tree`: ``poincare_tree`` (hyperbolic embedding).
+* :mod:`~torchvalley.bench.tasks.poincare_tree`: ``poincare_tree`` (hyperbolic embedding);
+* :mod:`~torchvalley.bench.tasks.transfer`: ``mnist1d_transfer`` (fine-tune a pretrained CNN).
 
 :class:`Task`, :class:`TaskData` and the registry functions are defined in
 :mod:`torchvalley.bench.task`, which imports no task, and re-exported here. A new task family
@@ -24,7 +25,7 @@ from torchvalley.bench.task import (
     require_extra,
     task_entries,
 )
-from torchvalley.bench.tasks import digits, mnist1d, poincare_tree, quadratic, spirals
+from torchvalley.bench.tasks import digits, mnist1d, poincare_tree, quadratic, spirals, transfer
 
 __all__ = [
     "Task",
@@ -39,4 +40,5 @@ __all__ = [
     "require_extra",
     "spirals",
     "task_entries",
+    "transfer",
 ]
