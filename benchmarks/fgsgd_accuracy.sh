@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # FG-SGD (fixed and learned radii, three constraints) vs SGD (same lr and momentum) on mnist1d_cnn and digits_cnn, 5 seeds, 1 thread per
-# run: the measurement of docs/results.md ("FG-SGD"). Stores in results/, reports in reports/.
+# run: the measurement of docs/results/riemannian.md ("FG-SGD"). Stores in results/, reports in reports/.
 # Usage: bash benchmarks/fgsgd_accuracy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

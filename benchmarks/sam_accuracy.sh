@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The SAM-family accuracy measurements of docs/results.md: a comparison at one rho per method
+# The SAM-family accuracy measurements of docs/results/sam.md: a comparison at one rho per method
 # on mnist1d_cnn and digits_cnn, and a rho sweep on mnist1d_cnn; 5 seeds, 1 thread per run.
 # Usage: bash benchmarks/sam_accuracy.sh [compare|sweep|all]   (stores in results/, reports/)
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two-spirals comparison of docs/results.md (Leimkuhler, Matthews & Vlaar 2019, AdLaLa):
+# The two-spirals comparison of docs/results/langevin.md (Leimkuhler, Matthews & Vlaar 2019, AdLaLa):
 # 2-100-1 ReLU MLP, batch 25, the task's default 1000 epochs (the paper ran 4000), 5 seeds,
 # 1 thread per run. AdLaLa/LaLa/LOL use the paper's hyperparameters (h=0.25, gamma=0.1,
 # tau=1e-4, sigma_A=0.01, eps=0.05, xi_0=0.1) and their model partition (the registry factory
