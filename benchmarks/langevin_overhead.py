@@ -12,7 +12,8 @@ Measurement: for each thread count (``--threads``, default 1 and 2) in the same 
 warm-up steps per row, then ``R`` repeats, each timing a block of ``K`` steps of every row,
 round-robin with the starting row rotated every repeat (load drift on a shared machine hits all
 rows alike), garbage collector off. Reported: median wall ms/step over the repeats and
-ratio = median(row) / median(anchor); ``paired`` is the median of the per-repeat ratios; the
+ratio = median(row) / median(anchor); ``paired`` is the median of the per-repeat ratios;
+``min ratio`` the ratio of the fastest blocks (the least disturbed by other processes); the
 process CPU time per step (``time.process_time``, all threads) and its ratio, which a shared
 machine perturbs less than wall time.
 
@@ -21,6 +22,7 @@ Rows: ``sgld``; ``baoab`` (the default scheme ``BAOAB``), ``obabo``, ``baoa``, `
 ``--fused`` adds ``baoab-fused`` (``fused=True``: compiled on its first warm-up step).
 
 Usage: python benchmarks/langevin_overhead.py [--threads 1 2] [--repeats 7] [--steps 3] [--fused]
+[--out FILE.md]
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -114,32 +118,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--fused", action="store_true", help="add the compiled baoab-fused row")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--out", help="also write the tables (markdown) to this file")
     args = parser.parse_args(argv)
     if min(args.threads) < 1 or args.repeats < 1 or args.steps < 1 or args.warmup < 0:
         parser.error("--threads, --repeats and --steps must be >= 1, --warmup >= 0")
     names = [ANCHOR, *args.rows] + (["baoab-fused"] if args.fused else [])
-    print(
+    lines = [
         f"# {datetime.datetime.now().isoformat(timespec='seconds')}, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}, {args.repeats} repeats x {args.steps} "
-        f"steps, {args.warmup} warm-up steps, rows interleaved round-robin"
-    )
+        f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs), load "
+        f"average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.repeats} repeats x "
+        f"{args.steps} steps, {args.warmup} warm-up steps, rows interleaved round-robin"
+    ]
+    print(lines[0])
     for threads in args.threads:
         times, cpu = measure(names, threads, args.repeats, args.steps, args.warmup)
         base, base_cpu = statistics.median(times[ANCHOR]), statistics.median(cpu[ANCHOR])
-        print(f"\n## {threads} thread(s)\n")
-        print(
-            "| row | ms/step (median) | ratio | paired ratio | CPU ms/step | CPU ratio |\n"
-            "|---|--:|--:|--:|--:|--:|"
-        )
+        table = [
+            f"\n## {threads} thread(s)\n",
+            "| row | ms/step (median) | ratio | paired ratio | min ratio | CPU ms/step "
+            "| CPU ratio |\n|---|--:|--:|--:|--:|--:|--:|",
+        ]
         for name in names:
             paired = statistics.median(
                 t / a for t, a in zip(times[name], times[ANCHOR], strict=True)
             )
             median, median_cpu = statistics.median(times[name]), statistics.median(cpu[name])
-            print(
+            fastest = min(times[name]) / min(times[ANCHOR])
+            table.append(
                 f"| {name} | {1e3 * median:.1f} | {median / base:.2f} | {paired:.2f} | "
-                f"{1e3 * median_cpu:.1f} | {median_cpu / base_cpu:.2f} |"
+                f"{fastest:.2f} | {1e3 * median_cpu:.1f} | {median_cpu / base_cpu:.2f} |"
             )
+        print("\n".join(table), flush=True)
+        lines += table
+    lines.append(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(lines[-1])
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

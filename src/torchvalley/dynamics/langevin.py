@@ -519,8 +519,17 @@ class LangevinSplitting(torch.optim.Optimizer):
                 engine.run_segment(part, tensors, self._noise, self._scratch, xi)
 
     def diagnostics(self) -> list[dict[str, torch.Tensor]]:
-        """Per group: ``kinetic_temperature``, and ``thermostat`` / ``configurational_temperature``
-        where available (0-dim tensors; no host synchronisation)."""
+        """Per group, as 0-dim tensors (no host synchronisation):
+
+        * ``kinetic_temperature``: ``sum(p**2) / (m N)`` of the stored momenta (which lag by
+          the scheme's tail, see the module docstring);
+        * ``thermostat``: ``xi`` (adaptive groups);
+        * ``configurational_temperature`` (with ``track_configurational=True``): the virial
+          ``theta . grad U / N`` at the gradient's point, ``tau`` in expectation at
+          equilibrium for confining potentials.
+
+        ``N`` counts real coordinates (a complex element is two).
+        """
         result = []
         groups = self.state["langevin"]["groups"]
         for gi, group in enumerate(self.param_groups):
