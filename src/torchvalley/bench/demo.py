@@ -122,8 +122,6 @@ def _suites() -> dict[str, DemoSuite]:
     }
 
 
-
-
 def get_suite(name: str) -> DemoSuite:
     """The demo suite called ``name``.
 

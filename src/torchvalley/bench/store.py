@@ -256,6 +256,8 @@ def _owner_alive(owner: str | None, heartbeat_at: float | None) -> bool:
     pid = int(pid_text)
     if pid == os.getpid():
         return False  # our own row from an interrupted run: redo it
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: use the heartbeat
+        return heartbeat_at is not None and time.time() - heartbeat_at < CLAIM_TIMEOUT_S
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
