@@ -60,6 +60,7 @@ def build_optimizer(
 def new_optimizer(
     entry: OptimizerEntry, params: Any, model: torch.nn.Module, **hyperparameters: Any
 ) -> Any:
+    """:func:`build_optimizer` right after seeding the global RNG with :data:`SEED`."""
     # Reseed first: a noisy optimizer may seed its own generator from the global RNG at
     # construction, and the runs a check compares must see the same noise.
     torch.manual_seed(SEED)
@@ -67,6 +68,8 @@ def new_optimizer(
 
 
 def make_closure(optimizer: Any, problem: Problem) -> Callable[[], torch.Tensor]:
+    """``optimizer.zero_grad(); loss = problem.loss(); loss.backward(); return loss``."""
+
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         loss = problem.loss()
@@ -134,6 +137,3 @@ def restores_global_rng(check: _Check) -> _Check:
             check(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------------------------
