@@ -88,10 +88,9 @@ def _asam_scale(part: Part, is_bias: Callable[[Tensor], bool]) -> list[Tensor]:
 def _fisher_scale(part: Part, is_bias: Callable[[Tensor], bool]) -> list[Tensor]:
     # F = 1 + eta_F g^2 (diagonal empirical Fisher of the minibatch gradient); M^{-1/2} = F^{-1/2}.
     fisher = part.workspace("scale", part.params)
-    torch._foreach_copy_(fisher, part.grads)
-    torch._foreach_mul_(fisher, part.grads)
-    torch._foreach_mul_(fisher, part.group["fisher_eta"])
+    torch._foreach_zero_(fisher)
     torch._foreach_add_(fisher, 1.0)
+    torch._foreach_addcmul_(fisher, part.grads, part.grads, value=part.group["fisher_eta"])
     torch._foreach_rsqrt_(fisher)
     return fisher
 
@@ -115,9 +114,11 @@ class Ellipsoid:
         return list(torch._foreach_norm(part.directions, 2, dtype=dtype))  # ||u|| per tensor
 
     def climb(self, part: Part, factor: Tensor, backup: Any, fold: bool) -> list[Tensor]:
-        if part.scale is not None:
+        if part.scale is not None and not fold:
             torch._foreach_mul_(part.directions, part.scale)  # now M^{-1} g
-        return backup.climb(part.params, part.directions, factor, part.owns_directions, fold)
+        # Folded (CPU): w + factor u M^{-1/2} in one pass over w, u and the scale.
+        scale = part.scale if fold else None
+        return backup.climb(part.params, part.directions, factor, part.owns_directions, fold, scale)
 
     def pull_back(self, p: Tensor, here: Tensor, manifold: Manifold) -> None:
         return None  # flat: the gradient at w + eps is used at w as it is

@@ -50,12 +50,17 @@ class CopyBackup:
             buffer = self._backup[p] = torch.empty_like(p, memory_format=torch.preserve_format)
         return buffer
 
-    def climb(self, params, steps, factor: Tensor, owned: bool, fold: bool) -> list[Tensor]:
-        """``w <- w + factor * steps``; ``steps`` is written only if ``owned``. Returns eps
-        (empty when folded: on the CPU the 0-d ``factor`` is read without a device sync and
-        scaling and adding take one pass)."""
+    def climb(
+        self, params, steps, factor: Tensor, owned: bool, fold: bool, scale=None
+    ) -> list[Tensor]:
+        """``w <- w + factor * steps`` (times ``scale`` too, if given: folded only); ``steps``
+        is written only if ``owned``. Returns eps (empty when folded: on the CPU the 0-d
+        ``factor`` is read without a device sync and scaling and adding take one pass)."""
         torch._foreach_copy_([self._buffer(p) for p in params], params)  # exact copy of w
         self._climbed.extend(params)  # from here on an error restores them
+        if fold and scale is not None:
+            torch._foreach_addcmul_(params, steps, scale, value=float(factor))  # w + eps
+            return []
         if fold:
             torch._foreach_add_(params, steps, alpha=float(factor))  # w + eps, one pass
             return []
@@ -96,12 +101,17 @@ class SwapBackup(CopyBackup):
         self._climbed.append(p)
         p.data = buffer
 
-    def climb(self, params, steps, factor: Tensor, owned: bool, fold: bool) -> list[Tensor]:
+    def climb(
+        self, params, steps, factor: Tensor, owned: bool, fold: bool, scale=None
+    ) -> list[Tensor]:
         eps = [] if fold else _scaled(steps, factor, owned)
         alpha = float(factor) if fold else 1.0  # CPU only: no device synchronisation
-        for p, step in zip(params, steps if fold else eps, strict=True):
+        for i, (p, step) in enumerate(zip(params, steps if fold else eps, strict=True)):
             buffer = self._buffer(p)
-            torch.add(p, step, alpha=alpha, out=buffer)  # w + eps, in one pass
+            if scale is not None:
+                torch.addcmul(p, step, scale[i], value=alpha, out=buffer)  # w + eps, one pass
+            else:
+                torch.add(p, step, alpha=alpha, out=buffer)  # w + eps, in one pass
             self._swap(p, buffer)
         return eps
 
