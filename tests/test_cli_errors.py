@@ -336,3 +336,18 @@ def test_light_names_agree_with_the_modules_that_use_them():
     except ImportError:
         from torchvalley.landscape.study import MEASURES
     assert tuple(MEASURES) == names.MEASURES
+
+
+def test_read_only_store_is_one_line(capsys, tmp_path, monkeypatch):
+    """A store SQLite may only read (file permissions; root ignores chmod, so open it mode=ro)."""
+    path = tmp_path / "ro.db"
+    assert _run(capsys, "bench", *QUICK, "--store", str(path))[0] == 0
+    connect = sqlite3.connect
+
+    def read_only(database, *args, **kwargs):
+        return connect(f"file:{database}?mode=ro", *args, uri=True, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)
+    status, _, err = _run(capsys, "bench", *QUICK, "--seeds", "1", "--store", str(path))
+    assert status == 2
+    _assert_one_error_line(err, "cannot be written", "readonly")
