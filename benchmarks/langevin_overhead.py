@@ -21,6 +21,10 @@ Rows: ``sgld``; ``baoab`` (the default scheme ``BAOAB``), ``obabo``, ``baoa``, `
 (BAOAB limit, LOL's partition), ``sghmc`` (``FBA``), ``sgnht`` (``BACDEDCAB``);
 ``--fused`` adds ``baoab-fused`` (``fused=True``: compiled on its first warm-up step).
 
+On a shared machine run with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP workers that spin between
+parallel regions steal the CPU other processes need, which made every 2-thread row (the anchor
+included) 10-25x slower and the ratios meaningless in our runs.
+
 Usage: python benchmarks/langevin_overhead.py [--threads 1 2] [--repeats 7] [--steps 3] [--fused]
 [--out FILE.md]
 """

@@ -7,8 +7,9 @@ coefficients folded (``A``: ``theta += (h/m) p``; ``B``: ``p += (-h) g``; ``O``/
 ``theta += (-h) g`` and ``N``: ``theta += s R``), cut into *segments* at the
 thermostat letters ``E``, which need every momentum of the group (a reduction).
 
-:func:`run_segment` applies a segment to each tensor in chunks of :data:`CHUNK` elements (a
-multiple of the noise block size, so a chunk draws whole noise blocks): every letter of the
+:func:`run_segment` applies a segment to each tensor in chunks of :data:`CHUNK` elements per
+intra-op thread (a multiple of the noise block size, so a chunk draws whole noise blocks): every
+letter of the
 segment runs on a chunk while it is in cache, and the noise of a chunk is drawn into one scratch
 buffer (:meth:`~torchvalley.CounterNoise.gaussian_`) instead of a fresh tensor per parameter.
 Against one ``torch._foreach_*`` pass per letter over freshly allocated noise this saves most
@@ -48,7 +49,7 @@ __all__ = [
     "thermostat",
 ]
 
-#: elements per chunk (4 noise blocks of 2**16; 1 MiB of float32 per operand)
+#: elements per chunk and intra-op thread (4 noise blocks of 2**16; 1 MiB of float32 per operand)
 CHUNK = 1 << 18
 #: noise step key = SLOTS * step + slot; schemes have at most SLOTS letters
 SLOTS = 16
@@ -126,6 +127,9 @@ def run_segment(
     # C multiplies by exp(-xi h) with xi as the segment starts (after the preceding E)
     ops_ = [Op("M", torch.exp(xi * -op.a)) if op.letter == "C" else op for op in segment]
     folded = fold(ops_)
+    # CHUNK elements per intra-op thread: each op is one parallel region, whose fixed cost
+    # (a barrier) must stay small against the work of each thread
+    step = CHUNK * max(1, torch.get_num_threads())
     for theta, p, g, index in tensors:
         n = theta.numel()
         if (
@@ -137,8 +141,8 @@ def run_segment(
             continue
         flat = theta.view(-1), p.view(-1), g.view(-1)
         chunk_ops = folded if theta.dtype == torch.float32 else ops_
-        for start in range(0, n, CHUNK):
-            size = min(CHUNK, n - start)
+        for start in range(0, n, step):
+            size = min(step, n - start)
             chunk = (t[start : start + size] for t in flat)
             draw = functools.partial(
                 _chunk_noise, noise, scratch, theta.dtype, index, start, n, size
