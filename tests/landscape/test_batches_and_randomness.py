@@ -187,3 +187,26 @@ def test_batches_get_different_masks():
     function = ParameterFunction(model, F.cross_entropy, [batch, batch], bn_mode="train", seed=0)
     first, second = (function.outputs(function.point(), b) for b in function.batches)
     assert not torch.equal(first, second)
+
+
+def test_batchnorm_recompute_along_a_path_is_deterministic_and_keeps_the_global_rng():
+    """The train-mode passes that recompute BatchNorm statistics run dropout on a forked,
+    seeded RNG: equal results whatever the global state, which they leave untouched."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.Dropout(0.5), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)
+    ).to(DTYPE)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    end = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = _data()
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        path = linear_interpolation(model, start, end, F.cross_entropy, batch, steps=4)
+        assert torch.equal(torch.get_rng_state(), before)
+        results.append(path.losses)
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)

@@ -17,7 +17,9 @@ describe the network in between, so the two path functions take ``bn``:
   recomputed as the cumulative average (``momentum=None``) over the ``bn_data`` batches in train
   mode (the usual "BN repair", as ``torch.optim.swa_utils.update_bn``), then the loss is
   evaluated in eval mode. Pass the *training* data as ``bn_data``; by default ``data`` is used.
-  Dropout is active during these passes, as in any train-mode pass.
+  Dropout is active during these passes, as in any train-mode pass, with masks drawn from a
+  forked RNG seeded with the batch's index: the same at every α (so the path is one function
+  of α), the same from call to call, and the caller's global RNG is not consumed.
 * ``"interpolate"``: the running statistics are interpolated like the parameters.
 
 Every evaluation is in eval mode, under ``torch.no_grad()``, with ``torch.func.functional_call``
@@ -218,8 +220,14 @@ def _recompute_batchnorm(
             state[prefix + "num_batches_tracked"].zero_()
         module.momentum = None
     model.train()
-    for inputs, _ in batches:
-        functional_call(model, state, (inputs,))
+    device = next(iter(state.values())).device if state else torch.device("cpu")
+    devices = [device.index or 0] if device.type == "cuda" else []
+    for index, (inputs, _) in enumerate(batches):
+        with torch.random.fork_rng(devices=devices):  # dropout masks: fixed, global RNG kept
+            torch.default_generator.manual_seed(index)
+            for cuda in devices:
+                torch.cuda.default_generators[cuda].manual_seed(index)
+            functional_call(model, state, (inputs,))
 
 
 def _evaluate(
