@@ -9,9 +9,9 @@ thermostat letters ``E``, which need every momentum of the group (a reduction).
 
 :func:`run_segment` applies a segment to each tensor in chunks of :data:`CHUNK` elements per
 intra-op thread (a multiple of the noise block size, so a chunk draws whole noise blocks): every
-letter of the
-segment runs on a chunk while it is in cache, and the noise of a chunk is drawn into one scratch
-buffer (:meth:`~torchvalley.CounterNoise.gaussian_`) instead of a fresh tensor per parameter.
+letter of the segment runs on a chunk while it is in cache, and the noise of a chunk is drawn
+into one scratch buffer (:meth:`~torchvalley.CounterNoise.gaussian_`) instead of a fresh tensor
+per parameter.
 Against one ``torch._foreach_*`` pass per letter over freshly allocated noise this saves most
 memory traffic and all page faults of the noise; the operations, their order and the noise are
 the reference's (:func:`run_reference`, :mod:`.operators`), so the numbers are equal: bitwise
