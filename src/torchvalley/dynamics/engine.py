@@ -19,9 +19,9 @@ for float64 on one thread (intra-op threads may split a chunk at other points th
 tensor, which moves FMA-contracted remainders), and for float32 up to the rounding of
 :func:`fold`, which merges adjacent kicks and folds ``O`` into one pass (a few ulp).
 
-Tensors that are not contiguous, not on the CPU, not float32/float64 (real or complex), or
-whose gradient or momentum is not contiguous take the same operations on the whole tensor with
-an allocated draw.
+Small tensors (under :data:`SMALL` elements), and tensors that are not contiguous, not on the
+CPU, not float32/float64 (real or complex), or whose gradient or momentum is not contiguous take
+the reference's operations, one foreach call per letter for all of them, with allocated draws.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ __all__ = [
     "CHUNK",
     "SGLD",
     "SLOTS",
+    "SMALL",
     "Op",
     "fold",
     "program",
@@ -57,6 +58,8 @@ SLOTS = 16
 
 # bf16/fp16 elementwise kernels round differently at vector remainders (chunk boundaries)
 _CHUNKED_DTYPES = (torch.float32, torch.float64)
+#: tensors with fewer elements take one foreach call per letter together (Python overhead)
+SMALL = 1 << 14
 
 
 class Op(NamedTuple):
@@ -130,24 +133,29 @@ def run_segment(
     # CHUNK elements per intra-op thread: each op is one parallel region, whose fixed cost
     # (a barrier) must stay small against the work of each thread
     step = CHUNK * max(1, torch.get_num_threads())
+    batch = []  # small or unchunkable tensors: one foreach call per letter for all of them
     for theta, p, g, index in tensors:
         n = theta.numel()
         if (
-            theta.device.type != "cpu"
+            n < SMALL
+            or theta.device.type != "cpu"
             or theta.dtype not in _CHUNKED_DTYPES
             or not (theta.is_contiguous() and p.is_contiguous() and g.is_contiguous())
         ):
-            _apply(ops_, theta, p, g, functools.partial(_whole, noise, theta, index))
+            batch.append((theta, p, g, index))
             continue
         flat = theta.view(-1), p.view(-1), g.view(-1)
         chunk_ops = folded if theta.dtype == torch.float32 else ops_
         for start in range(0, n, step):
             size = min(step, n - start)
-            chunk = (t[start : start + size] for t in flat)
+            chunk = [[t[start : start + size]] for t in flat]
             draw = functools.partial(
                 _chunk_noise, noise, scratch, theta.dtype, index, start, n, size
             )
             _apply(chunk_ops, *chunk, draw)
+    if batch:
+        thetas, momenta, grads, indices = (list(column) for column in zip(*batch, strict=True))
+        _apply(ops_, thetas, momenta, grads, functools.partial(_whole, noise, thetas, indices))
 
 
 def fold(ops_: list[Op]) -> list[Op]:
@@ -166,41 +174,45 @@ def fold(ops_: list[Op]) -> list[Op]:
     return result
 
 
-def _apply(ops_: list[Op], theta: torch.Tensor, p: torch.Tensor, g: torch.Tensor, draw) -> None:
-    """The letters on one tensor (or chunk); ``draw(key[, std])`` gives its noise in its dtype.
+def _apply(ops_: list[Op], theta: list, p: list, g: list, draw) -> None:
+    """The letters on lists of tensors (or one chunk); ``draw(key[, std])`` gives their noise.
 
-    Each op computes what the reference's ``torch._foreach_*`` call computes on this tensor:
-    ``add_`` equals ``_foreach_add_`` bitwise, while the multiplications stay foreach calls
-    (for bf16/fp16 ``_foreach_mul_`` rounds the scalar differently from ``mul_``).
+    The same ``torch._foreach_*`` calls as the reference (:func:`run_reference`), so equal
+    bitwise per element (``Q`` is :func:`fold`'s one-pass ``O``).
     """
     for op in ops_:
         letter = op.letter
         if letter == "A":
-            theta.add_(p, alpha=op.a)  # theta += (h/m) p
+            torch._foreach_add_(theta, p, alpha=op.a)  # theta += (h/m) p
         elif letter == "B":
-            p.add_(g, alpha=op.a)  # p -= h g
-        elif letter == "Q":
-            torch.add(draw(op.key, op.s), p, alpha=op.a, out=p)  # p = (s R) + c p, one pass
+            torch._foreach_add_(p, g, alpha=op.a)  # p -= h g
+        elif letter == "Q":  # p = (s R) + c p in one pass, the noise drawn scaled by s
+            for noise, q in zip(draw(op.key, op.s), p, strict=True):
+                torch.add(noise, q, alpha=op.a, out=q)
         elif letter == "O":
-            torch._foreach_mul_([p], op.a)  # p = c p ...
+            torch._foreach_mul_(p, op.a)  # p = c p ...
             if op.s:
-                p.add_(draw(op.key), alpha=op.s)  # ... + s R
+                torch._foreach_add_(p, draw(op.key), alpha=op.s)  # ... + s R
         elif letter == "D":
             if op.s:
-                p.add_(draw(op.key), alpha=op.s)  # p += sigma sqrt(h) R
+                torch._foreach_add_(p, draw(op.key), alpha=op.s)  # p += sigma sqrt(h) R
         elif letter == "G":
-            theta.add_(g, alpha=op.a)  # SGLD: theta -= h g ...
+            torch._foreach_add_(theta, g, alpha=op.a)  # SGLD: theta -= h g ...
         elif letter == "N":
             if op.s:
-                theta.add_(draw(op.key), alpha=op.s)  # ... + sqrt(2 h tau) R
+                torch._foreach_add_(theta, draw(op.key), alpha=op.s)  # ... + sqrt(2 h tau) R
         else:  # "M": the thermostat friction factor exp(-xi h), a 0-dim tensor
-            torch._foreach_mul_([p], op.a)
+            torch._foreach_mul_(p, op.a)
 
 
-def _whole(noise: CounterNoise, theta: torch.Tensor, index: int, key: int) -> torch.Tensor:
-    """The draw of a whole tensor, allocated (the reference's)."""
-    draw = noise.gaussian(theta, step=key, index=index, dtype=torch.float32)
-    return draw.to(theta.dtype)
+def _whole(
+    noise: CounterNoise, thetas: list[torch.Tensor], indices: list[int], key: int
+) -> list[torch.Tensor]:
+    """The draws of whole tensors, allocated (the reference's)."""
+    return [
+        noise.gaussian(t, step=key, index=i, dtype=torch.float32).to(t.dtype)
+        for t, i in zip(thetas, indices, strict=True)
+    ]
 
 
 def _chunk_noise(
@@ -219,8 +231,8 @@ def _chunk_noise(
     buffer = _scratch(scratch, torch.float32, size)
     noise._fill(buffer, noise._key(key, index), start, numel, std)  # gaussian_, unchecked
     if dtype == torch.float32:
-        return buffer
-    return _scratch(scratch, dtype, size).copy_(buffer)  # the reference's cast
+        return [buffer]
+    return [_scratch(scratch, dtype, size).copy_(buffer)]  # the reference's cast
 
 
 def _scratch(buffers: dict[torch.dtype, torch.Tensor], dtype: torch.dtype, n: int) -> Any:
@@ -246,7 +258,7 @@ def run_reference(
     (:func:`sgld_program`)."""
 
     def draw(key: int) -> list[torch.Tensor]:
-        return [_whole(noise, t, i, key) for t, i in zip(params, indices, strict=True)]
+        return _whole(noise, params, indices, key)
 
     m, tau, gamma = group["mass"], group["temperature"], group["friction"]
     if group["dynamics"] == "overdamped":
