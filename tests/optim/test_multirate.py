@@ -201,6 +201,23 @@ def test_loop_calling_loss_backward_is_counted_and_correct() -> None:
     assert opt_b.backward_passes == {"full": 8, "partial": 0}
 
 
+def test_backward_inputs_for_frameworks_that_run_backward_themselves() -> None:
+    """loss.backward(inputs=opt.backward_inputs) == opt.backward(loss), counted alike."""
+    a, b = _net(), _net()
+    opt_a = Multirate(head_partition(a), k=3, lr=0.05, momentum=0.9)
+    opt_b = Multirate(head_partition(b), k=3, lr=0.05, momentum=0.9)
+    _train(a, opt_a, 7)
+    x, y = _data()
+    for i in range(7):
+        opt_b.zero_grad()
+        loss = F.mse_loss(b(x[(i % 4) * 8 : (i % 4 + 1) * 8]), y[(i % 4) * 8 : (i % 4 + 1) * 8])
+        assert (opt_b.backward_inputs is None) == (i % 3 == 0)
+        loss.backward(inputs=opt_b.backward_inputs)
+        opt_b.step()
+    assert _same(a, b)
+    assert opt_b.backward_passes == opt_a.backward_passes == {"full": 3, "partial": 4}
+
+
 def test_partitions_by_name_and_random_redraw() -> None:
     model = _net()
     groups = bias_partition(model)

@@ -281,6 +281,16 @@ class Multirate(torch.optim.Optimizer):
         return self._position != 0
 
     @property
+    def backward_inputs(self) -> list[torch.Tensor] | None:
+        """``inputs=`` for the coming backward pass: the fast tensors on a partial step, ``None``
+        on a full one. For frameworks that run the backward themselves, e.g. Lightning's
+        ``self.manual_backward(loss, inputs=opt.backward_inputs)``; :meth:`step` then counts
+        the pass from the gradients it finds."""
+        if not self.next_step_is_partial:
+            return None
+        return [p for p in self._fast_params() if p.requires_grad]
+
+    @property
     def backward_passes(self) -> dict[str, int]:
         """Backward passes so far: ``{"full": ..., "partial": ...}`` (partial: stops at θ_F)."""
         return dict(self._passes)
@@ -310,8 +320,7 @@ class Multirate(torch.optim.Optimizer):
                     "Multirate under DDP: run the forward of a partial step inside "
                     "optimizer.pass_context() (or use optimizer.step(closure))"
                 )
-            inputs = [p for p in self._fast_params() if p.requires_grad]
-            loss.backward(inputs=inputs, retain_graph=retain_graph)
+            loss.backward(inputs=self.backward_inputs, retain_graph=retain_graph)
             self._passes["partial"] += 1
         else:
             loss.backward(retain_graph=retain_graph)
@@ -406,8 +415,8 @@ class Multirate(torch.optim.Optimizer):
         finally:
             for p, grad in stashed:
                 p.grad = grad
-        for p, delta in self._drift.items():
-            p.add_(delta)
+        if self._drift:  # θ_S += Δ_S / k, one multi-tensor kernel
+            torch._foreach_add_(list(self._drift), list(self._drift.values()))
 
     # -- state ----------------------------------------------------------------------------------
 
