@@ -228,14 +228,15 @@ def _chunk_noise(
 ) -> torch.Tensor:
     """Elements ``[start, start + size)`` of the tensor's draw (times ``std``), in a reused
     scratch buffer."""
-    buffer = _scratch(scratch, torch.float32, size)
+    buffer = scratch_buffer(scratch, torch.float32, size)
     noise._fill(buffer, noise._key(key, index), start, numel, std)  # gaussian_, unchecked
     if dtype == torch.float32:
         return [buffer]
-    return [_scratch(scratch, dtype, size).copy_(buffer)]  # the reference's cast
+    return [scratch_buffer(scratch, dtype, size).copy_(buffer)]  # the reference's cast
 
 
-def _scratch(buffers: dict[torch.dtype, torch.Tensor], dtype: torch.dtype, n: int) -> Any:
+def scratch_buffer(buffers: dict[torch.dtype, torch.Tensor], dtype: torch.dtype, n: int) -> Any:
+    """``n`` elements of the reused buffer of ``dtype`` in ``buffers`` (grown when too small)."""
     buffer = buffers.get(dtype)
     if buffer is None or buffer.numel() < n:
         buffer = buffers[dtype] = torch.empty(max(n, 1024), dtype=dtype)

@@ -155,10 +155,11 @@ class LangevinSplitting(torch.optim.Optimizer):
             (opt-in). Every group must then be ``"langevin"`` with scheme ``"BAOAB"``/``None``
             (else ``ValueError``). The first step pays the compile (about 15 s on a CPU with a
             C++ compiler; a few more graphs for new dtypes); non-contiguous tensors and
-            1-element tensors take the same pass uncompiled. The operators, their order, the
-            noise keys and the state are the default path's, so ``state_dict`` moves freely
-            between fused and unfused optimizers; the numbers equal the default path's up to
-            the compiler's FMA contractions (a few ulp).
+            1-element tensors take the same pass uncompiled. The noise of a tensor is drawn
+            into a buffer reused across tensors (as large as the largest tensor). The
+            operators, their order, the noise keys and the state are the reference's, so
+            ``state_dict`` moves freely between fused and unfused optimizers; the numbers
+            equal the default path's up to FMA rounding (a few ulp).
 
     Raises:
         ValueError: for an invalid hyperparameter (also when a group is changed after
@@ -481,8 +482,9 @@ class LangevinSplitting(torch.optim.Optimizer):
         key = _SLOTS * k + 2  # the O letter's slot in "BAOAB"
         for theta, p, g, i in zip(params, momenta, grads, indices, strict=True):
             noise = None
-            if scale:
-                noise = self._noise.gaussian(theta, step=key, index=i, dtype=torch.float32)
+            if scale:  # the tensor's draw, in a buffer reused across tensors and steps
+                noise = engine.scratch_buffer(self._scratch, torch.float32, theta.numel())
+                noise = self._noise.gaussian_(noise, step=key, index=i).view(theta.shape)
             tensors = [t for t in (theta, p, g, noise) if t is not None]
             if theta.numel() > 1 and all(t.is_contiguous() for t in tensors):
                 # Flat non-view aliases: one graph for every shape (1-element tensors would be
