@@ -8,14 +8,14 @@ Workload: the parameter shapes of a CIFAR-style ResNet-18 (11,173,962 float32 pa
 tensors, :func:`step_overhead.resnet18_shapes`) with fixed random gradients. Every row owns its
 parameters and optimizer state; the gradients are shared (read only).
 
-Measurement: for each thread count (``--threads``, default 1 and 2) in the same run, ``W``
-warm-up steps per row, then ``R`` repeats, each timing a block of ``K`` steps of every row,
-round-robin with the starting row rotated every repeat (load drift on a shared machine hits all
-rows alike), garbage collector off. Reported: median wall ms/step over the repeats and
-ratio = median(row) / median(anchor); ``paired`` is the median of the per-repeat ratios;
-``min ratio`` the ratio of the fastest blocks (the least disturbed by other processes); the
-process CPU time per step (``time.process_time``, all threads) and its ratio, which a shared
-machine perturbs less than wall time.
+Measurement (:mod:`_harness`'s protocol): for each thread count (``--threads``, default 1 and
+2) in the same run, ``W`` warm-up steps per row, then ``R`` repeats, each timing a block of
+``K`` steps of every row, round-robin with the starting row rotated every repeat (load drift on
+a shared machine hits all rows alike), garbage collector off. Reported: median wall ms/step
+over the repeats and ratio = median(row) / median(anchor); ``paired`` is the median of the
+per-repeat ratios; ``min ratio`` the ratio of the fastest blocks (the least disturbed by other
+processes); the process CPU time per step (``time.process_time``, all threads) and its ratio,
+which a shared machine perturbs less than wall time.
 
 Rows: ``sgld``; ``baoab`` (the default scheme ``BAOAB``), ``obabo``, ``baoa``, ``overdamped``
 (BAOAB limit, LOL's partition), ``sghmc`` (``FBA``), ``sgnht`` (``BACDEDCAB``);
@@ -32,10 +32,7 @@ Usage: python benchmarks/langevin_overhead.py [--threads 1 2] [--repeats 7] [--s
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
-import os
-import platform
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -43,12 +40,18 @@ from pathlib import Path
 
 import torch
 
+from _harness import (
+    TimedRow,
+    machine_facts,
+    machine_lines,
+    measure_round_robin,
+    paired_ratio_median,
+    torch_threads,
+    write_outputs,
+)
+from step_overhead import make_reference_tensors, resnet18_shapes
+from torchvalley.bench.machine import load_average
 from torchvalley.dynamics import LangevinSplitting
-
-try:  # the shared workload (benchmarks/ is on sys.path when this file runs as a script)
-    from step_overhead import make_reference_tensors, resnet18_shapes
-except ImportError as error:  # pragma: no cover - the script lives next to step_overhead.py
-    raise SystemExit(f"run as: python benchmarks/langevin_overhead.py ({error})") from None
 
 ANCHOR = "sgd-momentum + randn_like"
 _COMMON = {"lr": 1e-6, "friction": 1.0, "temperature": 1e-4, "seed": 0}
@@ -63,6 +66,21 @@ ROWS: dict[str, dict] = {
 }
 
 
+@dataclasses.dataclass(kw_only=True)
+class StepRow(TimedRow):
+    """One row: ``step()`` on its own parameters; parts: wall seconds, process CPU seconds."""
+
+    name: str
+    step: Callable[[], object]
+
+    def run(self, steps: int) -> tuple[float, float]:
+        """Run ``steps`` steps; return their wall and process CPU seconds."""
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            self.step()
+        return time.perf_counter() - start, time.process_time() - start_cpu
+
+
 def _anchor(params: list[torch.Tensor]) -> Callable[[], None]:
     sgd = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
 
@@ -74,47 +92,43 @@ def _anchor(params: list[torch.Tensor]) -> Callable[[], None]:
     return step
 
 
-def build(name: str, grads: list[torch.Tensor], params: list[torch.Tensor]) -> Callable[[], None]:
-    """The step function of one row, on its own copy of the parameters."""
+def build(name: str, grads: list[torch.Tensor], params: list[torch.Tensor]) -> StepRow:
+    """The row ``name``, on its own copy of the parameters."""
     params = [p.clone() for p in params]
     for p, g in zip(params, grads, strict=True):
         p.grad = g
     if name == ANCHOR:
-        return _anchor(params)
+        return StepRow(name=name, step=_anchor(params))
     hp = {**ROWS["baoab"], "fused": True} if name == "baoab-fused" else ROWS[name]
-    return LangevinSplitting(params, **hp).step
+    return StepRow(name=name, step=LangevinSplitting(params, **hp).step)
 
 
-def measure(
-    names: list[str], threads: int, repeats: int, steps: int, warmup: int
-) -> tuple[dict, dict]:
-    """Per-row per-step wall and process-CPU seconds of each repeat, rows interleaved."""
-    torch.set_num_threads(threads)
-    params, grads = make_reference_tensors(resnet18_shapes())
-    rows = {name: build(name, grads, params) for name in names}
-    for fn in rows.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    gc.disable()
-    try:
-        for r in range(repeats):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                fn = rows[name]
-                start, start_cpu = time.perf_counter(), time.process_time()
-                for _ in range(steps):
-                    fn()
-                times[name].append((time.perf_counter() - start) / steps)
-                cpu[name].append((time.process_time() - start_cpu) / steps)
-    finally:
-        gc.enable()
-    return times, cpu
+def table(rows: list[StepRow]) -> list[str]:
+    """The markdown table of one thread count: ratios to the anchor (the first row)."""
+    anchor = rows[0]
+    wall = [sample[0] for sample in anchor.samples_ms]
+    cpu = [sample[1] for sample in anchor.samples_ms]
+    lines = [
+        "| row | ms/step (median) | ratio | paired ratio | min ratio | CPU ms/step | CPU ratio |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for row in rows:
+        if row.status != "ok":
+            lines.append(f"| {row.name} | {row.status}: {row.note} | | | | | |")
+            continue
+        row_wall = [sample[0] for sample in row.samples_ms]
+        row_cpu = [sample[1] for sample in row.samples_ms]
+        median, median_cpu = statistics.median(row_wall), statistics.median(row_cpu)
+        lines.append(
+            f"| {row.name} | {median:.1f} | {median / statistics.median(wall):.2f} | "
+            f"{paired_ratio_median(row_wall, wall):.2f} | {min(row_wall) / min(wall):.2f} | "
+            f"{median_cpu:.1f} | {median_cpu / statistics.median(cpu):.2f} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print one markdown table per thread count."""
+    """Run the benchmark; print (and with ``--out``, write) one markdown table per thread count."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7)
@@ -122,42 +136,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--fused", action="store_true", help="add the compiled baoab-fused row")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--out", help="also write the tables (markdown) to this file")
+    parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
     args = parser.parse_args(argv)
     if min(args.threads) < 1 or args.repeats < 1 or args.steps < 1 or args.warmup < 0:
         parser.error("--threads, --repeats and --steps must be >= 1, --warmup >= 0")
     names = [ANCHOR, *args.rows] + (["baoab-fused"] if args.fused else [])
-    lines = [
-        f"# {datetime.datetime.now().isoformat(timespec='seconds')}, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs), load "
-        f"average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.repeats} repeats x "
-        f"{args.steps} steps, {args.warmup} warm-up steps, rows interleaved round-robin"
+    load_start = load_average()
+    params, grads = make_reference_tensors(resnet18_shapes())
+    report = [
+        "# Langevin step overhead (ResNet-18 shapes, 11,173,962 float32 parameters)",
+        "",
+        f"{args.warmup} warm-up steps, then {args.repeats} repeats x {args.steps} steps per row, "
+        "rows interleaved round-robin; ratios to the first row, from the same run.",
     ]
-    print(lines[0])
     for threads in args.threads:
-        times, cpu = measure(names, threads, args.repeats, args.steps, args.warmup)
-        base, base_cpu = statistics.median(times[ANCHOR]), statistics.median(cpu[ANCHOR])
-        table = [
-            f"\n## {threads} thread(s)\n",
-            "| row | ms/step (median) | ratio | paired ratio | min ratio | CPU ms/step "
-            "| CPU ratio |\n|---|--:|--:|--:|--:|--:|--:|",
-        ]
-        for name in names:
-            paired = statistics.median(
-                t / a for t, a in zip(times[name], times[ANCHOR], strict=True)
+        with torch_threads(threads):
+            rows = [build(name, grads, params) for name in names]
+            measure_round_robin(
+                rows, warmup=args.warmup, repeats=args.repeats, steps=args.steps, progress=False
             )
-            median, median_cpu = statistics.median(times[name]), statistics.median(cpu[name])
-            fastest = min(times[name]) / min(times[ANCHOR])
-            table.append(
-                f"| {name} | {1e3 * median:.1f} | {median / base:.2f} | {paired:.2f} | "
-                f"{fastest:.2f} | {1e3 * median_cpu:.1f} | {median_cpu / base_cpu:.2f} |"
-            )
-        print("\n".join(table), flush=True)
-        lines += table
-    lines.append(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(lines[-1])
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+            report += ["", f"## {threads} thread(s)", "", *table(rows)]
+            del rows
+    report += ["", *machine_lines(machine_facts(load_start)), ""]
+    write_outputs("\n".join(report), None, args.out, None)
 
 
 if __name__ == "__main__":
