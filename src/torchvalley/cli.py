@@ -368,7 +368,7 @@ def _check_checkpoint(path: str, task_name: str) -> None:
 
 
 def _command_landscape(args: argparse.Namespace) -> int:
-    from torchvalley.landscape.study import run_landscape_study
+    from torchvalley.bench.landscape_study import run_landscape_study
 
     if args.checkpoint is None and not args.optimizer:
         raise CommandError("give --optimizer specs to train with, or a --checkpoint to measure")

@@ -496,3 +496,25 @@ def test_progress_bars_go_to_stderr(toy_tasks, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "runs" in captured.err and "epoch" in captured.err
+
+
+def test_runner_lets_multirate_stop_the_backward_at_the_fast_parameters():
+    # The runner's closure calls ``optimizer.backward(loss)`` where the optimizer has one, so a
+    # multirate run does partial backward passes (only k-th steps go through the slow part).
+    from torchvalley.bench.runner import run_one
+
+    seen: list[dict[str, int]] = []
+
+    def record(context):
+        seen.append(dict(context.optimizer.backward_passes))
+        return None
+
+    run_one(
+        "spirals",
+        "multirate:base_optimizer=sgd,lr=0.05,momentum=0.9,k=4,partition=head",
+        0,
+        epochs=1,
+        callbacks=[record],
+    )
+    full, partial = seen[-1]["full"], seen[-1]["partial"]
+    assert partial == 3 * full > 0

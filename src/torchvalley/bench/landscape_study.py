@@ -24,13 +24,11 @@ from typing import Any
 
 import torch
 
+from torchvalley.bench.names import MEASURES
 from torchvalley.bench.specs import OptimizerSpec
 from torchvalley.bench.tasks import Task, get_task
 
 __all__ = ["MEASURES", "LandscapeStudy", "run_landscape_study"]
-
-#: The measurements a study can take (all by default).
-MEASURES = ("eigenvalues", "trace", "sharpness", "interpolation", "layerwise", "density")
 
 
 @dataclasses.dataclass

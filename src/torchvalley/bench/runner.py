@@ -635,6 +635,9 @@ def _train(
     model.train()
     # Module-aware optimizers (SAM: BatchNorm statistics, SAM-ON's norm layers) get the model.
     optimizer = create_optimizer(spec.name, model.parameters(), model=model, **spec.hyperparameters)
+    # An optimizer that decides how far the backward pass goes (Multirate: only to the fast
+    # parameters on fast-only steps) exposes ``backward(loss)``; everything else takes autograd's.
+    backward = getattr(optimizer, "backward", torch.Tensor.backward)
     result.model = model  # dropped again by run_one unless keep_model
     generator = torch.Generator().manual_seed(shuffle_seed(seed))
     n_train = train_inputs.shape[0]
@@ -690,7 +693,7 @@ def _train(
                 ) -> torch.Tensor:
                     optimizer.zero_grad(set_to_none=True)
                     loss = task.loss_fn(model(inputs), targets)
-                    loss.backward()
+                    backward(loss)
                     counters.forward += 1
                     counters.backward += 1
                     if not first_loss:
