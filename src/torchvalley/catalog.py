@@ -68,7 +68,68 @@ register_optimizer(
 
 # ------------------------------------------------------- the families (classes register below)
 # isort: off
-from torchvalley.optim import riemannian as _riemannian  # noqa: E402,F401
+# -------------------------------------------------------------------------------- Riemannian
+from torchvalley.optim.riemannian import (  # noqa: E402
+    RiemannianAdagrad,
+    RiemannianAdam,
+    RiemannianSGD,
+)
+
+_RIEMANNIAN = Capabilities(manifold_aware=True, foreach=True, separable=True)
+_BECIGNEUL = "Bécigneul & Ganea, Riemannian Adaptive Optimization Methods, ICLR 2019"
+
+register_optimizer(
+    "rsgd",
+    RiemannianSGD,
+    capabilities=_RIEMANNIAN,
+    hyperparameters=RiemannianSGD.HYPERPARAMETERS,
+    summary="Riemannian SGD with transported momentum (== torch SGD on Euclidean parameters)",
+    family="riemannian",
+    paper="Bonnabel, Stochastic Gradient Descent on Riemannian Manifolds, IEEE TAC 2013",
+    example={"lr": 0.05, "momentum": 0.9},
+    group_example={"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01},
+)
+
+register_optimizer(
+    "radam",
+    RiemannianAdam,
+    capabilities=_RIEMANNIAN,
+    hyperparameters=RiemannianAdam.HYPERPARAMETERS,
+    summary="Riemannian Adam, per-point second moment (== torch Adam/AdamW on Euclidean)",
+    family="riemannian",
+    paper=_BECIGNEUL,
+    example={"lr": 1e-3},
+    group_example={"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.01},
+)
+
+
+def _ramsgrad(params, **hyperparameters):
+    return RiemannianAdam(params, amsgrad=True, **hyperparameters)
+
+
+register_optimizer(
+    "ramsgrad",
+    _ramsgrad,
+    capabilities=_RIEMANNIAN,
+    hyperparameters=tuple(h for h in RiemannianAdam.HYPERPARAMETERS if h.name != "amsgrad"),
+    summary="Riemannian AMSGrad (radam with amsgrad=True; == torch Adam(amsgrad=True))",
+    family="riemannian",
+    paper=_BECIGNEUL,
+    example={"lr": 1e-3},
+    group_example={"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.01},
+)
+
+register_optimizer(
+    "radagrad",
+    RiemannianAdagrad,
+    capabilities=_RIEMANNIAN,
+    hyperparameters=RiemannianAdagrad.HYPERPARAMETERS,
+    summary="Riemannian Adagrad, per-point accumulator (== torch Adagrad on Euclidean)",
+    family="riemannian",
+    paper=_BECIGNEUL,
+    example={"lr": 0.05},
+    group_example={"lr": 0.01, "lr_decay": 0.01, "weight_decay": 0.01},
+)
 
 # ---------------------------------------------------------------------------- sharpness-aware
 import dataclasses  # noqa: E402

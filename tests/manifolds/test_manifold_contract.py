@@ -48,6 +48,23 @@ CASES: list[tuple[str, Manifold, tuple[int, ...]]] = [
         (4, 13),
     ),
     ("product-hyp", Product((Lorentz(), 3), (PoincareBall(2.0), 2), (Euclidean(1), 2)), (3, 7)),
+    # Issue 20 item 19: unbatched points, single points of every kind, factors with their own
+    # batch of points and scalar factors.
+    ("sphere-unbatched", Sphere(), (5,)),
+    ("lorentz-unbatched", Lorentz(), (4,)),
+    ("poincare-unbatched", PoincareBall(), (3,)),
+    ("stiefel-unbatched", Stiefel(), (5, 2)),
+    ("product-unbatched", Product((Sphere(), 3), (Lorentz(), 3), (Euclidean(1), 2)), (8,)),
+    ("product-factor-batch", Product((Sphere(), (3, 2)), (Euclidean(), 1)), (4, 7)),
+    ("product-factor-batch-unbatched", Product((Sphere(), (3, 2)), (Euclidean(), 1)), (7,)),
+    (
+        "product-factor-batch-hyp",
+        Product((Lorentz(), (2, 3)), (PoincareBall(), (3, 2)), (Oblique(), (2, 2, 3))),
+        (2, 2, 24),
+    ),
+    ("product-scalar", Product((Sphere(), 3), (Euclidean(), ())), (4, 4)),
+    ("product-scalar-unbatched", Product((Euclidean(), ()), (PoincareBall(), 2)), (3,)),
+    ("product-nested", Product((Product((Sphere(), 2), (Euclidean(), ())), (2, 3))), (2, 6)),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -269,3 +286,24 @@ def test_violation_is_zero_on_points_and_detects_a_perturbation(name, m, shape, 
         moved = float((m.projx(y) - y).abs().max())
         if moved > 1e-4 and not isinstance(m, PoincareBall):  # inside the ball nothing moves
             assert float(m.violation(y)) > 1e-5
+
+
+BATCHED = [c for c in CASES if len(c[2]) > c[1].ndim and not getattr(c[1], "flatten", False)]
+
+
+@pytest.mark.parametrize(("name", "m", "shape"), BATCHED, ids=[c[0] for c in BATCHED])
+def test_batched_point_broadcasts_against_an_unbatched_vector(name, m, shape):
+    """proju / egrad2rgrad / retr / inner of x[B, *point] with u[*point] equal those with u
+    expanded to x's shape (every single manifold does; issue 20 item 19 for products)."""
+    dtype = torch.float64
+    x = _point(m, shape, 1, dtype)
+    point_shape = shape[len(shape) - m.ndim :]
+    g = torch.Generator().manual_seed(7)
+    u = 0.1 * torch.randn(point_shape, generator=g, dtype=dtype)
+    wide = u.expand(shape)
+    for op in (m.proju, m.egrad2rgrad):
+        # (Euclidean's identity returns u itself, which broadcasts the same way.)
+        _close(torch.broadcast_to(op(x, u), shape), op(x, wide), 1e-12)
+    t = m.proju(x, wide)
+    _close(m.inner(x, t, u), m.inner(x, t, wide), 1e-12)
+    _close(m.norm(x, t), m.norm(x, m.proju(x, wide)), 1e-12)

@@ -30,20 +30,29 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Manifold", "default_tolerance"]
+__all__ = ["LOW_PRECISION", "Manifold", "default_tolerance"]
 
 
 def default_tolerance(dtype: torch.dtype) -> float:
-    """Default ``atol``/``rtol`` of the membership checks: 1e-5, as in geoopt, for every dtype.
+    """Default ``atol``/``rtol`` of the membership checks for points stored in ``dtype``.
+
+    1e-5 (geoopt's value) for float32/float64; for 16-bit floats, whose rounding alone moves a
+    point by about their epsilon, 4·eps (float16: 3.9e-3, bfloat16: 3.1e-2), so that a point
+    rounded to the dtype is accepted while a point clearly off the manifold is not.
 
     Args:
-        dtype: the dtype of the checked tensor (kept for future dtype-specific defaults).
+        dtype: the dtype of the checked tensor.
 
     Returns:
         The tolerance.
     """
-    del dtype
+    if dtype.is_floating_point:
+        return max(1e-5, 4 * torch.finfo(dtype).eps)
     return 1e-5
+
+
+#: 16-bit floating dtypes: checks and linear algebra run in float32 for them.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _as_shape(shape: Sequence[Any]) -> tuple[int, ...]:
@@ -55,11 +64,12 @@ def _as_shape(shape: Sequence[Any]) -> tuple[int, ...]:
 class Manifold(abc.ABC):
     """Base class: a Riemannian manifold acting on the trailing ``ndim`` dimensions of a tensor.
 
-    Subclasses implement ``projx``, ``proju``, ``retr``, ``random``, ``_check_point`` and
-    ``_check_vector``; the defaults are ``egrad2rgrad = proju`` (embedded submanifolds with the
-    induced metric) and its inverse on tangent vectors ``rgrad2egrad(x, r) = r``,
-    ``transp(x, y, v) = proju(y, v)`` (a projection transport, not an isometry) and the
-    Euclidean inner product over the point dimensions.
+    Subclasses implement ``projx``, ``proju``, ``retr``, ``_random`` (``random`` validates the
+    shape first), ``violation`` (or ``_check_point``) and ``_check_vector``; the defaults are
+    ``egrad2rgrad = proju`` (embedded submanifolds with the induced metric) and its inverse on
+    tangent vectors ``rgrad2egrad(x, r) = r``, ``transp(x, y, v) = proju(y, v)`` (a projection
+    transport, not an isometry), the Euclidean inner product over the point dimensions, and
+    ``_check_point`` as ``violation(x) ≤ atol + rtol``.
     """
 
     ndim: int = 0
@@ -67,6 +77,15 @@ class Manifold(abc.ABC):
     #: retraction ``x + u``, coordinate-wise metric): the optimizers then take torch's own
     #: Euclidean step. Only :class:`~torchvalley.manifolds.Euclidean` sets it.
     is_flat: bool = False
+    #: True when float32 rounding is too coarse for the geometry (hyperbolic models: distances
+    #: grow like log of the coordinates), so the optimizers step low-precision points in float64.
+    low_precision_sensitive: bool = False
+    #: Whether the optimizers reject a point off the manifold where it enters (construction is
+    #: always checked). False where the constraint itself moves during training (a Poincaré
+    #: ball with a learnable curvature: its points are re-projected at every step as c moves).
+    strict_membership: bool = True
+    #: The quantity :meth:`violation` measures, named in the membership check's explanation.
+    violation_name: str = "max |projx(x) − x|"
     transp_is_isometry: bool = False
     retr_is_expmap: bool = False
     has_expmap: bool = True
@@ -170,6 +189,22 @@ class Manifold(abc.ABC):
         """Riemannian norm ‖u‖_x = sqrt(⟨u, u⟩_x)."""
         return self.inner(x, u, keepdim=keepdim).clamp_min(0).sqrt()
 
+    def adaptive_inner(self, x: Tensor, u: Tensor) -> Tensor:
+        """What a Riemannian adaptive method accumulates in its second moment for ``u`` at ``x``.
+
+        ``‖u‖²_x`` per point (Bécigneul & Ganea 2019), kept broadcastable against ``x``;
+        :class:`~torchvalley.manifolds.Euclidean` overrides it with ``u * u`` (coordinate-wise,
+        as Adam) and :class:`~torchvalley.manifolds.Product` with one value per factor.
+
+        Args:
+            x: a point (or a batch of points).
+            u: a tangent vector at ``x``.
+
+        Returns:
+            A non-negative tensor broadcastable to ``x``.
+        """
+        return self.inner(x, u, keepdim=True)
+
     def expmap(self, x: Tensor, u: Tensor) -> Tensor:
         """Exponential map exp_x(u): the geodesic from ``x`` with initial velocity ``u`` at t=1."""
         raise NotImplementedError(f"{type(self).__name__} has no closed-form expmap")
@@ -182,28 +217,64 @@ class Manifold(abc.ABC):
         """Geodesic distance d(x, y)."""
         raise NotImplementedError(f"{type(self).__name__} has no closed-form distance")
 
-    @abc.abstractmethod
     def random(
         self,
-        *shape: int,
+        *shape: Any,
         generator: torch.Generator | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        **kwargs: Any,
     ) -> Tensor:
-        """Random points of the given full tensor shape (batch dimensions then point dims)."""
+        """Random points of the given full tensor shape (batch dimensions then point dims).
+
+        The shape may be given as integers or as one tuple/``torch.Size``.
+
+        Raises:
+            ValueError: when the shape is too small to hold one point (naming the minimum).
+        """
+        size = self._point_shape(shape, "random")
+        return self._random(size, generator=generator, dtype=dtype, device=device, **kwargs)
+
+    def _point_shape(self, shape: Sequence[Any], what: str) -> torch.Size:
+        """``shape`` normalized to a ``torch.Size`` that holds at least one point."""
+        size = torch.Size(_as_shape(shape))
+        ok, reason = self._check_shape(size)
+        if not ok:
+            raise ValueError(f"{self!r}.{what}: shape {tuple(size)} is too small: {reason}")
+        return size
+
+    def _random(
+        self,
+        shape: torch.Size,
+        *,
+        generator: torch.Generator | None,
+        dtype: torch.dtype | None,
+        device: torch.device | str | None,
+    ) -> Tensor:
+        """Random points of the (validated) ``shape``: implemented by every manifold."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither random nor _random")
 
     # ------------------------------------------------------------------------- checks
     def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
         if len(shape) < self.ndim:
             return (
                 False,
-                f"{self!r} needs at least {self.ndim} dimensions, got shape {tuple(shape)}",
+                f"{self!r} needs a shape of at least {(1,) * self.ndim} ({self.ndim} dimensions), "
+                f"got {tuple(shape)}",
             )
         return True, None
 
-    @abc.abstractmethod
     def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
-        """Whether ``x`` is on the manifold, and if not, why."""
+        """Whether ``x`` is on the manifold, and if not, why: ``violation(x) ≤ atol + rtol``.
+
+        The constraints compared here are normalized (unit norms, the identity), so the
+        relative tolerance applies to 1; manifolds with another scale override this.
+        """
+        err = float(self.violation(x))
+        bound = atol + rtol
+        if not err <= bound:
+            return False, _violation_reason(self.violation_name, err, bound)
+        return True, None
 
     @abc.abstractmethod
     def _check_vector(
@@ -267,12 +338,13 @@ class Manifold(abc.ABC):
         if not ok:
             return ok, reason
         with torch.no_grad():
-            x = x.detach()
+            # 16-bit points are checked in float32 (with the tolerance of their own dtype).
+            x = x.detach().float() if x.dtype in LOW_PRECISION else x.detach()
             if not bool(torch.isfinite(x).all()):
                 return False, "the point has non-finite (NaN or Inf) entries"
             if u is None:
                 return self._check_point(x, atol, rtol)
-            u = u.detach()
+            u = u.detach().to(x.dtype) if u.dtype in LOW_PRECISION else u.detach()
             if u.shape != x.shape:
                 return False, f"vector shape {tuple(u.shape)} differs from point {tuple(x.shape)}"
             if not bool(torch.isfinite(u).all()):

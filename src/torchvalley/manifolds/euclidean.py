@@ -68,6 +68,10 @@ class Euclidean(Manifold):
         """Identity (parallel transport of a flat space)."""
         return v
 
+    def adaptive_inner(self, x: Tensor, u: Tensor) -> Tensor:
+        """u * u: coordinate-wise, as Adam (whatever ``ndim``)."""
+        return u * u
+
     def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
         """‖x − y‖ over the point dimensions."""
         d = y - x
@@ -77,12 +81,13 @@ class Euclidean(Manifold):
         """Always 0: every tensor is a point."""
         return x.new_zeros(())
 
-    def random(
+    def _random(
         self,
-        *shape: int,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        shape: torch.Size,
+        *,
+        generator: torch.Generator | None,
+        dtype: torch.dtype | None,
+        device: torch.device | str | None,
     ) -> Tensor:
         """Standard normal entries."""
         return _randn(shape, generator, dtype, device)

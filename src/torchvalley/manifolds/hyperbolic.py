@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchvalley.manifolds.base import Manifold, _randn, _violation_reason
+from torchvalley.manifolds.base import LOW_PRECISION, Manifold, _randn, _violation_reason
 
 __all__ = ["Curvature", "Lorentz", "PoincareBall", "boundary_eps"]
 
@@ -180,6 +180,7 @@ class PoincareBall(Manifold):
     """
 
     ndim = 1
+    low_precision_sensitive = True
     transp_is_isometry = True
 
     def __init__(self, c: float | Curvature = 1.0) -> None:
@@ -238,6 +239,11 @@ class PoincareBall(Manifold):
         return c, torch.sqrt(c)
 
     # ---------------------------------------------------------------- helpers
+    @property
+    def strict_membership(self) -> bool:  # type: ignore[override]
+        """False with a learnable curvature: points leave the ball as c grows (re-projected)."""
+        return self._curvature is None
+
     def max_norm(self, dtype: torch.dtype) -> float:
         """Largest Euclidean norm kept by ``projx``: (1 − eps(dtype)) / √c.
 
@@ -371,20 +377,22 @@ class PoincareBall(Manifold):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """The origin (zeros) of the given shape."""
-        return torch.zeros(shape, dtype=dtype or torch.get_default_dtype(), device=device)
+        """The origin (zeros) of the given shape (ValueError if it holds no point)."""
+        size = self._point_shape(shape, "origin")
+        return torch.zeros(size, dtype=dtype or torch.get_default_dtype(), device=device)
 
     def violation(self, x: Tensor) -> Tensor:
         """How far the largest norm exceeds the allowed maximum (1 − eps)/√c (0 inside)."""
         limit = self.max_norm(x.dtype)
         return (torch.linalg.vector_norm(x, dim=-1) - limit).clamp_min(0).max()
 
-    def random(
+    def _random(
         self,
-        *shape: int,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        shape: torch.Size,
+        *,
+        generator: torch.Generator | None,
+        dtype: torch.dtype | None,
+        device: torch.device | str | None,
         std: float = 0.5,
     ) -> Tensor:
         """exp_0 of a Gaussian tangent vector with entries of standard deviation ``std``.
@@ -396,7 +404,7 @@ class PoincareBall(Manifold):
 
     def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
         if len(shape) < 1 or shape[-1] < 1:
-            return False, f"PoincareBall needs a non-empty last dimension, got {tuple(shape)}"
+            return False, f"PoincareBall needs a shape of at least (1,), got {tuple(shape)}"
         return True, None
 
     def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
@@ -424,6 +432,7 @@ class Lorentz(Manifold):
     """
 
     ndim = 1
+    low_precision_sensitive = True
     transp_is_isometry = True
     retr_is_expmap = True
 
@@ -446,10 +455,11 @@ class Lorentz(Manifold):
         return 300.0 if dtype == torch.float64 else 40.0
 
     def projx(self, x: Tensor) -> Tensor:
-        """Recompute x₀ = sqrt(k + ‖x_{1:}‖²) from the spatial part."""
+        """Recompute x₀ = sqrt(k + ‖x_{1:}‖²) from the spatial part (in float32 for 16-bit x)."""
         xs = x[..., 1:]
-        x0 = (self.k + (xs * xs).sum(-1, keepdim=True)).sqrt()
-        return torch.cat([x0, xs], dim=-1)
+        wide = xs.float() if x.dtype in LOW_PRECISION else xs
+        x0 = (self.k + (wide * wide).sum(-1, keepdim=True)).sqrt()
+        return torch.cat([x0.to(x.dtype), xs], dim=-1)
 
     def proju(self, x: Tensor, u: Tensor) -> Tensor:
         """u + ⟨x, u⟩_L x / k."""
@@ -514,8 +524,9 @@ class Lorentz(Manifold):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """The point (√k, 0, …, 0) of the given shape."""
-        o = torch.zeros(shape, dtype=dtype or torch.get_default_dtype(), device=device)
+        """The point (√k, 0, …, 0) of the given shape (ValueError if it holds no point)."""
+        size = self._point_shape(shape, "origin")
+        o = torch.zeros(size, dtype=dtype or torch.get_default_dtype(), device=device)
         o[..., 0] = self._sqrt_k
         return o
 
@@ -523,12 +534,13 @@ class Lorentz(Manifold):
         """max |⟨x, x⟩_L + k| / k."""
         return ((self.ldot(x, x) + self.k).abs() / self.k).max()
 
-    def random(
+    def _random(
         self,
-        *shape: int,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        shape: torch.Size,
+        *,
+        generator: torch.Generator | None,
+        dtype: torch.dtype | None,
+        device: torch.device | str | None,
         std: float = 0.5,
     ) -> Tensor:
         """exp at the origin of a Gaussian tangent vector (0, std·ε)."""
@@ -539,7 +551,7 @@ class Lorentz(Manifold):
 
     def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
         if len(shape) < 1 or shape[-1] < 2:
-            return False, f"Lorentz needs a last dimension of size ≥ 2, got {tuple(shape)}"
+            return False, f"Lorentz needs a shape of at least (2,), got {tuple(shape)}"
         return True, None
 
     def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:

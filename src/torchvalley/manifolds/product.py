@@ -55,27 +55,47 @@ class Product(Manifold):
         self.retr_is_expmap = all(m.retr_is_expmap for m, _ in parsed)
         self.has_expmap = all(m.has_expmap for m, _ in parsed)
         self.has_logmap = all(m.has_logmap for m, _ in parsed)
+        self.low_precision_sensitive = any(m.low_precision_sensitive for m, _ in parsed)
 
     def _hparams(self) -> tuple[tuple[str, Any], ...]:
         return (("factors", self.factors),)
 
     # ---------------------------------------------------------------- split / join
     def _split(self, t: Tensor) -> list[Tensor]:
+        """The factor slices of ``t`` (shape ``(..., D)``), each as ``(..., *shapeᵢ)``."""
         batch = t.shape[:-1]
         parts = torch.split(t, list(self.sizes), dim=-1)
-        return [p.reshape(*batch, *s) for p, (_, s) in zip(parts, self.factors, strict=True)]
+        return [p.reshape((*batch, *s)) for p, (_, s) in zip(parts, self.factors, strict=True)]
 
-    def _join(self, parts: Sequence[Tensor], batch: torch.Size) -> Tensor:
-        return torch.cat([p.reshape(*batch, -1) for p in parts], dim=-1)
+    def _join(self, parts: Sequence[Tensor]) -> Tensor:
+        """The inverse of :meth:`_split`: factor results ``(..., *shapeᵢ)`` laid out flat.
+
+        The batch dimensions are those of each part without its point shape, broadcast against
+        each other (a batch of points with an unbatched vector gives a batch), so a scalar factor
+        (shape ``()``) and a factor with its own batch of points both keep their place.
+        """
+        flat = [
+            p.reshape(*p.shape[: p.dim() - len(s)], -1)
+            for p, (_, s) in zip(parts, self.factors, strict=True)
+        ]
+        batch = torch.broadcast_shapes(*(f.shape[:-1] for f in flat))
+        return torch.cat([f.expand(*batch, f.shape[-1]) for f in flat], dim=-1)
 
     def _map(self, fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
-        batch = tensors[0].shape[:-1]
         split = [self._split(t) for t in tensors]
-        outs = [fn(m, *(s[i] for s in split)) for i, (m, _) in enumerate(self.factors)]
-        return self._join(outs, batch)
+        return self._join([fn(m, *(s[i] for s in split)) for i, (m, _) in enumerate(self.factors)])
 
-    def _sum_factors(self, values: list[Tensor], batch: torch.Size, keepdim: bool) -> Tensor:
-        total = sum(v.reshape(*batch, -1).sum(-1) for v in values)
+    def _factor_values(self, values: Sequence[Tensor]) -> list[Tensor]:
+        """Per-point values of each factor (``inner``, ``dist``, ...) with the factor's own batch of
+        points (the leading dims of ``shapeᵢ`` beyond ``ndimᵢ``) flattened into a last dim."""
+        out = []
+        for v, (m, s) in zip(values, self.factors, strict=True):
+            own = len(s) - m.ndim  # the factor's own batch dimensions
+            out.append(v.reshape(*v.shape[: v.dim() - own], -1))
+        return out
+
+    def _sum_factors(self, values: list[Tensor], keepdim: bool) -> Tensor:
+        total = sum(v.sum(-1) for v in self._factor_values(values))
         assert isinstance(total, Tensor)
         return total.unsqueeze(-1) if keepdim else total
 
@@ -117,13 +137,22 @@ class Product(Manifold):
         v = u if v is None else v
         xs, us, vs = self._split(x), self._split(u), self._split(v)
         vals = [m.inner(a, b, c) for (m, _), a, b, c in zip(self.factors, xs, us, vs, strict=True)]
-        return self._sum_factors(vals, x.shape[:-1], keepdim)
+        return self._sum_factors(vals, keepdim)
+
+    def adaptive_inner(self, x: Tensor, u: Tensor) -> Tensor:
+        """``‖uᵢ‖²_{xᵢ}`` of each factor's point(s), repeated over its slice (Bécigneul & Ganea's
+        adaptivity across product factors; coordinate-wise on an ``Euclidean()`` factor)."""
+        parts = [
+            m.inner(a, b, keepdim=True).expand(torch.broadcast_shapes(a.shape, b.shape))
+            for (m, _), a, b in zip(self.factors, self._split(x), self._split(u), strict=True)
+        ]
+        return self._join(parts)
 
     def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
         """sqrt(Σᵢ dᵢ(xᵢ, yᵢ)²)."""
         xs, ys = self._split(x), self._split(y)
         vals = [m.dist(a, b) ** 2 for (m, _), a, b in zip(self.factors, xs, ys, strict=True)]
-        return self._sum_factors(vals, x.shape[:-1], keepdim).sqrt()
+        return self._sum_factors(vals, keepdim).sqrt()
 
     def violation(self, x: Tensor) -> Tensor:
         """The largest violation over the factors."""
@@ -132,28 +161,28 @@ class Product(Manifold):
         ]
         return torch.stack(values).max()
 
-    def random(
+    def _random(
         self,
-        *shape: int,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        shape: torch.Size,
+        *,
+        generator: torch.Generator | None,
+        dtype: torch.dtype | None,
+        device: torch.device | str | None,
     ) -> Tensor:
         """Independent random points of each factor; ``shape[-1]`` must equal the total size."""
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
-            shape = tuple(shape[0])
-        if not shape or shape[-1] != self.total:
-            raise ValueError(f"the last dimension must be {self.total}, got shape {shape}")
         batch = torch.Size(shape[:-1])
         parts = [
             m.random(*batch, *s, generator=generator, dtype=dtype, device=device)
             for m, s in self.factors
         ]
-        return self._join(parts, batch)
+        return self._join(parts)
 
     def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
         if len(shape) < 1 or shape[-1] != self.total:
-            return False, f"Product needs a last dimension of size {self.total}, got {tuple(shape)}"
+            return False, (
+                f"Product needs a last dimension of size {self.total}, i.e. a shape of at "
+                f"least ({self.total},), got {tuple(shape)}"
+            )
         return True, None
 
     def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:

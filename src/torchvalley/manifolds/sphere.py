@@ -67,6 +67,7 @@ class Sphere(Manifold):
     """
 
     ndim = 1
+    violation_name = "max |‖x‖ − 1|"
 
     def projx(self, x: Tensor) -> Tensor:
         """x / ‖x‖."""
@@ -97,26 +98,20 @@ class Sphere(Manifold):
         """max |‖x‖ − 1|."""
         return (torch.linalg.vector_norm(x, dim=-1) - 1).abs().max()
 
-    def random(
+    def _random(
         self,
-        *shape: int,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        shape: torch.Size,
+        *,
+        generator: torch.Generator | None,
+        dtype: torch.dtype | None,
+        device: torch.device | str | None,
     ) -> Tensor:
         """Uniform points: normalised standard normal vectors."""
         return sphere_projx(_randn(shape, generator, dtype, device), -1)
 
     def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
         if len(shape) < 1 or shape[-1] < 1:
-            return False, f"Sphere needs a non-empty last dimension, got shape {tuple(shape)}"
-        return True, None
-
-    def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
-        err = float(self.violation(x))
-        bound = atol + rtol
-        if err > bound:
-            return False, _violation_reason("max |‖x‖ − 1|", err, bound)
+            return False, f"Sphere needs a shape of at least (1,), got {tuple(shape)}"
         return True, None
 
     def _check_vector(

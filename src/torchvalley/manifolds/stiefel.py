@@ -24,13 +24,15 @@ orthonormal columns when out ≥ in·kh·kw and orthonormal rows (filters orthon
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchvalley.manifolds.base import Manifold, _randn, _violation_reason
+from torchvalley.manifolds.base import LOW_PRECISION, Manifold, _randn, _violation_reason
 
 __all__ = ["Stiefel"]
 
@@ -67,6 +69,19 @@ def _polar(m: Tensor) -> Tensor:
     return u @ vh
 
 
+def _in_float32(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Run ``fn`` (QR, Cholesky, SVD, matrix exponential) in float32 on 16-bit inputs, which
+    torch's linear algebra does not accept, and round the result back to the input dtype."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Stiefel, x: Tensor, *rest: Tensor) -> Tensor:
+        if x.dtype not in LOW_PRECISION:
+            return fn(self, x, *rest)
+        return fn(self, x.float(), *(t.float() for t in rest)).to(x.dtype)
+
+    return wrapper
+
+
 def _addmm(c: Tensor, a: Tensor, b: Tensor, alpha: float) -> Tensor:
     """``c + alpha · a @ b`` in one fused call where torch has one (2-D and batched 3-D)."""
     if a.dim() == 2 and b.dim() == 2 and c.dim() == 2:
@@ -96,13 +111,16 @@ class Stiefel(Manifold):
     and ``flatten=True`` conv weights).
 
     Args:
-        retraction: ``"cayley"`` (default), ``"qr"`` or ``"polar"``.
+        retraction: ``"qr"`` (default: Cholesky QR, the fastest, and its float32 drift stays
+            at rounding level, ≤ 1e-6 over 50k steps), ``"cayley"`` (geoopt's; its float32
+            drift grows to ~1e-5) or ``"polar"`` (second order, an SVD per step).
         flatten: view the whole tensor ``(out, *rest)`` as one ``(out, prod(rest))`` matrix.
     """
 
     ndim = 2
+    violation_name = "max |XᵀX − I| (tall view)"
 
-    def __init__(self, retraction: str = "cayley", flatten: bool = False) -> None:
+    def __init__(self, retraction: str = "qr", flatten: bool = False) -> None:
         if retraction not in _RETRACTIONS:
             raise ValueError(f"retraction must be one of {_RETRACTIONS}, got {retraction!r}")
         self.retraction = retraction
@@ -136,10 +154,12 @@ class Stiefel(Manifold):
         return m.reshape(shape) if self.flatten else m
 
     # ------------------------------------------------------------------- operations
+    @_in_float32
     def projx(self, x: Tensor) -> Tensor:
         """Polar factor UVᵀ (the closest point in Frobenius norm)."""
         return self._untall(_polar(self._tall(x)), x.shape)
 
+    @_in_float32
     def reproject(self, x: Tensor) -> Tensor:
         """One Newton–Schulz step X(3I − XᵀX)/2 (tall view): no SVD.
 
@@ -158,6 +178,7 @@ class Stiefel(Manifold):
         # U − X (A + Aᵀ)/2 with the 1/2 folded into the fused product
         return self._untall(_addmm(um, xm, a + a.transpose(-1, -2), -0.5), u.shape)
 
+    @_in_float32
     def retr(self, x: Tensor, u: Tensor) -> Tensor:
         """The selected retraction (``cayley``, ``qr`` or ``polar``)."""
         xm, um = self._tall(x), self._tall(u)
@@ -169,6 +190,7 @@ class Stiefel(Manifold):
             y = _cayley(xm, um)
         return self._untall(y, x.shape)
 
+    @_in_float32
     def expmap(self, x: Tensor, u: Tensor) -> Tensor:
         """Embedded-metric geodesic (Edelman, Arias & Smith 1998, eq. 2.45)."""
         xm, um = self._tall(x), self._tall(u)
@@ -182,33 +204,29 @@ class Stiefel(Manifold):
         return self._untall(y, x.shape)
 
     def violation(self, x: Tensor) -> Tensor:
-        """max |XᵀX − I| of the tall view."""
-        xm = self._tall(x)
+        """max |XᵀX − I| of the tall view (in float32 for 16-bit points)."""
+        xm = self._tall(x.float() if x.dtype in LOW_PRECISION else x)
         eye = torch.eye(xm.shape[-1], dtype=x.dtype, device=x.device)
         return (xm.transpose(-1, -2) @ xm - eye).abs().max()
 
-    def random(
+    def _random(
         self,
-        *shape: int,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        shape: torch.Size,
+        *,
+        generator: torch.Generator | None,
+        dtype: torch.dtype | None,
+        device: torch.device | str | None,
     ) -> Tensor:
         """Haar-distributed points: Q of the QR factorisation of a Gaussian matrix."""
-        g = _randn(shape, generator, dtype, device)
-        return self._untall(_qf(self._tall(g)), g.shape)
+        dtype = dtype or torch.get_default_dtype()
+        work = torch.float32 if dtype in LOW_PRECISION else dtype
+        g = _randn(shape, generator, work, device)
+        return self._untall(_qf(self._tall(g)), g.shape).to(dtype)
 
     # ------------------------------------------------------------------- checks
     def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
         if len(shape) < 2 or math.prod(shape) == 0:
-            return False, f"Stiefel needs a non-empty matrix (≥ 2 dims), got {tuple(shape)}"
-        return True, None
-
-    def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
-        err = float(self.violation(x))
-        bound = atol + rtol
-        if err > bound:
-            return False, _violation_reason("max |XᵀX − I| (tall view)", err, bound)
+            return False, f"Stiefel needs a shape of at least (1, 1), got {tuple(shape)}"
         return True, None
 
     def _check_vector(

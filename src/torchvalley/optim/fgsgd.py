@@ -116,6 +116,7 @@ from torchvalley.manifolds.oblique import Oblique
 from torchvalley.manifolds.parameter import ManifoldParameter, manifold_of
 from torchvalley.manifolds.sphere import sphere_dist
 from torchvalley.manifolds.stiefel import Stiefel
+from torchvalley.optim.riemannian import check_membership, check_state_dict, rsgd_update
 from torchvalley.registry import Capabilities, Hyperparameter, register_optimizer
 from torchvalley.validation import (
     check_bool,
@@ -485,22 +486,20 @@ def _riemannian_update(
     step_bound: float | None,
     group_norm: Callable[[Tensor, Tensor], Tensor],
 ) -> tuple[Tensor, Tensor | None]:
-    """One FG-SGD step of the point(s) ``x``: returns the new point and the transported buffer."""
-    rgrad = manifold.egrad2rgrad(x, egrad)
-    if momentum != 0.0:
-        buf = rgrad.clone() if buf is None else buf.mul(momentum).add_(rgrad)
-        direction = rgrad.add(buf, alpha=momentum) if nesterov else buf
-    else:
-        direction = rgrad
-    if step_bound is None:
-        step = direction * (-lr)
-    else:
-        scale = lr / (group_norm(x, direction) * (lr / step_bound)).clamp_min(1.0)
-        step = direction * (-scale)
-    x_new = manifold.retr(x, step)
-    if buf is not None:
-        buf = manifold.transp(x, x_new, buf)
-    return x_new, buf
+    """One FG-SGD step of the point(s) ``x``: Riemannian SGD without dampening, the step's
+    length bounded per weight group (:func:`~torchvalley.optim.riemannian.rsgd_update`)."""
+    return rsgd_update(
+        manifold,
+        x,
+        manifold.egrad2rgrad(x, egrad),
+        buf,
+        lr=lr,
+        momentum=momentum,
+        dampening=0.0,
+        nesterov=nesterov,
+        bound=step_bound,
+        norm=group_norm,
+    )
 
 
 class FGSGD(torch.optim.Optimizer):
@@ -588,6 +587,19 @@ class FGSGD(torch.optim.Optimizer):
         _validate_group(group)
         for p in group["params"]:
             self._manifold_of(p, group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``torch.optim.Optimizer.load_state_dict`` after checking that the dict is an FG-SGD
+        state (``ValueError`` naming what differs); ``ManifoldParameter``s are checked for
+        membership at the next step."""
+        state_dict = check_state_dict(
+            self,
+            state_dict,
+            ("lr", "momentum", "constraint", "grouping", "step_bound"),
+            ("momentum_buffer", "radius", "fg", "radius_momentum"),
+        )
+        super().load_state_dict(state_dict)
+        self._point_versions = {}
 
     def _manifold_of(self, p: Tensor, group: dict[str, Any]) -> Manifold | None:
         """The manifold ``p`` is updated on (``None``: plain SGD)."""
@@ -716,6 +728,9 @@ class FGSGD(torch.optim.Optimizer):
         renormalized plain weight.
         """
         manifold: Manifold = p.manifold  # type: ignore[attr-defined]
+        versions = self.__dict__.setdefault("_point_versions", {})
+        if versions.get(id(p)) != p._version:
+            check_membership(p, manifold, "at this step (it was written outside the optimizer)")
         state = self.state[p]
         momentum = float(group["momentum"])
         egrad = -p.grad if group["maximize"] else p.grad
@@ -748,6 +763,7 @@ class FGSGD(torch.optim.Optimizer):
                 group_norm=lambda x, d: manifold.norm(x, d, keepdim=True),
             )
         p.copy_(x_new)
+        versions[id(p)] = p._version
         if buf is not None:
             state["momentum_buffer"] = buf
 

@@ -64,6 +64,7 @@ of the second moment itself (never square-rooted in storage).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -73,16 +74,10 @@ from torch.optim.adagrad import adagrad as _torch_adagrad
 from torch.optim.adam import adam as _torch_adam
 from torch.optim.sgd import sgd as _torch_sgd
 
-from torchvalley.manifolds import (
-    Lorentz,
-    Manifold,
-    PoincareBall,
-    Product,
-    manifold_of,
-)
+from torchvalley.manifolds import Manifold, manifold_of
+from torchvalley.manifolds.base import default_tolerance
 from torchvalley.optim.torch_baselines import COMMON_FLAGS, SGD_HYPERPARAMETERS
-from torchvalley.registry import Capabilities, Hyperparameter, register_optimizer
-from torchvalley.validation import CHECKS
+from torchvalley.registry import Hyperparameter, validate_group
 
 __all__ = [
     "RiemannianAdagrad",
@@ -92,6 +87,7 @@ __all__ = [
     "component_inner",
     "constraint_violation",
     "manifold_of",
+    "rsgd_update",
 ]
 
 
@@ -99,55 +95,78 @@ def _is_euclidean(manifold: Manifold) -> bool:
     return manifold.is_flat
 
 
-def _is_hyperbolic(manifold: Manifold) -> bool:
-    if isinstance(manifold, (PoincareBall, Lorentz)):
-        return True
-    if isinstance(manifold, Product):
-        return any(_is_hyperbolic(m) for m, _ in manifold.factors)
-    return False
-
-
 def component_inner(manifold: Manifold, x: Tensor, u: Tensor) -> Tensor:
-    """The quantity a Riemannian adaptive method accumulates in its second moment.
+    """What a Riemannian adaptive method accumulates: :meth:`Manifold.adaptive_inner`.
 
-    ``u * u`` (coordinate-wise, as Adam) on :class:`Euclidean`; ``‖u‖²_x`` per manifold point
-    (shape broadcastable to ``x``) elsewhere; on a :class:`Product`, ``‖uᵢ‖²_{xᵢ}`` of each factor
-    repeated over that factor's slice (Bécigneul & Ganea's adaptivity across product factors).
-
-    Args:
-        manifold: the manifold of ``x``.
-        x: a point (or a batch of points).
-        u: a tangent vector at ``x``.
-
-    Returns:
-        A non-negative tensor broadcastable to ``x``.
+    ``u * u`` (coordinate-wise, as Adam) on :class:`~torchvalley.manifolds.Euclidean`,
+    ``‖u‖²_x`` per manifold point elsewhere, one value per factor on a product.
     """
-    if _is_euclidean(manifold):
-        return u * u
-    if isinstance(manifold, Product):
-        batch = x.shape[:-1]
-        parts = []
-        for (factor, _), a, b, size in zip(
-            manifold.factors, manifold._split(x), manifold._split(u), manifold.sizes, strict=True
-        ):
-            value = factor.inner(a, b).reshape(*batch, 1)
-            parts.append(value.expand(*batch, size))
-        return torch.cat(parts, dim=-1)
-    return manifold.inner(x, u, keepdim=True)
+    return manifold.adaptive_inner(x, u)
 
 
 def constraint_violation(manifold: Manifold, x: Tensor) -> Tensor:
-    """The largest violation of ``x``'s constraint, as a 0-d tensor (``manifold.violation``).
+    """Deprecated alias of ``manifold.violation(x)`` (kept for existing imports)."""
+    warnings.warn(
+        "constraint_violation(manifold, x) is deprecated: use manifold.violation(x)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return manifold.violation(x.detach())
 
-    Sphere / Oblique: ``max |‖x‖ − 1|``; Stiefel: ``max |XᵀX − I|`` (tall view); Lorentz:
-    ``max |⟨x, x⟩_L + k| / k``; Poincaré ball: how far the norm exceeds the allowed maximum;
-    Product: the maximum over factors; Euclidean: 0. None of these needs an SVD.
+
+def rsgd_update(
+    manifold: Manifold,
+    x: Tensor,
+    r: Tensor,
+    buf: Tensor | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    bound: float | None = None,
+    norm: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """One Riemannian SGD step of the point(s) ``x`` (the functional form of RiemannianSGD).
+
+    Pure: reads ``x``, ``r`` and ``buf`` and returns new tensors. With ``bound`` the step's
+    metric length is at most ``bound`` per point (``‖d‖_x`` with ``keepdim``, FG-SGD's δ), or
+    per whatever ``norm(x, d)`` measures (FG-SGD: per weight group).
 
     Args:
-        manifold: the manifold.
-        x: a point (or batch of points).
+        manifold: the manifold of ``x``.
+        x: the point(s).
+        r: the Riemannian gradient at ``x`` (``manifold.egrad2rgrad`` of the Euclidean one).
+        buf: the momentum buffer at ``x`` (None on the first step or without momentum).
+        lr: learning rate.
+        momentum: momentum factor (0: no buffer).
+        dampening: dampening of the momentum.
+        nesterov: Nesterov momentum.
+        bound: the largest metric length of a step per point (None: unbounded).
+        norm: the length ``norm(x, d)`` that ``bound`` limits, broadcastable against ``x``
+            (default ``manifold.norm(x, d, keepdim=True)``).
+
+    Returns:
+        ``(x_new, buf_new)``: the new point and the buffer transported to it (None without
+        momentum).
     """
-    return manifold.violation(x.detach())
+    if momentum != 0:
+        # buf ← r (first step), else buf ← μ·buf + (1 − τ)·r
+        buf = r.clone() if buf is None else buf.mul(momentum).add_(r, alpha=1 - dampening)
+        # d = r + μ·buf (Nesterov) or buf
+        direction = r.add(buf, alpha=momentum) if nesterov else buf
+    else:
+        buf, direction = None, r
+    if bound is None:
+        step = direction.mul(-lr)
+    else:
+        # −lr·d shortened to metric length ≤ bound: scale = lr / max(1, lr·‖d‖_x / bound)
+        length = manifold.norm(x, direction, keepdim=True) if norm is None else norm(x, direction)
+        step = direction * -(lr / (length * (lr / bound)).clamp_min(1.0))
+    # x⁺ = R_x(−η d)
+    new_x = manifold.retr(x, step)
+    # buf lives in T_x M: move it to T_{x⁺} M
+    return new_x, None if buf is None else manifold.transp(x, new_x, buf)
 
 
 #: Violations below this count as "near the manifold" for the cheap re-projection.
@@ -169,38 +188,131 @@ def _step_value(step: Tensor, x: Tensor) -> Any:
     return step.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def _check(kind: str, name: str, value: Any) -> Any:
-    return CHECKS[kind](name, value)
+#: A membership check at a step or a load accepts this many times the construction tolerance
+#: (``default_tolerance`` of the dtype): the optimizer's own rounding drift is not an error,
+#: a point clearly off its manifold is.
+_ENTRY_SLACK = 10.0
+
+
+def check_membership(p: Tensor, manifold: Manifold, where: str) -> None:
+    """Raise ``ValueError`` unless ``p`` is a point of ``manifold`` (tolerance by dtype).
+
+    Args:
+        p: the parameter.
+        manifold: its manifold.
+        where: where the point entered (for the message), e.g. ``"at the first step"``.
+    """
+    if not manifold.strict_membership:
+        return
+    tol = _ENTRY_SLACK * default_tolerance(p.dtype)
+    ok, reason = manifold.check_point(p.detach(), explain=True, atol=tol, rtol=tol)
+    if not ok:
+        raise ValueError(
+            f"a parameter of shape {tuple(p.shape)} is not a point of {manifold!r} {where}: "
+            f"{reason}. Project it first: `with torch.no_grad(): p.copy_(p.manifold.projx(p))` "
+            "(or `p.proj_()`); build new ones with ManifoldParameter(data, manifold, project=True)"
+        )
+
+
+def check_state_dict(
+    optimizer: torch.optim.Optimizer,
+    state_dict: Mapping[str, Any],
+    group_keys: Iterable[str],
+    state_keys: Iterable[str],
+) -> dict[str, Any]:
+    """Reject a state dict of another optimizer before ``load_state_dict`` copies it.
+
+    Args:
+        optimizer: the optimizer that loads.
+        state_dict: the dict to load.
+        group_keys: hyperparameters that every saved group must hold (those that tell the
+            algorithm apart, e.g. ``betas`` for Adam); the others are filled from the defaults.
+        state_keys: the per-parameter state keys this optimizer may hold.
+
+    Returns:
+        A copy of ``state_dict`` whose groups hold every key of ``optimizer.defaults``.
+
+    Raises:
+        ValueError: naming the missing hyperparameters or the foreign state keys.
+    """
+    name = type(optimizer).__name__
+    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+        raise ValueError(f"Invalid state_dict for {name}: expected 'state' and 'param_groups'")
+    groups = []
+    for i, group in enumerate(state_dict["param_groups"]):
+        missing = [k for k in group_keys if k not in group]
+        if missing:
+            raise ValueError(
+                f"Invalid state_dict for {name}: param group {i} lacks {missing} (a state dict "
+                f"of another optimizer? its hyperparameters are {sorted(set(group) - {'params'})})"
+            )
+        groups.append({**optimizer.defaults, **group})
+    allowed = set(state_keys)
+    for key, state in state_dict["state"].items():
+        foreign = sorted(set(state) - allowed)
+        if foreign:
+            raise ValueError(
+                f"Invalid state_dict for {name}: the state of parameter {key} holds {foreign}, "
+                f"which {name} never writes (a state dict of another optimizer? {name} keeps "
+                f"{sorted(allowed)})"
+            )
+    return {**state_dict, "param_groups": groups}
 
 
 class RiemannianOptimizer(torch.optim.Optimizer):
     """Shared machinery: Euclidean / manifold split, drift control, precision policy.
 
     Subclasses implement :meth:`_euclidean_step` (a call of torch's functional kernel) and
-    :meth:`_manifold_step` (one parameter on its manifold).
+    :meth:`_manifold_step` (one parameter on its manifold), and declare ``HYPERPARAMETERS``,
+    the hyperparameters a saved group must hold (``_GROUP_KEYS``) and the state keys they
+    write (``_STATE_KEYS``). A manifold parameter is checked for membership (``ValueError``
+    saying how to project) at its first step, at ``load_state_dict``, and at the next step after
+    anything else wrote into it (``module.load_state_dict``, a user's ``copy_``).
     """
 
+    HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = ()
+    _GROUP_KEYS: ClassVar[tuple[str, ...]] = ()
+    _STATE_KEYS: ClassVar[tuple[str, ...]] = ()
     #: state key of the moment transported with the point (None: nothing to transport).
     _moment_key: str | None = None
     #: whether the manifold step keeps a step count (lazy mode keeps one per point).
     _uses_step: bool = False
-    _kinds: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
-        for name, kind in self._kinds.items():
-            defaults[name] = _check(kind, name, defaults[name])
+        validate_group(self.HYPERPARAMETERS, defaults)
+        # id(p) -> p._version after the optimizer's last write: any other write since then
+        # (a load, a user's copy_) triggers a membership check at the next step.
+        self._point_versions: dict[int, int] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group, validating its hyperparameters (``ValueError`` naming the bad one)."""
-        for name, kind in self._kinds.items():
-            if name in param_group:
-                param_group[name] = _check(kind, name, param_group[name])
+        validate_group(self.HYPERPARAMETERS, param_group)
         super().add_param_group(param_group)
         self._check_group(self.param_groups[-1])
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         """Cross-field checks of one group (e.g. Nesterov needs momentum)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``torch.optim.Optimizer.load_state_dict`` after checking that the dict comes from this
+        kind of optimizer; the manifold parameters are checked for membership now and again at
+        the next step."""
+        state_dict = check_state_dict(self, state_dict, self._GROUP_KEYS, self._STATE_KEYS)
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            self._check_group(group)
+        self._point_versions = {}
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    manifold = manifold_of(p)
+                    if not manifold.is_flat:
+                        check_membership(p, manifold, "when the optimizer state was loaded")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_point_versions", {})
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -225,12 +337,14 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         return loss
 
     def _step_on_manifold(self, group: Mapping[str, Any], p: Tensor, manifold: Manifold) -> None:
+        if self._point_versions.get(id(p)) != p._version:
+            check_membership(p, manifold, "at this step (it was written outside the optimizer)")
         state = self.state[p]
         upcast = (
             group["hyperbolic_float64"]
             and p.dtype != torch.float64
             and p.is_floating_point()
-            and _is_hyperbolic(manifold)
+            and manifold.low_precision_sensitive
         )
         x = p.detach()
         grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
@@ -243,6 +357,7 @@ class RiemannianOptimizer(torch.optim.Optimizer):
             new_x = self._manifold_step(group, state, manifold, x, grad, p.dtype)
         p.copy_(manifold.projx(new_x.to(p.dtype)) if upcast else new_x)
         self._control_drift(group, state, manifold, p)
+        self._point_versions[id(p)] = p._version
 
     def _lazy_manifold_step(
         self,
@@ -309,11 +424,11 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         project = period is not None and steps % period == 0
         violation = None
         if not project and tol is not None:
-            violation = float(constraint_violation(manifold, p))
+            violation = float(manifold.violation(p.detach()))
             project = violation > tol
         if project:
             if violation is None:
-                violation = float(constraint_violation(manifold, p))
+                violation = float(manifold.violation(p.detach()))
             # Drift is small: the manifold's cheap re-projection for nearby points (one
             # Newton–Schulz step on Stiefel instead of an SVD); projx if it is not small.
             self._project(state, manifold, p, near=violation < _NEAR)
@@ -335,6 +450,7 @@ class RiemannianOptimizer(torch.optim.Optimizer):
                 manifold = manifold_of(p)
                 if not _is_euclidean(manifold):
                     self._project(self.state[p], manifold, p)
+                    self._point_versions[id(p)] = p._version
 
     @torch.no_grad()
     def max_violation(self) -> float:
@@ -344,7 +460,7 @@ class RiemannianOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 manifold = manifold_of(p)
                 if not _is_euclidean(manifold):
-                    worst = max(worst, float(constraint_violation(manifold, p)))
+                    worst = max(worst, float(manifold.violation(p.detach())))
         return worst
 
     # ------------------------------------------------------------------ subclass hooks
@@ -426,10 +542,6 @@ _RADAGRAD_HYPERPARAMETERS = (
 )
 
 
-def _kinds_of(hyperparameters: Iterable[Hyperparameter]) -> dict[str, str]:
-    return {h.name: h.kind for h in hyperparameters}
-
-
 class RiemannianSGD(RiemannianOptimizer):
     """Riemannian SGD with (Nesterov) momentum; ``torch.optim.SGD`` on Euclidean parameters.
 
@@ -465,7 +577,9 @@ class RiemannianSGD(RiemannianOptimizer):
     """
 
     _moment_key = "momentum_buffer"
-    _kinds: ClassVar[Mapping[str, str]] = _kinds_of(_RSGD_HYPERPARAMETERS)
+    HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = _RSGD_HYPERPARAMETERS
+    _GROUP_KEYS = ("lr", "momentum", "dampening", "nesterov")
+    _STATE_KEYS = ("momentum_buffer", "manifold_steps")
 
     def __init__(
         self,
@@ -513,19 +627,22 @@ class RiemannianSGD(RiemannianOptimizer):
                 self.state[p]["momentum_buffer"] = buffer
 
     def _manifold_step(self, group, state, manifold, x, grad, dtype):
-        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
         g = -grad if group["maximize"] else grad
-        if wd != 0:
-            g = g.add(x, alpha=wd)
-        r = manifold.egrad2rgrad(x, g)
-        if momentum == 0:
-            return manifold.retr(x, r.mul(-lr))
-        buf = self._moment(state, x)
-        dampening = group["dampening"]
-        buf = r.clone() if buf is None else buf.mul(momentum).add_(r, alpha=1 - dampening)
-        direction = r.add(buf, alpha=momentum) if group["nesterov"] else buf
-        new_x = manifold.retr(x, direction.mul(-lr))
-        _store(state, "momentum_buffer", manifold.transp(x, new_x, buf), dtype)
+        if group["weight_decay"] != 0:
+            g = g.add(x, alpha=group["weight_decay"])  # coupled L2: g + wd·x
+        momentum = group["momentum"]
+        new_x, buf = rsgd_update(
+            manifold,
+            x,
+            manifold.egrad2rgrad(x, g),
+            self._moment(state, x) if momentum != 0 else None,
+            lr=group["lr"],
+            momentum=momentum,
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+        )
+        if buf is not None:
+            _store(state, "momentum_buffer", buf, dtype)
         return new_x
 
 
@@ -558,7 +675,9 @@ class RiemannianAdam(RiemannianOptimizer):
 
     _moment_key = "exp_avg"
     _uses_step = True
-    _kinds: ClassVar[Mapping[str, str]] = _kinds_of(_RADAM_HYPERPARAMETERS)
+    HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = _RADAM_HYPERPARAMETERS
+    _GROUP_KEYS = ("lr", "betas", "eps")
+    _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "manifold_steps")
 
     def __init__(
         self,
@@ -635,7 +754,7 @@ class RiemannianAdam(RiemannianOptimizer):
         if exp_avg is None:
             exp_avg = torch.zeros_like(r)
         exp_avg = exp_avg.lerp(r, 1 - beta1)
-        increment = component_inner(manifold, x, r)
+        increment = manifold.adaptive_inner(x, r)
         exp_avg_sq = state.get("exp_avg_sq")
         if exp_avg_sq is None:
             exp_avg_sq = increment.mul(1 - beta2)
@@ -692,7 +811,9 @@ class RiemannianAdagrad(RiemannianOptimizer):
     """
 
     _uses_step = True
-    _kinds: ClassVar[Mapping[str, str]] = _kinds_of(_RADAGRAD_HYPERPARAMETERS)
+    HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = _RADAGRAD_HYPERPARAMETERS
+    _GROUP_KEYS = ("lr", "lr_decay", "initial_accumulator_value")
+    _STATE_KEYS = ("step", "sum", "manifold_steps")
 
     def __init__(
         self,
@@ -747,7 +868,7 @@ class RiemannianAdagrad(RiemannianOptimizer):
         if group["weight_decay"] != 0:
             g = g.add(x, alpha=group["weight_decay"])
         r = manifold.egrad2rgrad(x, g)
-        increment = component_inner(manifold, x, r)
+        increment = manifold.adaptive_inner(x, r)
         total = state.get("sum")
         if total is None:
             total = increment.add(group["initial_accumulator_value"])
@@ -757,62 +878,3 @@ class RiemannianAdagrad(RiemannianOptimizer):
         clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
         std = total.sqrt().add_(group["eps"])
         return manifold.retr(x, (r / std).mul_(-clr))
-
-
-# ----------------------------------------------------------------------------------- registry
-_CAPABILITIES = Capabilities(manifold_aware=True, foreach=True, separable=True)
-_PAPER = "Bécigneul & Ganea, Riemannian Adaptive Optimization Methods, ICLR 2019"
-
-register_optimizer(
-    "rsgd",
-    RiemannianSGD,
-    capabilities=_CAPABILITIES,
-    hyperparameters=_RSGD_HYPERPARAMETERS,
-    summary="Riemannian SGD with transported momentum (== torch SGD on Euclidean parameters)",
-    family="riemannian",
-    paper="Bonnabel, Stochastic Gradient Descent on Riemannian Manifolds, IEEE TAC 2013",
-    example={"lr": 0.05, "momentum": 0.9},
-    group_example={"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01},
-)
-
-
-register_optimizer(
-    "radam",
-    RiemannianAdam,
-    capabilities=_CAPABILITIES,
-    hyperparameters=_RADAM_HYPERPARAMETERS,
-    summary="Riemannian Adam, per-point second moment (== torch Adam/AdamW on Euclidean)",
-    family="riemannian",
-    paper=_PAPER,
-    example={"lr": 1e-3},
-    group_example={"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.01},
-)
-
-
-def _ramsgrad(params: Any, **hyperparameters: Any) -> RiemannianAdam:
-    return RiemannianAdam(params, amsgrad=True, **hyperparameters)
-
-
-register_optimizer(
-    "ramsgrad",
-    _ramsgrad,
-    capabilities=_CAPABILITIES,
-    hyperparameters=_ADAM_HYPERPARAMETERS,
-    summary="Riemannian AMSGrad (radam with amsgrad=True; == torch Adam(amsgrad=True))",
-    family="riemannian",
-    paper=_PAPER,
-    example={"lr": 1e-3},
-    group_example={"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.01},
-)
-
-register_optimizer(
-    "radagrad",
-    RiemannianAdagrad,
-    capabilities=_CAPABILITIES,
-    hyperparameters=_RADAGRAD_HYPERPARAMETERS,
-    summary="Riemannian Adagrad, per-point accumulator (== torch Adagrad on Euclidean)",
-    family="riemannian",
-    paper=_PAPER,
-    example={"lr": 0.05},
-    group_example={"lr": 0.01, "lr_decay": 0.01, "weight_decay": 0.01},
-)
