@@ -12,10 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 # Pages whose owners have not caught up yet, with what is missing; xfail(strict=False) so the
 # case becomes an XPASS once fixed (then remove it here).
-PENDING: dict[str, str] = {
-    "docs/architecture.md": "still cites the internal design sketch",
-    "docs/papers.md": "still cites the internal project briefs",
-}
+PENDING: dict[str, str] = {}
 INTERNAL = re.compile(
     r"workplace|DESIGN\.md|rest\.md|shared/|\(issues? \d|\bissues? #?\d", flags=re.IGNORECASE
 )

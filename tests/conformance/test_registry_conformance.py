@@ -27,12 +27,7 @@ def test_registry_has_entries() -> None:
 
 # Clauses an entry does not meet yet, with the reason; xfail(strict=False), so the case turns
 # into an XPASS as soon as the fix lands, and the entry is then removed from here.
-_RIEMANNIAN_LOAD = "load_state_dict does not yet check the format (validation on load in flight)"
-PENDING: dict[str, dict[str, str]] = {
-    "foreign_state_dict": {
-        name: _RIEMANNIAN_LOAD for name in ("rsgd", "radam", "ramsgrad", "radagrad", "fgsgd")
-    },
-}
+PENDING: dict[str, dict[str, str]] = {}
 
 
 def _marks(check: str, entry: str) -> list[pytest.MarkDecorator]:
