@@ -227,7 +227,24 @@ register_optimizer(
     example={"base_optimizer": "rsgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05},
     group_example={"rho": 0.5, "lr": 0.01},
 )
-from torchvalley.optim import fgsgd as _fgsgd  # noqa: E402,F401
+# ----------------------------------------------------------------------------------- FG-SGD
+from torchvalley.optim.fgsgd import FGSGD  # noqa: E402
+
+register_optimizer(
+    "fgsgd",
+    FGSGD,
+    capabilities=Capabilities(manifold_aware=True, accepts_model=True, foreach=True),
+    hyperparameters=FGSGD.HYPERPARAMETERS,
+    summary="FG-SGD: Riemannian SGD on sphere/oblique/Stiefel weight groups with fixed radii",
+    family="riemannian",
+    paper=(
+        "Ozay, Fine-grained Optimization of Deep Neural Networks, NeurIPS 2019 (arXiv:1905.09054)"
+    ),
+    example={"lr": 0.05, "momentum": 0.9},
+    # The default problem's second half holds only 1-dim parameters (named_parameters lists
+    # the MLP's own w1, b1, w2 before the LayerNorm's), so only SGD keys can show there.
+    group_example={"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01, "nesterov": True},
+)
 
 # isort: on
 

@@ -104,7 +104,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -117,7 +117,7 @@ from torchvalley.manifolds.parameter import ManifoldParameter, manifold_of
 from torchvalley.manifolds.sphere import sphere_dist
 from torchvalley.manifolds.stiefel import Stiefel
 from torchvalley.optim.riemannian import check_membership, check_state_dict, rsgd_update
-from torchvalley.registry import Capabilities, Hyperparameter, register_optimizer
+from torchvalley.registry import Hyperparameter
 from torchvalley.validation import (
     check_bool,
     check_non_negative,
@@ -502,6 +502,49 @@ def _riemannian_update(
     )
 
 
+#: FG-SGD's hyperparameters (one declaration: the class and its catalog entry use it).
+FGSGD_HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
+    Hyperparameter("lr", "non_negative", 1e-3, "learning rate"),
+    Hyperparameter("momentum", "unit_interval_open", 0.0, "tangent-space heavy-ball momentum"),
+    Hyperparameter(
+        "weight_decay", "non_negative", 0.0, "L2 penalty on the unconstrained parameters only"
+    ),
+    Hyperparameter("nesterov", "bool", False, "Nesterov momentum"),
+    Hyperparameter("maximize", "bool", False, "maximize the objective instead of minimizing"),
+    Hyperparameter(
+        "constraint",
+        "choice",
+        "sphere",
+        "manifold of the weight groups ('none': plain SGD for the group)",
+        (*CONSTRAINTS, "none"),
+    ),
+    Hyperparameter(
+        "grouping",
+        "choice",
+        "PO",
+        "weight groups: per output channel, per input channel, per (output, input) kernel",
+        GROUPINGS,
+    ),
+    Hyperparameter(
+        "radius", "optional_positive", None, "fixed norm of every group (None: initial norms)"
+    ),
+    Hyperparameter("learn_radius", "bool", False, "learn each group's radius (scale) by SGD"),
+    Hyperparameter(
+        "step_bound",
+        "optional_positive",
+        DEFAULT_STEP_BOUND,
+        "bound on the metric length of one step per group (None: unbounded)",
+    ),
+    Hyperparameter(
+        "foreach",
+        "optional_bool",
+        None,
+        "batched (True) or per-tensor (False) path; None: batched when all params are on CUDA",
+    ),
+    Hyperparameter("model", "any", None, "the module: only Linear/Conv weights of torch layers"),
+)
+
+
 class FGSGD(torch.optim.Optimizer):
     """FG-SGD: Riemannian SGD with momentum on renormalized weight groups (Ozay, NeurIPS 2019).
 
@@ -544,6 +587,8 @@ class FGSGD(torch.optim.Optimizer):
         >>> torch.allclose(model[0].weight.norm(dim=1, keepdim=True), r)
         True
     """
+
+    HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = FGSGD_HYPERPARAMETERS
 
     def __init__(
         self,
@@ -927,65 +972,3 @@ def renormalize_weights(
         )
         converted.append(f"{name}.weight" if name else "weight")
     return converted
-
-
-# --------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------
-
-register_optimizer(
-    "fgsgd",
-    FGSGD,
-    capabilities=Capabilities(manifold_aware=True, accepts_model=True, foreach=True),
-    hyperparameters=(
-        Hyperparameter("lr", "non_negative", 1e-3, "learning rate"),
-        Hyperparameter("momentum", "unit_interval_open", 0.0, "tangent-space heavy-ball momentum"),
-        Hyperparameter(
-            "weight_decay", "non_negative", 0.0, "L2 penalty on the unconstrained parameters only"
-        ),
-        Hyperparameter("nesterov", "bool", False, "Nesterov momentum"),
-        Hyperparameter("maximize", "bool", False, "maximize the objective instead of minimizing"),
-        Hyperparameter(
-            "constraint",
-            "choice",
-            "sphere",
-            "manifold of the weight groups ('none': plain SGD for the group)",
-            (*CONSTRAINTS, "none"),
-        ),
-        Hyperparameter(
-            "grouping",
-            "choice",
-            "PO",
-            "weight groups: per output channel, per input channel, per (output, input) kernel",
-            GROUPINGS,
-        ),
-        Hyperparameter(
-            "radius", "optional_positive", None, "fixed norm of every group (None: initial norms)"
-        ),
-        Hyperparameter("learn_radius", "bool", False, "learn each group's radius (scale) by SGD"),
-        Hyperparameter(
-            "step_bound",
-            "optional_positive",
-            DEFAULT_STEP_BOUND,
-            "bound on the metric length of one step per group (None: unbounded)",
-        ),
-        Hyperparameter(
-            "foreach",
-            "optional_bool",
-            None,
-            "batched (True) or per-tensor (False) path; None: batched when all params are on CUDA",
-        ),
-        Hyperparameter(
-            "model", "any", None, "the module: only Linear/Conv weights of torch layers"
-        ),
-    ),
-    summary="FG-SGD: Riemannian SGD on sphere/oblique/Stiefel weight groups with fixed radii",
-    family="riemannian",
-    paper=(
-        "Ozay, Fine-grained Optimization of Deep Neural Networks, NeurIPS 2019 (arXiv:1905.09054)"
-    ),
-    example={"lr": 0.05, "momentum": 0.9},
-    # The default problem's second half holds only 1-dim parameters (named_parameters lists
-    # the MLP's own w1, b1, w2 before the LayerNorm's), so only SGD keys can show there.
-    group_example={"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01, "nesterov": True},
-)
