@@ -105,6 +105,19 @@ def splitmix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
+def _check_shard(offset: int, n: int, numel_total: int | None) -> tuple[int, int]:
+    """Validate a shard ``[offset, offset + n)`` of a ``numel_total``-element tensor."""
+    offset = _check_uint("offset", offset, 1 << 63)
+    if numel_total is None:
+        if offset != 0:
+            raise ValueError("numel_total is required when offset != 0 (sharded draw)")
+        numel_total = n
+    numel_total = _check_uint("numel_total", numel_total, 1 << 63)
+    if offset + n > numel_total:
+        raise ValueError(f"shard [{offset}, {offset + n}) exceeds numel_total={numel_total}")
+    return offset, numel_total
+
+
 def _check_uint(name: str, value: Any, upper: int = 1 << 64) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got bool {value!r}")
@@ -242,14 +255,7 @@ class CounterNoise:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"dtype must be a real floating dtype, got {dtype!r}")
         n = math.prod(shape)
-        offset = _check_uint("offset", offset, 1 << 63)
-        if numel_total is None:
-            if offset != 0:
-                raise ValueError("numel_total is required when offset != 0 (sharded draw)")
-            numel_total = n
-        numel_total = _check_uint("numel_total", numel_total, 1 << 63)
-        if offset + n > numel_total:
-            raise ValueError(f"shard [{offset}, {offset + n}) exceeds numel_total={numel_total}")
+        offset, numel_total = _check_shard(offset, n, numel_total)
         key = self.parameter_key(step=step, index=index)
         draw_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         flat = self._draw(key, offset, n, numel_total, draw_dtype)
@@ -300,14 +306,7 @@ class CounterNoise:
         if not out.is_contiguous():
             raise ValueError("out must be contiguous")
         n = out.numel()
-        offset = _check_uint("offset", offset, 1 << 63)
-        if numel_total is None:
-            if offset != 0:
-                raise ValueError("numel_total is required when offset != 0 (sharded draw)")
-            numel_total = n
-        numel_total = _check_uint("numel_total", numel_total, 1 << 63)
-        if offset + n > numel_total:
-            raise ValueError(f"shard [{offset}, {offset + n}) exceeds numel_total={numel_total}")
+        offset, numel_total = _check_shard(offset, n, numel_total)
         key = self.parameter_key(step=step, index=index)
         self._fill(out.view(-1), key, offset, numel_total, float(std))
         return out
