@@ -184,6 +184,24 @@ def _direction_for(
     )
 
 
+def _slice_function(
+    model: Any,
+    loss_fn: Any,
+    data: Any,
+    parameters: Any,
+    bn_mode: str,
+    generator: torch.Generator | None,
+) -> tuple[torch.Generator, ParameterFunction]:
+    """The slice's generator (seeded 0 by default) and the loss as a function of the parameters,
+    with train-mode masks seeded from that generator."""
+    generator = torch.Generator().manual_seed(0) if generator is None else generator
+    seed = mask_seed(bn_mode, generator)
+    function = ParameterFunction(
+        model, loss_fn, data, parameters=parameters, bn_mode=bn_mode, seed=seed
+    )
+    return generator, function
+
+
 def random_direction_slice_1d(
     model: nn.Module,
     loss_fn: LossFunction,
@@ -229,15 +247,7 @@ def random_direction_slice_1d(
             ``data``/``parameters``/``bn_mode``.
     """
     grid = alpha_grid("alphas", steps, span, alphas)
-    generator = torch.Generator().manual_seed(0) if generator is None else generator
-    function = ParameterFunction(
-        model,
-        loss_fn,
-        data,
-        parameters=parameters,
-        bn_mode=bn_mode,
-        seed=mask_seed(bn_mode, generator),
-    )
+    generator, function = _slice_function(model, loss_fn, data, parameters, bn_mode, generator)
     d = _direction_for(function, direction, include_1d, generator, "direction")
     point = function.point()
     losses, metrics = [], []
@@ -301,15 +311,7 @@ def random_direction_slice_2d(
     """
     grid_a = alpha_grid("alphas", steps, span, alphas)
     grid_b = alpha_grid("betas", steps, span, betas)
-    generator = torch.Generator().manual_seed(0) if generator is None else generator
-    function = ParameterFunction(
-        model,
-        loss_fn,
-        data,
-        parameters=parameters,
-        bn_mode=bn_mode,
-        seed=mask_seed(bn_mode, generator),
-    )
+    generator, function = _slice_function(model, loss_fn, data, parameters, bn_mode, generator)
     if directions is None:
         pair: tuple[Any, Any] = (None, None)
     else:
