@@ -79,9 +79,6 @@ import contextlib
 import dataclasses
 import datetime
 import gc
-import importlib.metadata
-import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -97,6 +94,7 @@ import torch
 from torch import nn
 
 import torchvalley.curvature.bn_fold as bn_fold_module
+from _harness import library_version, paired_ratio_median, write_outputs
 from torchvalley.bench.machine import cpu_model, load_average
 from torchvalley.bench.tasks import get_task
 from torchvalley.landscape import hessian_eigenvalues
@@ -126,16 +124,6 @@ def workload(
     task = get_task(task_name)
     inputs, targets = task.data().train
     return task.model(seed), task.loss_fn, (inputs[:batch], targets[:batch])
-
-
-def library_version(name: str) -> str | None:
-    """Installed version of ``name``, or ``None`` when it is not installed."""
-    if importlib.util.find_spec(name) is None:
-        return None
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown version"
 
 
 def _pyhessian_run(model: nn.Module, loss_fn: Any, data: Any, iterations: int, seed: int):
@@ -281,9 +269,7 @@ def summarize(rows: Sequence[Row], iterations: int) -> list[dict[str, Any]]:
         }
         if reference is not None:
             entry["ratio"] = median / statistics.median(reference.times)
-            entry["paired_ratio"] = statistics.median(
-                a / b for a, b in zip(row.times, reference.times, strict=True)
-            )
+            entry["paired_ratio"] = paired_ratio_median(row.times, reference.times)
         out.append(entry)
     return out
 
@@ -484,9 +470,7 @@ def summarize_accuracy(rows: Sequence[Row], reference: float) -> list[dict[str, 
         }
         if anchor is not None:
             entry["ratio"] = median / statistics.median(anchor.times)
-            entry["paired_ratio"] = statistics.median(
-                a / b for a, b in zip(row.times, anchor.times, strict=True)
-            )
+            entry["paired_ratio"] = paired_ratio_median(row.times, anchor.times)
         out.append(entry)
     return out
 
@@ -599,14 +583,8 @@ def _write(
     results: Sequence[dict[str, Any]],
     ok: bool,
 ) -> None:
-    print(report, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"facts": facts, "results": results, "ok": ok}
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    payload = {"facts": facts, "results": results, "ok": ok}
+    write_outputs(report, payload, args.out, args.json)
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -707,14 +685,8 @@ def _run(args: argparse.Namespace) -> int:
         "agreement": agreement,
     }
     report = render_markdown(facts, results)
-    print(report, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"facts": facts, "results": results, "ok": ok}
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    payload = {"facts": facts, "results": results, "ok": ok}
+    write_outputs(report, payload, args.out, args.json)
     return 0 if ok else 1
 
 
