@@ -24,6 +24,7 @@ hyperparameters (e.g. the curvature), so ``Sphere() == Sphere()``.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -233,7 +234,27 @@ class Manifold(abc.ABC):
             ValueError: when the shape is too small to hold one point (naming the minimum).
         """
         size = self._point_shape(shape, "random")
-        return self._random(size, generator=generator, dtype=dtype, device=device, **kwargs)
+        return self._random(size, Draw(generator, dtype, device), **kwargs)
+
+    def origin(
+        self,
+        *shape: Any,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """The manifold's distinguished point (hyperbolic models), repeated over the batch.
+
+        Raises:
+            ValueError: when the shape is too small to hold one point (naming the minimum).
+            NotImplementedError: for a manifold without an origin.
+        """
+        size = self._point_shape(shape, "origin")
+        zeros = torch.zeros(size, dtype=dtype or torch.get_default_dtype(), device=device)
+        return self._origin(zeros)
+
+    def _origin(self, zeros: Tensor) -> Tensor:
+        """The origin, written into ``zeros`` of the validated shape."""
+        raise NotImplementedError(f"{type(self).__name__} has no distinguished origin")
 
     def _point_shape(self, shape: Sequence[Any], what: str) -> torch.Size:
         """``shape`` normalized to a ``torch.Size`` that holds at least one point."""
@@ -243,14 +264,7 @@ class Manifold(abc.ABC):
             raise ValueError(f"{self!r}.{what}: shape {tuple(size)} is too small: {reason}")
         return size
 
-    def _random(
-        self,
-        shape: torch.Size,
-        *,
-        generator: torch.Generator | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-    ) -> Tensor:
+    def _random(self, shape: torch.Size, draw: Draw) -> Tensor:
         """Random points of the (validated) ``shape``: implemented by every manifold."""
         raise NotImplementedError(f"{type(self).__name__} implements neither random nor _random")
 
@@ -354,6 +368,19 @@ class Manifold(abc.ABC):
     def __deepcopy__(self, memo: dict[int, Any]) -> Manifold:
         # Manifolds are immutable values: sharing them is a faithful copy.
         return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """Where random points come from: the generator, dtype and device of one ``random`` call."""
+
+    generator: torch.Generator | None
+    dtype: torch.dtype | None
+    device: torch.device | str | None
+
+    def randn(self, shape: Sequence[Any], dtype: torch.dtype | None = None) -> Tensor:
+        """Standard normal entries of ``shape`` (in ``dtype`` if given, else the call's)."""
+        return _randn(shape, self.generator, dtype or self.dtype, self.device)
 
 
 def _randn(

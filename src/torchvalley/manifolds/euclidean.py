@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchvalley.manifolds.base import Manifold, _randn
+from torchvalley.manifolds.base import Draw, Manifold
 
 __all__ = ["Euclidean"]
 
@@ -81,16 +81,9 @@ class Euclidean(Manifold):
         """Always 0: every tensor is a point."""
         return x.new_zeros(())
 
-    def _random(
-        self,
-        shape: torch.Size,
-        *,
-        generator: torch.Generator | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-    ) -> Tensor:
+    def _random(self, shape: torch.Size, draw: Draw) -> Tensor:
         """Standard normal entries."""
-        return _randn(shape, generator, dtype, device)
+        return draw.randn(shape)
 
     def _check_point(self, x: Tensor, atol: float, rtol: float) -> tuple[bool, str | None]:
         return True, None

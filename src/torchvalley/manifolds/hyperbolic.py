@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchvalley.manifolds.base import LOW_PRECISION, Manifold, _randn, _violation_reason
+from torchvalley.manifolds.base import LOW_PRECISION, Draw, Manifold, _violation_reason
 
 __all__ = ["Curvature", "Lorentz", "PoincareBall", "boundary_eps"]
 
@@ -371,35 +371,21 @@ class PoincareBall(Manifold):
         c, _ = self._curv(x)
         return self._gyration(y, -x, v, c) * self._lambda(x, c) / self._lambda(y, c)
 
-    def origin(
-        self,
-        *shape: int,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> Tensor:
-        """The origin (zeros) of the given shape (ValueError if it holds no point)."""
-        size = self._point_shape(shape, "origin")
-        return torch.zeros(size, dtype=dtype or torch.get_default_dtype(), device=device)
+    def _origin(self, zeros: Tensor) -> Tensor:
+        """The origin is the zero vector."""
+        return zeros
 
     def violation(self, x: Tensor) -> Tensor:
         """How far the largest norm exceeds the allowed maximum (1 − eps)/√c (0 inside)."""
         limit = self.max_norm(x.dtype)
         return (torch.linalg.vector_norm(x, dim=-1) - limit).clamp_min(0).max()
 
-    def _random(
-        self,
-        shape: torch.Size,
-        *,
-        generator: torch.Generator | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-        std: float = 0.5,
-    ) -> Tensor:
+    def _random(self, shape: torch.Size, draw: Draw, std: float = 0.5) -> Tensor:
         """exp_0 of a Gaussian tangent vector with entries of standard deviation ``std``.
 
         With a learnable curvature the points use its current value and are detached.
         """
-        x = self.expmap0(std * _randn(shape, generator, dtype, device))
+        x = self.expmap0(std * draw.randn(shape))
         return x if self._curvature is None else x.detach()
 
     def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
@@ -518,15 +504,9 @@ class Lorentz(Manifold):
         coef = self.ldot(y, v, keepdim=True) / (self.k - self.ldot(x, y, keepdim=True))
         return v + coef * (x + y)
 
-    def origin(
-        self,
-        *shape: int,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> Tensor:
-        """The point (√k, 0, …, 0) of the given shape (ValueError if it holds no point)."""
-        size = self._point_shape(shape, "origin")
-        o = torch.zeros(size, dtype=dtype or torch.get_default_dtype(), device=device)
+    def _origin(self, zeros: Tensor) -> Tensor:
+        """The point (√k, 0, …, 0)."""
+        o = zeros
         o[..., 0] = self._sqrt_k
         return o
 
@@ -534,17 +514,9 @@ class Lorentz(Manifold):
         """max |⟨x, x⟩_L + k| / k."""
         return ((self.ldot(x, x) + self.k).abs() / self.k).max()
 
-    def _random(
-        self,
-        shape: torch.Size,
-        *,
-        generator: torch.Generator | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-        std: float = 0.5,
-    ) -> Tensor:
+    def _random(self, shape: torch.Size, draw: Draw, std: float = 0.5) -> Tensor:
         """exp at the origin of a Gaussian tangent vector (0, std·ε)."""
-        u = std * _randn(shape, generator, dtype, device)
+        u = std * draw.randn(shape)
         u = torch.cat([torch.zeros_like(u[..., :1]), u[..., 1:]], dim=-1)
         o = self.origin(*u.shape, dtype=u.dtype, device=u.device)
         return self.retr(o, u)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchvalley.manifolds.base import Manifold, _randn, _violation_reason
+from torchvalley.manifolds.base import Draw, Manifold, _violation_reason
 from torchvalley.manifolds.sphere import (
     sphere_dist,
     sphere_expmap,
@@ -78,16 +78,9 @@ class Oblique(Manifold):
         """max |‖row‖ − 1| (or over columns with ``unit="columns"``)."""
         return (torch.linalg.vector_norm(x, dim=self._dim) - 1).abs().max()
 
-    def _random(
-        self,
-        shape: torch.Size,
-        *,
-        generator: torch.Generator | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-    ) -> Tensor:
+    def _random(self, shape: torch.Size, draw: Draw) -> Tensor:
         """Uniform on each sphere factor."""
-        return sphere_projx(_randn(shape, generator, dtype, device), self._dim)
+        return sphere_projx(draw.randn(shape), self._dim)
 
     def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
         if len(shape) < 2 or shape[self._dim] < 1:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchvalley.manifolds.base import Manifold
+from torchvalley.manifolds.base import Draw, Manifold
 
 __all__ = ["Product"]
 
@@ -161,18 +161,11 @@ class Product(Manifold):
         ]
         return torch.stack(values).max()
 
-    def _random(
-        self,
-        shape: torch.Size,
-        *,
-        generator: torch.Generator | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-    ) -> Tensor:
+    def _random(self, shape: torch.Size, draw: Draw) -> Tensor:
         """Independent random points of each factor; ``shape[-1]`` must equal the total size."""
         batch = torch.Size(shape[:-1])
         parts = [
-            m.random(*batch, *s, generator=generator, dtype=dtype, device=device)
+            m.random(*batch, *s, generator=draw.generator, dtype=draw.dtype, device=draw.device)
             for m, s in self.factors
         ]
         return self._join(parts)

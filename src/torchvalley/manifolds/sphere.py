@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchvalley.manifolds.base import Manifold, _randn, _violation_reason
+from torchvalley.manifolds.base import Draw, Manifold, _violation_reason
 
 __all__ = ["Sphere"]
 
@@ -98,16 +98,9 @@ class Sphere(Manifold):
         """max |‖x‖ − 1|."""
         return (torch.linalg.vector_norm(x, dim=-1) - 1).abs().max()
 
-    def _random(
-        self,
-        shape: torch.Size,
-        *,
-        generator: torch.Generator | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-    ) -> Tensor:
+    def _random(self, shape: torch.Size, draw: Draw) -> Tensor:
         """Uniform points: normalised standard normal vectors."""
-        return sphere_projx(_randn(shape, generator, dtype, device), -1)
+        return sphere_projx(draw.randn(shape), -1)
 
     def _check_shape(self, shape: torch.Size) -> tuple[bool, str | None]:
         if len(shape) < 1 or shape[-1] < 1:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchvalley.manifolds.base import LOW_PRECISION, Manifold, _randn, _violation_reason
+from torchvalley.manifolds.base import LOW_PRECISION, Draw, Manifold, _violation_reason
 
 __all__ = ["Stiefel"]
 
@@ -209,18 +209,11 @@ class Stiefel(Manifold):
         eye = torch.eye(xm.shape[-1], dtype=x.dtype, device=x.device)
         return (xm.transpose(-1, -2) @ xm - eye).abs().max()
 
-    def _random(
-        self,
-        shape: torch.Size,
-        *,
-        generator: torch.Generator | None,
-        dtype: torch.dtype | None,
-        device: torch.device | str | None,
-    ) -> Tensor:
+    def _random(self, shape: torch.Size, draw: Draw) -> Tensor:
         """Haar-distributed points: Q of the QR factorisation of a Gaussian matrix."""
-        dtype = dtype or torch.get_default_dtype()
+        dtype = draw.dtype or torch.get_default_dtype()
         work = torch.float32 if dtype in LOW_PRECISION else dtype
-        g = _randn(shape, generator, work, device)
+        g = draw.randn(shape, work)
         return self._untall(_qf(self._tall(g)), g.shape).to(dtype)
 
     # ------------------------------------------------------------------- checks

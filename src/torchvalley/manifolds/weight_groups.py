@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from torchvalley.manifolds.base import Manifold
+from torchvalley.manifolds.base import Draw, Manifold
 from torchvalley.manifolds.oblique import Oblique
 from torchvalley.manifolds.parameter import ManifoldParameter
 from torchvalley.manifolds.sphere import sphere_dist
@@ -236,19 +236,11 @@ class FGManifold(Manifold):
         """The base manifold's violation on the matrix view."""
         return self.base.violation(self.to_view(x))
 
-    def random(
-        self,
-        *shape: int,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> Tensor:
+    def _random(self, shape: torch.Size, draw: Draw) -> Tensor:
         """Random points of the base manifold, as weights."""
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
-            shape = tuple(shape[0])
         batch = tuple(shape[: len(shape) - self.ndim])
         m = self.base.random(
-            *batch, *self.view_shape, generator=generator, dtype=dtype, device=device
+            *batch, *self.view_shape, generator=draw.generator, dtype=draw.dtype, device=draw.device
         )
         return self.from_view(m)
 
