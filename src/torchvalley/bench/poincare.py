@@ -78,21 +78,11 @@ __all__ = [
 
 # Names that moved: the task's pieces to torchvalley.bench.tasks.poincare_tree (read lazily
 # here, so that this library module imports no task).
-_MOVED_TO_TASK = frozenset(
-    {
-        "TASK_BATCH_SIZE",
-        "TASK_BRANCHING",
-        "TASK_DIM",
-        "TASK_NEGATIVES",
-        "TASK_NODES",
-        "build_task_model",
-        "load_tree_task",
-    }
-)
+_MOVED_TO_TASK_FUNCTIONS = ("build_task_model", "load_tree_task")  # and the TASK_* constants
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_TASK:
+    if name.startswith("TASK_") or name in _MOVED_TO_TASK_FUNCTIONS:
         from torchvalley.bench.tasks import poincare_tree
 
         return getattr(poincare_tree, name)
