@@ -3,7 +3,7 @@
 Trains the task's model (default ``mnist1d_cnn``: the 1-D CNN with BatchNorm) with
 ``torch.optim.SGD(lr, momentum, weight_decay)`` under
 
-* ``fdr-yaida``: :class:`torchvalley.landscape.gradient_statistics.fdr.FDRScheduler` with Yaida's exact quench rule
+* ``fdr-yaida``: :class:`torchvalley.landscape.FDRScheduler` with Yaida's exact quench rule
   (``|mean O_L / mean O_R - 1| < threshold`` over the second half of each ``window``, then
   ``lr *= factor``), stepped after every optimizer step;
 * ``fdr-ci``: the same scheduler with ``mode="ci"`` (quench when the batch-means interval of the
