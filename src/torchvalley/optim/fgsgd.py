@@ -116,20 +116,15 @@ from torchvalley.manifolds.weight_groups import (
     GROUPINGS,
     FGManifold,
     _check_constraint,
-    _check_grouping,
     _euclidean_ids,
     fg_manifold,
     initial_radius,
     renormalize_weights,
 )
 from torchvalley.optim.riemannian import check_membership, check_state_dict, rsgd_update
-from torchvalley.registry import Hyperparameter
+from torchvalley.registry import Hyperparameter, validate_group
 from torchvalley.validation import (
-    check_bool,
-    check_non_negative,
-    check_optional_bool,
     check_optional_positive,
-    check_unit_interval_open,
 )
 
 __all__ = [
@@ -160,17 +155,15 @@ def _step_bound(value: Any) -> float | None:
 
 
 def _validate_group(group: dict[str, Any]) -> None:
-    check_non_negative("lr", group["lr"])
-    check_unit_interval_open("momentum", group["momentum"])
-    check_non_negative("weight_decay", group["weight_decay"])
-    check_bool("nesterov", group["nesterov"])
-    check_bool("maximize", group["maximize"])
-    _check_constraint(group["constraint"])
-    _check_grouping(group["grouping"])
-    check_optional_positive("radius", group["radius"])
-    check_bool("learn_radius", group["learn_radius"])
-    _step_bound(group["step_bound"])
-    check_optional_bool("foreach", group["foreach"])
+    """The declared checks (``FGSGD.HYPERPARAMETERS``) on a view of ``group`` that spells the two
+    aliases the records cannot express (``constraint=None`` is ``"none"``, ``step_bound=inf``
+    is ``None``), plus the one cross-field rule; the group itself keeps what the user wrote."""
+    view = dict(group)
+    if view.get("constraint") is None:
+        view["constraint"] = "none"
+    if "step_bound" in view:
+        view["step_bound"] = _step_bound(view["step_bound"])
+    validate_group(FGSGD_HYPERPARAMETERS, view)
     if group["nesterov"] and float(group["momentum"]) == 0.0:
         raise ValueError("Invalid nesterov: Nesterov momentum requires a momentum > 0")
 
