@@ -1,102 +1,31 @@
 r"""FG-SGD: fine-grained SGD on products of weight manifolds with multi-norm renormalization.
 
 Paper: M. Ozay, *Fine-grained Optimization of Deep Neural Networks*, NeurIPS 2019
-(arXiv:1905.09054). No public code exists; this module is a reconstruction.
+(arXiv:1905.09054). No public code exists; this module is a reconstruction, whose choices
+(groupings, constraints, radii, the step bound, which parameters are constrained) are set out
+in ``docs/fgsgd.md``.
 
-**From the paper.** Generalisation bounds of deep networks depend on several norms of the
-weights (Euclidean/Frobenius and spectral), computed over weights grouped by input channel (PI),
-output channel (PO) or both (PIO). The paper (1) normalises weight groups by these norms and
-reparameterises them so that every norm has a constant upper bound, the weights of a group then
-living on a sphere (Sp), an oblique manifold (OB, unit-norm columns) or a Stiefel manifold (St,
-orthonormal matrices, spectral norm 1); and (2) trains the resulting product of manifolds with
-FG-SGD: per group, project the Euclidean gradient onto the tangent space, take a step whose size
-``g(t, Θ)`` is adaptively bounded using the norm of the Riemannian gradient and the geometry of
-the manifold, update with a retraction and rescale.
+A weight ``W`` of shape ``(out, in, *k)`` is viewed as a matrix ``M`` whose rows are its groups
+(``"PO"``: output channels, ``"PI"``: input channels, ``"PIO"``: kernel slices) and written
+``W = r · X`` with ``X`` on a manifold of that view (``"sphere"``: unit rows, ``"oblique"``:
+unit columns, ``"stiefel"``: orthonormal) and ``r`` a per-group radius (fixed, the initial
+norms, or learned with ``learn_radius=True``). One step, per group:
 
-**Our interpretation** (the paper's exact step-size formula was not available to us):
+.. code-block:: text
 
-* *Groupings* define a matrix view ``M`` of a weight ``W`` of shape ``(out, in, *k)``
-  (``K = prod(k)``, ``K = 1`` for a ``Linear`` weight ``(out, in)``) whose rows are the groups'
-  channels:
+    ξ ← egrad2rgrad(X, r ∇_W L)                      # Riemannian gradient w.r.t. X
+    b ← μ b + ξ  (b ← ξ at the first step)           # tangent-space heavy ball
+    d ← ξ + μ b  if nesterov else b
+    t ← η / max(1, η ‖d‖_X / δ)                      # never move a group more than δ
+    X ← R_X(−t d);  b ← transp(X_old → X, b)         # retraction, moment carried along
+    W ← r · X
 
-  - ``"PO"``: ``M = W.reshape(out, in·K)``; row ``o`` is output channel ``o``'s filter;
-  - ``"PI"``: ``M = W.transpose(0, 1).reshape(in, out·K)``; row ``i`` holds every weight that
-    reads input channel ``i``;
-  - ``"PIO"``: ``M = W.reshape(out·in, K)``; row ``(o, i)`` is one kernel slice ``W[o, i]``
-    (conv weights with ``K > 1`` only: for ``K = 1`` every group would be a single weight).
-
-* *Constraints* act on that view, each with a fixed radius ``r`` per group (the "constant upper
-  bound" of the renormalization), ``W = r · X``:
-
-  - ``"sphere"`` (Sp): every row of ``M`` (every group) has norm ``r_row``; ``X`` has unit-norm
-    rows (an :class:`~torchvalley.manifolds.Oblique` with ``unit="rows"`` on the view);
-  - ``"oblique"`` (OB): every *column* of ``M`` has norm ``r_col``: the textbook
-    ``OB = {X : diag(XᵀX) = 1}`` on the view, e.g. for ``"PO"`` the weights leaving one input
-    position ``(i, k)`` towards all output channels have a fixed norm, and for a conv ``"PI"``
-    each ``W[o, :, k]`` (over input channels) does;
-  - ``"stiefel"`` (St): ``X`` is orthonormal (orthonormal rows when ``M`` is wide, columns when
-    it is tall), so all singular values of ``M`` equal ``r`` and its spectral norm is ``r``.
-    Retraction: the polar one (a projection each step, so no drift off the manifold).
-    ``"PIO"`` is refused: it would make the kernel positions orthonormal, which bounds no
-    operator norm of the layer.
-
-* *Radius*: ``radius=None`` takes each group's initial norm (rows/columns of ``M``; for Stiefel
-  the mean singular value, which makes ``r · polar(M)`` the Frobenius-closest such matrix), so
-  the network function is unchanged up to the projection onto ``r · X``; a number fixes every
-  group's norm to it. The radius is computed when a parameter's state is created and kept in the
-  optimizer state (``state["radius"]``, in the view's shape, with ``state["fg"]``, an int code
-  of the constraint and grouping it belongs to; changing a group's constraint or grouping
-  afterwards raises).
-
-* *Learned radius* (``learn_radius=True``): each group's ``r`` is learned as well, by SGD with
-  the group's lr, momentum and Nesterov on ``∂L/∂r = ⟨∇_W L, X⟩`` (kept positive): the
-  renormalization keeps the direction on the manifold and learns its scale, as weight
-  normalization does. With fixed radii a constrained last layer caps the logits
-  (docs/results.md).
-
-* *Collections of manifolds* (the paper's products, changing per layer): one param group per
-  layer (or set of layers), each with its own ``constraint`` and ``grouping``, e.g.
-  ``[{"params": convs, "constraint": "sphere"}, {"params": [fc.weight], "constraint":
-  "stiefel"}, {"params": biases, "constraint": None}]``; a single weight carries one constraint.
-
-* *Inside the optimizer*: a constrained weight stays a plain parameter ``W``. Each step treats
-  ``X = W / r`` as the point (on the first step ``X = projx(W / r)``), uses ``r · ∇_W L`` (the
-  gradient with respect to ``X``), takes the Riemannian step on ``X`` and writes ``W = r · X``.
-
-* *Step*: with ``ξ = egrad2rgrad(X, r ∇_W L)`` (negated under ``maximize``), heavy-ball
-  momentum in the tangent space like ``torch.optim.SGD`` (``b ← μ b + ξ``, the first buffer is
-  ``ξ``; Nesterov: ``d = ξ + μ b``, else ``d = b``; without momentum ``d = ξ``), the bounded step
-  size per group
-
-  .. math::
-
-      t = \frac{\eta}{\max(1,\ \eta \lVert d\rVert_X / \delta)},
-
-  so a single step never moves a group more than ``δ = step_bound`` in the metric, then
-  ``X ← R_X(−t d)`` and the momentum buffer is carried to the new point with
-  ``manifold.transp``. For the sphere/oblique retraction ``R_x(u) = (x + u)/‖x + u‖`` the
-  geodesic distance moved is ``atan ‖u‖ ≤ ‖u‖ ≤ δ``; for Stiefel (no closed-form distance) the
-  bound holds for the tangent step in the embedded (Frobenius) metric, which bounds the distance
-  moved to first order. The default ``δ = π/4`` is well inside the injectivity radius ``π`` of
-  the unit sphere, in the range where the retraction stays close to the exponential map
-  (``atan(π/4) ≈ 0.67``), so a step can never carry a group past its antipode or wrap around;
-  with ordinary learning rates and gradients only very large (exploding) gradients hit it.
-  ``step_bound=None`` (or ``math.inf``) switches the bound off: plain Riemannian SGD.
-
-* Weight decay on a constrained weight is meaningless (its norm is fixed), so ``weight_decay``
-  applies only to the unconstrained parameters, which get exactly ``torch.optim.SGD``'s update
-  (``torch.optim.sgd.sgd``, dampening 0), momentum, Nesterov and ``maximize`` included.
-
-Which parameters are constrained, per param group with ``constraint`` not ``None``/``"none"``:
-a :class:`~torchvalley.ManifoldParameter` keeps its own manifold (no radius; a ``Euclidean`` one
-is unconstrained); otherwise a parameter with ≥ 2 dims is, except, when ``model=`` is given,
-the ≥ 2-dim parameters of torch's own layers other than the weights of ``nn.Linear`` and
-``nn.Conv1d/2d/3d`` (``nn.Embedding``, RNNs, attention in-projections, transposed
-convolutions, ...). Parameters registered directly on user-defined modules are constrained.
-
-:func:`renormalize_weights` does the renormalization on a model instead: every ``Linear``/``Conv``
-weight becomes ``r · W̄`` through ``torch.nn.utils.parametrize`` with ``W̄`` a
-:class:`~torchvalley.ManifoldParameter` on :func:`fg_manifold`'s manifold.
+The step is :func:`torchvalley.optim.riemannian.rsgd_update` (shared with RSGD) with the bound
+``δ = step_bound`` (default π/4; ``None`` or ``inf``: plain Riemannian SGD). Unconstrained
+parameters (``constraint=None``/``"none"`` groups, biases, and with ``model=`` the weights of
+layers other than ``Linear``/``Conv``) get exactly ``torch.optim.SGD``'s update; weight decay
+applies only to them. :func:`renormalize_weights` does the renormalization on a model instead,
+through ``torch.nn.utils.parametrize``.
 """
 
 from __future__ import annotations
@@ -258,8 +187,8 @@ FGSGD_HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
 class FGSGD(torch.optim.Optimizer):
     """FG-SGD: Riemannian SGD with momentum on renormalized weight groups (Ozay, NeurIPS 2019).
 
-    See the module docstring for the method, the groupings, the constraints and which
-    parameters are constrained.
+    See the module docstring for the update, and docs/fgsgd.md for the groupings, the
+    constraints and which parameters are constrained.
 
     Args:
         params: parameters or param groups.
