@@ -453,7 +453,13 @@ class FGSGD(torch.optim.Optimizer):
 
         Returns:
             The closure's loss, or ``None``.
+
+        Raises:
+            ValueError: when a group holds an invalid value (schedulers and users assign to
+                ``param_groups``); checked before any parameter moves.
         """
+        for group in self.param_groups:
+            _validate_group(group)
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -283,6 +283,8 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         # id(p) -> p._version after the optimizer's last write: any other write since then
         # (a load, a user's copy_) triggers a membership check at the next step.
         self._point_versions: dict[int, int] = {}
+        # id(group) -> its declared values when last validated (see _recheck_groups).
+        self._checked_values: dict[int, tuple] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -313,11 +315,29 @@ class RiemannianOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_point_versions", {})
+        self.__dict__.setdefault("_checked_values", {})
+
+    def _recheck_groups(self) -> None:
+        """Validate every group whose values changed since its last check, before anything moves.
+
+        Schedulers and users assign to ``param_groups`` between steps; comparing the declared
+        values by identity against those last checked is cheap, so the full check runs only
+        after a change.
+        """
+        names = [h.name for h in self.HYPERPARAMETERS]
+        for group in self.param_groups:
+            values = tuple(group.get(name) for name in names)
+            last = self._checked_values.get(id(group))
+            if last is None or any(a is not b for a, b in zip(last, values, strict=True)):
+                validate_group(self.HYPERPARAMETERS, group)
+                self._check_group(group)
+                self._checked_values[id(group)] = tuple(group.get(name) for name in names)
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step (``closure`` re-evaluates the loss, as in ``torch.optim``)."""
+        self._recheck_groups()
         loss = None
         if closure is not None:
             with torch.enable_grad():
