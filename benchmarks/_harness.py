@@ -74,7 +74,7 @@ class TimedRow:
 
     def run(self, steps: int) -> float | tuple[float, ...]:
         """Run ``steps`` steps; return their seconds (or ``(total, part, ...)`` seconds)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement run(steps)")
 
     def record(self, per_step_ms: tuple[float, ...]) -> None:
         """Keep one round's per-step milliseconds."""

@@ -36,6 +36,7 @@ __all__ = [
     "optimizer_entries",
     "register_optimizer",
     "resolve_base_optimizer",
+    "revalidate_changed_groups",
     "validate_entry_hyperparameters",
     "validate_group",
     "validate_hyperparameters",
@@ -146,6 +147,29 @@ def validate_group(
         if hyperparameter.name in group:
             group[hyperparameter.name] = hyperparameter.check(group[hyperparameter.name])
     return group
+
+
+def revalidate_changed_groups(
+    groups: Iterable[MutableMapping[str, Any]],
+    hyperparameters: Iterable[Hyperparameter],
+    checked: dict[int, tuple],
+    check: Callable[[MutableMapping[str, Any]], Any],
+) -> None:
+    """Run ``check(group)`` on every group whose declared values changed since its last check.
+
+    The step-time guard of the optimizer classes: schedulers and users assign to
+    ``param_groups`` between steps, and a bad value must be refused before anything moves. The
+    declared values are compared by identity with those recorded in ``checked`` (``id(group)``
+    -> values; the optimizer keeps this dict), so an unchanged group costs a tuple, not a full
+    validation.
+    """
+    names = [h.name for h in hyperparameters]
+    for group in groups:
+        values = tuple(group.get(name) for name in names)
+        last = checked.get(id(group))
+        if last is None or any(a is not b for a, b in zip(last, values, strict=True)):
+            check(group)
+            checked[id(group)] = tuple(group.get(name) for name in names)
 
 
 @dataclasses.dataclass(frozen=True)

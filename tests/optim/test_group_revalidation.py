@@ -55,3 +55,24 @@ def test_valid_schedule_changes_pass_and_take_effect():
     scheduler.step()
     optimizer.step()
     torch.testing.assert_close(w.detach(), start - 0.15 * torch.ones_like(w))
+
+
+@pytest.mark.parametrize(("key", "bad"), [("rho", -1.0), ("ascent", "nosuch"), ("lr", -0.1)])
+def test_sam_refuses_a_changed_group_before_anything_moves(key, bad):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torchvalley.create_optimizer("sam", model.parameters(), lr=0.1)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = model(torch.ones(4, 3)).square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.param_groups[0][key] = bad
+    with pytest.raises(ValueError, match=f"Invalid {key}"):
+        optimizer.step(closure)
+    for p, old in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p.detach(), old)

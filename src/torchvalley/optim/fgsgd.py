@@ -51,7 +51,7 @@ from torchvalley.manifolds.weight_groups import (
     renormalize_weights,
 )
 from torchvalley.optim.riemannian import check_membership, check_state_dict, rsgd_update
-from torchvalley.registry import Hyperparameter, validate_group
+from torchvalley.registry import Hyperparameter, revalidate_changed_groups, validate_group
 from torchvalley.validation import (
     check_optional_positive,
 )
@@ -262,7 +262,13 @@ class FGSGD(torch.optim.Optimizer):
             "foreach": foreach,
         }
         _validate_group(defaults)
+        # id(group) -> its declared values when last validated (revalidate_changed_groups).
+        self._checked_values: dict[int, tuple] = {}
         super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_checked_values", {})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group after validating its hyperparameters and weight shapes."""
@@ -458,8 +464,9 @@ class FGSGD(torch.optim.Optimizer):
             ValueError: when a group holds an invalid value (schedulers and users assign to
                 ``param_groups``); checked before any parameter moves.
         """
-        for group in self.param_groups:
-            _validate_group(group)
+        revalidate_changed_groups(
+            self.param_groups, FGSGD_HYPERPARAMETERS, self._checked_values, _validate_group
+        )
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, ClassVar
 
 import torch
@@ -77,7 +77,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 from torchvalley.manifolds import Manifold, manifold_of
 from torchvalley.manifolds.base import default_tolerance
 from torchvalley.optim.torch_baselines import COMMON_FLAGS, SGD_HYPERPARAMETERS
-from torchvalley.registry import Hyperparameter, validate_group
+from torchvalley.registry import Hyperparameter, revalidate_changed_groups, validate_group
 
 __all__ = [
     "RiemannianAdagrad",
@@ -89,10 +89,6 @@ __all__ = [
     "manifold_of",
     "rsgd_update",
 ]
-
-
-def _is_euclidean(manifold: Manifold) -> bool:
-    return manifold.is_flat
 
 
 def component_inner(manifold: Manifold, x: Tensor, u: Tensor) -> Tensor:
@@ -175,7 +171,7 @@ _NEAR = 0.1
 
 def _point_batch_dims(manifold: Manifold, p: Tensor) -> int:
     """How many leading dimensions of ``p`` index separate manifold points (0: one point)."""
-    if _is_euclidean(manifold) or getattr(manifold, "flatten", False):
+    if manifold.is_flat or getattr(manifold, "flatten", False):
         return 0
     return max(p.dim() - manifold.ndim, 0)
 
@@ -283,7 +279,7 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         # id(p) -> p._version after the optimizer's last write: any other write since then
         # (a load, a user's copy_) triggers a membership check at the next step.
         self._point_versions: dict[int, int] = {}
-        # id(group) -> its declared values when last validated (see _recheck_groups).
+        # id(group) -> its declared values when last validated (revalidate_changed_groups).
         self._checked_values: dict[int, tuple] = {}
         super().__init__(params, defaults)
 
@@ -317,27 +313,18 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("_point_versions", {})
         self.__dict__.setdefault("_checked_values", {})
 
-    def _recheck_groups(self) -> None:
-        """Validate every group whose values changed since its last check, before anything moves.
-
-        Schedulers and users assign to ``param_groups`` between steps; comparing the declared
-        values by identity against those last checked is cheap, so the full check runs only
-        after a change.
-        """
-        names = [h.name for h in self.HYPERPARAMETERS]
-        for group in self.param_groups:
-            values = tuple(group.get(name) for name in names)
-            last = self._checked_values.get(id(group))
-            if last is None or any(a is not b for a, b in zip(last, values, strict=True)):
-                validate_group(self.HYPERPARAMETERS, group)
-                self._check_group(group)
-                self._checked_values[id(group)] = tuple(group.get(name) for name in names)
+    def _validate_and_check(self, group: MutableMapping[str, Any]) -> None:
+        validate_group(self.HYPERPARAMETERS, group)
+        self._check_group(group)
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step (``closure`` re-evaluates the loss, as in ``torch.optim``)."""
-        self._recheck_groups()
+        # Groups changed since the last step (schedulers, users) are checked before anything moves.
+        revalidate_changed_groups(
+            self.param_groups, self.HYPERPARAMETERS, self._checked_values, self._validate_and_check
+        )
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -348,7 +335,7 @@ class RiemannianOptimizer(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 manifold = manifold_of(p)
-                if _is_euclidean(manifold):
+                if manifold.is_flat:
                     euclidean.append(p)
                     continue
                 self._step_on_manifold(group, p, manifold)
@@ -468,7 +455,7 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 manifold = manifold_of(p)
-                if not _is_euclidean(manifold):
+                if not manifold.is_flat:
                     self._project(self.state[p], manifold, p)
                     self._point_versions[id(p)] = p._version
 
@@ -479,7 +466,7 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 manifold = manifold_of(p)
-                if not _is_euclidean(manifold):
+                if not manifold.is_flat:
                     worst = max(worst, float(manifold.violation(p.detach())))
         return worst
 

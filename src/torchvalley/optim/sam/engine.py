@@ -22,6 +22,7 @@ from torchvalley.registry import (
     Hyperparameter,
     get_optimizer_entry,
     resolve_base_optimizer,
+    revalidate_changed_groups,
     validate_group,
 )
 
@@ -161,6 +162,15 @@ class SAM(torch.optim.Optimizer):
         _check_base_settings(base_optimizer, base_hyperparameters)
         factory = resolve_base_optimizer(base_optimizer)
         defaults = {h.name: settings[h.name] for h in _GROUP_HYPERPARAMETERS}
+        # id(group) -> its declared values when last validated (revalidate_changed_groups),
+        # SAM's own and, for a registered base, the base's (the groups are shared).
+        self._checked_values: dict[int, tuple] = {}
+        base_records = (
+            get_optimizer_entry(base_optimizer).hyperparameters
+            if isinstance(base_optimizer, str)
+            else ()
+        )
+        self._group_records = (*_GROUP_HYPERPARAMETERS, *base_records)
         super().__init__(params, defaults)
         for group in self.param_groups:
             validate_group(_GROUP_HYPERPARAMETERS, group)
@@ -375,12 +385,23 @@ class SAM(torch.optim.Optimizer):
 
     # -- pieces ---------------------------------------------------------------------------------
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_checked_values", {})
+        self.__dict__.setdefault("_group_records", _GROUP_HYPERPARAMETERS)
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        validate_group(self._group_records, group)
+
     def _collect(self) -> list[Part]:
         """One :class:`Part` per (group, rule): the perturbed parameters with a gradient. A
         ``riemannian`` group's flat parameters go to plain SAM (identity metric, ``x + eps``)."""
         parts = []
+        # Schedulers and users edit groups: changed ones are checked before anything moves.
+        revalidate_changed_groups(
+            self.param_groups, self._group_records, self._checked_values, self._validate
+        )
         for group in self.param_groups:
-            validate_group(_GROUP_HYPERPARAMETERS, group)  # schedulers and users edit groups
             if not group["perturbed"]:
                 continue
             params = [p for p in group["params"] if p.grad is not None and self._selects(p)]

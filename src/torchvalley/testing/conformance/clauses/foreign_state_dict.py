@@ -33,7 +33,7 @@ class ForeignOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """Never called by the clause (only the saved dict matters)."""
-        raise NotImplementedError
+        raise NotImplementedError("the foreign optimizer only provides a state_dict")
 
 
 def _from_torch(entry: OptimizerEntry) -> bool:
