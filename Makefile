@@ -9,6 +9,9 @@ PIP := $(PY) -m pip
 # The install is redone when pyproject.toml or constraints.txt change.
 STAMP := $(VENV)/.torchvalley-installed
 PYTEST_WORKERS ?= 2
+# Anchors whose metadata asks for torchvision (no CPU wheel for torch 2.13 here; none of them
+# imports it): installed without dependencies; their real ones are in the anchors extra.
+NO_DEPS_ANCHORS := laplace-torch backpack-for-pytorch curvlinops-for-pytorch
 DEMO_OUT ?= reports/demo
 
 .PHONY: help install demo test test-slow bench lint format clean
@@ -23,11 +26,13 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# The anchors extra (geoopt, pytorch_optimizer, posteriors, PyHessian) is installed too: the
+# The anchors extra (geoopt, pytorch_optimizer, posteriors, PyHessian, brevitas, laplace-torch),
+# rl (gymnasium) and cluster (optuna, ray, PostgreSQL via pgserver) are installed too: the
 # tests that compare against those libraries run in `make test` and in CI, not only in `make bench`.
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev,integrations,anchors]"
+	$(PIP) install --quiet -c constraints.txt -e ".[bench,dev,integrations,anchors,rl,cluster]"
+	$(PIP) install --quiet --no-deps -c constraints.txt $(NO_DEPS_ANCHORS)
 	@touch $(STAMP)
 
 install: $(STAMP)
