@@ -67,7 +67,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise missing("lightning", error) from error
 
-__all__ = ["SAMCallback", "sam_manual_step", "sam_model"]
+__all__ = ["MultirateBackward", "SAMCallback", "multirate_of", "sam_manual_step", "sam_model"]
 
 
 def sam_model(module: pl.LightningModule) -> nn.Module:
@@ -352,3 +352,45 @@ class SAMCallback(pl.Callback):
             del pl_module.log, pl_module.log_dict
         if loss is not None:
             trainer.strategy.backward(loss, optimizer)
+
+
+# ------------------------------------------------------------------------------------ multirate
+
+
+def multirate_of(module: pl.LightningModule) -> Any:
+    """The :class:`~torchvalley.optim.Multirate` among the trainer's optimizers, or ``None``."""
+    from torchvalley.optim.multirate import Multirate
+
+    trainer = getattr(module, "_trainer", None)
+    for optimizer in getattr(trainer, "optimizers", None) or ():
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer's inner
+        if isinstance(optimizer, Multirate):
+            return optimizer
+    return None
+
+
+class MultirateBackward:
+    """Mixin for a ``LightningModule`` trained with :class:`~torchvalley.optim.Multirate`:
+    Lightning's backward becomes ``optimizer.backward(loss)``, so steps 2..k of a cycle run the
+    partial backward pass that stops at the fast parameters (the saving of multirate training)
+    and the optimizer counts full and partial passes. Put it first among the bases::
+
+        class Module(MultirateBackward, lightning.pytorch.LightningModule):
+            def configure_optimizers(self):
+                return Multirate(head_partition(self), base_optimizer="sgd", k=5, lr=0.1,
+                                 momentum=0.9, model=self)
+
+    Works with automatic optimization (Lightning calls ``Multirate.step(closure)``, whose
+    closure runs ``training_step`` and this backward) and with ``self.manual_backward(loss)``
+    under manual optimization. Without the mixin training is still correct, every pass is
+    full. Under DDP the forward of a partial step must run in ``no_sync``, which Lightning's
+    automatic loop does not do: use manual optimization there, with the forward inside
+    ``optimizer.pass_context()`` (or :meth:`Multirate.step` with a closure).
+    """
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        optimizer = multirate_of(self)  # type: ignore[arg-type]
+        if optimizer is None or args or set(kwargs) - {"retain_graph"}:
+            super().backward(loss, *args, **kwargs)  # type: ignore[misc]
+            return
+        optimizer.backward(loss, retain_graph=kwargs.get("retain_graph"))
