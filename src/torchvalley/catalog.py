@@ -416,3 +416,32 @@ register_optimizer(
     example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "k": 2},
     group_example={"lr": 0.01, "momentum": 0.5},
 )
+
+# ----------------------------------------------------------------------------------- adaptive
+# Adaptive step-size methods of our own (torch's Adam/AdamW stay in "baseline", which holds
+# torch's classes only).
+# isort: off
+from torchvalley.optim.a2grad import A2Grad  # noqa: E402
+
+# isort: on
+
+register_optimizer(
+    "a2grad",
+    A2Grad,
+    capabilities=Capabilities(foreach=True, separable=True),
+    hyperparameters=A2Grad.HYPERPARAMETERS,
+    summary="A2Grad: accelerated SGD with an adaptive per-coordinate step 1/(2L/(k+1) + beta "
+    "h_k), variants uni/inc/exp; averaged iterate via swap_averaged()",
+    family="adaptive",
+    paper="Deng, Cheng & Lan, Optimal Adaptive and Accelerated Stochastic Gradient Descent, "
+    "2018 (arXiv:1810.00553)",
+    example={"lips": 10.0, "beta": 10.0, "variant": "exp"},
+    group_example={
+        "lr": 0.5,
+        "lips": 5.0,
+        "beta": 1.0,
+        "variant": "uni",
+        "rho": 0.9,
+        "per_tensor": True,
+    },
+)

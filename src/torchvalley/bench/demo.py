@@ -59,6 +59,8 @@ DEMO_SPECS: dict[str, tuple[str, ...]] = {
     "riemannian": ("fgsgd:lr=0.05,momentum=0.9",),
     # Multirate over the SGD row's base: the fast part every step, the slow part every k=2.
     "multirate": ("multirate:base_optimizer=sgd,lr=0.05,momentum=0.9,k=2",),
+    # A2Grad (exp variant) from the paper's grid (L in {0.1, 1, 10}, beta in {10, ..., 1000}).
+    "adaptive": ("a2grad:variant=exp,lips=1.0,beta=10.0",),
 }
 
 #: Epochs of the spirals demo (the task's default is 1000, the paper's 4000).
