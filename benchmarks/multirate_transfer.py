@@ -38,9 +38,12 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from torchvalley.bench.tasks.transfer import load_transfer_data, pretrained_model
+from torchvalley.bench.tasks.transfer import load_shift_data, load_transfer_data, pretrained_model
 from torchvalley.optim import Multirate
 from torchvalley.optim.multirate_partitions import head_partition
+
+#: --task: the pretraining source of each fine-tuning task (bench/tasks/transfer.py)
+_SOURCE = {"classes": "classes", "shift": "all"}
 
 METHODS = ("train_all", "head_only", "progressive", "multirate_k2", "multirate_k5", "multirate_k10")
 
@@ -56,7 +59,7 @@ def _stages(model: torch.nn.Module) -> list[list[torch.Tensor]]:
 def run(method: str, seed: int, args: argparse.Namespace, data: Any) -> dict[str, Any]:
     """One fine-tuning run; returns the accuracy curve against training wall-clock."""
     torch.manual_seed(seed)
-    model = pretrained_model(seed, channels=args.channels, epochs=args.pretrain_epochs)
+    model = pretrained_model(seed, args.channels, args.pretrain_epochs, _SOURCE[args.task])
     (x, y), (x_test, y_test) = data.train, data.test
     head = list(model.classifier.parameters())
     sgd = {"lr": args.lr, "momentum": 0.9}
@@ -124,7 +127,7 @@ def run(method: str, seed: int, args: argparse.Namespace, data: Any) -> dict[str
 def timing_split(args: argparse.Namespace, data: Any, repeats: int = 30) -> dict[str, float]:
     """Median CPU (thread) times (ms) of forward, full backward, head-only backward and the SGD
     step on one batch."""
-    model = pretrained_model(0, channels=args.channels, epochs=args.pretrain_epochs)
+    model = pretrained_model(0, args.channels, args.pretrain_epochs, _SOURCE[args.task])
     x, y = data.train[0][: args.batch_size], data.train[1][: args.batch_size]
     head = list(model.classifier.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
@@ -233,6 +236,12 @@ def from_scratch(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--task",
+        choices=tuple(_SOURCE),
+        default="classes",
+        help="classes: mnist1d_transfer (new classes); shift: mnist1d_shift (shifted data)",
+    )
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--pretrain-epochs", type=int, default=15)
     parser.add_argument("--channels", type=int, default=64)
@@ -268,7 +277,7 @@ def main() -> None:
     if args.from_scratch:
         from_scratch(args)
         return
-    data = load_transfer_data(42)
+    data = load_transfer_data(42) if args.task == "classes" else load_shift_data()
     methods = args.methods.split(",")
     started = time.process_time()
     split = timing_split(args, data)

@@ -54,3 +54,33 @@ def test_task_is_registered_and_multirate_picks_the_head() -> None:
     model = pretrained_model(seed=0, channels=4, epochs=1)
     opt = Multirate(model.parameters(), model=model, k=5, lr=0.05, momentum=0.9)
     assert opt._fast_params() == list(model.classifier.parameters())
+
+
+def test_generator_overrides_reach_mnist1d_and_the_shift_task_uses_them(monkeypatch) -> None:
+    from torchvalley.bench.tasks import transfer
+
+    small = {"num_samples": 200}  # generating the full 5000 signals takes seconds
+    plain = load_mnist1d(43, **small)
+    shifted = load_mnist1d(43, **small, **transfer.SHIFT_ARGS)
+    assert shifted.train[0].shape == plain.train[0].shape == (160, 40)
+    assert not torch.equal(shifted.train[0], plain.train[0])
+    assert torch.equal(load_mnist1d(43, **small).train[0], plain.train[0])  # deterministic
+    with pytest.raises(ValueError, match="generator argument: 'noise'"):
+        load_mnist1d(42, noise=0.1)
+    calls = []
+    monkeypatch.setattr(transfer, "load_mnist1d", lambda seed, **kw: calls.append((seed, kw)))
+    transfer.load_shift_data()
+    assert calls == [(43, transfer.SHIFT_ARGS)]
+
+
+def test_shift_backbone_is_pretrained_on_all_classes_with_a_fresh_10_way_head() -> None:
+    torch.manual_seed(0)
+    model = pretrained_model(seed=3, channels=4, epochs=1, source="all")
+    assert model.classifier.out_features == 10
+    state = _pretrained_state(3, 4, 1, "all")
+    assert torch.equal(model.features[0].weight, state["features.0.weight"])
+    assert not torch.equal(model.classifier.weight, state["classifier.weight"])
+    task = get_task("mnist1d_shift")
+    assert task.info["num_classes"] == 10 and task.info["generator_args"]["shear_scale"] == 0.85
+    with pytest.raises(ValueError, match="Invalid source"):
+        pretrained_model(source="imagenet")

@@ -25,7 +25,7 @@ MNIST1D_LENGTH = 40
 MNIST1D_CLASSES = 10
 
 
-def load_mnist1d(data_seed: int) -> TaskData:
+def load_mnist1d(data_seed: int, **generator_args: float) -> TaskData:
     """Generate MNIST-1D locally: 4000 train / 1000 test signals of length 40, 10 classes.
 
     Uses ``mnist1d.data.make_dataset`` with the package's default arguments and
@@ -34,6 +34,8 @@ def load_mnist1d(data_seed: int) -> TaskData:
 
     Args:
         data_seed: seed of the generator.
+        generator_args: overrides of ``mnist1d.data.get_dataset_args()`` (e.g.
+            ``iid_noise_scale=0.05``: a shifted distribution); unknown names raise ``ValueError``.
 
     Returns:
         float32 inputs of shape ``(N, 40)`` and int64 class targets.
@@ -43,6 +45,10 @@ def load_mnist1d(data_seed: int) -> TaskData:
 
     args = get_dataset_args()
     args.seed = int(data_seed)
+    for name, value in generator_args.items():
+        if name not in vars(args) or name in ("seed", "url"):
+            raise ValueError(f"Invalid MNIST-1D generator argument: {name!r}")
+        setattr(args, name, value)
     with preserved_global_rngs():
         dataset = make_dataset(args)
     return TaskData(
