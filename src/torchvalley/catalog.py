@@ -398,6 +398,70 @@ register_optimizer(
     group_example={**_LANGEVIN_GROUP_EXAMPLE, "dynamics": "overdamped"},
 )
 
+# CoLA: constrained Langevin (orthogonality / norm constraints), underdamped and overdamped
+# isort: off
+from torchvalley.dynamics.constrained import ConstrainedLangevin  # noqa: E402
+from torchvalley.dynamics.constrained_groups import cola_factory  # noqa: E402
+
+# isort: on
+
+_COLA_PAPER = (
+    "Leimkuhler, Vlaar, Pouchon & Storkey, Better Training using Weight-Constrained Stochastic "
+    "Dynamics, ICML 2021"
+)
+_COLA_SETTINGS = tuple(
+    dataclasses.replace(
+        h,
+        default="orthogonal",
+        doc="None, 'orthogonal' (o-CoLA) or 'norm' (c-CoLA); with model=: the constraint of "
+        "the paper's layers (the rest unconstrained), weights put on the set",
+    )
+    if h.name == "constraint"
+    else h
+    for h in ConstrainedLangevin.HYPERPARAMETERS
+    if h.name != "dynamics"
+)
+# The conformance problems' weights fit |w| <= 3, and explicit groups with 1-dim tensors need
+# a constraint they can take: the example runs c-CoLA (norm); o-CoLA's own conformance run is
+# in tests/dynamics/test_constrained_conformance.py.
+_COLA_EXAMPLE = {
+    "lr": 0.1,
+    "friction": 1.0,
+    "temperature": 1e-4,
+    "constraint": "norm",
+    "radius": 3.0,
+}
+_COLA_GROUP_EXAMPLE = {
+    "lr": 0.05,
+    "temperature": 1e-2,
+    "weight_decay": 0.01,
+    "radius": 5.0,
+}
+register_optimizer(
+    "cola_ud",
+    cola_factory("cola_ud", "underdamped"),
+    capabilities=_NOISY_WITH_MODEL,
+    hyperparameters=_COLA_SETTINGS,
+    summary="CoLA underdamped: geodesic BAOAB with RATTLE drifts on orthogonality (o-CoLA) / "
+    "norm (c-CoLA) constraints per group; BAOAB on unconstrained groups",
+    family="langevin",
+    paper=_COLA_PAPER,
+    example=_COLA_EXAMPLE,
+    group_example={**_COLA_GROUP_EXAMPLE, "friction": 3.0},
+)
+register_optimizer(
+    "cola_od",
+    cola_factory("cola_od", "overdamped"),
+    capabilities=_NOISY_WITH_MODEL,
+    hyperparameters=tuple(h for h in _COLA_SETTINGS if h.name != "friction"),
+    summary="CoLA overdamped: constrained Euler-Maruyama (multiplier solve) on orthogonality / "
+    "norm constraints per group; SGLD on unconstrained groups",
+    family="langevin",
+    paper=_COLA_PAPER,
+    example={k: v for k, v in _COLA_EXAMPLE.items() if k != "friction"},
+    group_example=_COLA_GROUP_EXAMPLE,
+)
+
 # ---------------------------------------------------------------------------------- multirate
 # isort: off
 from torchvalley.optim.multirate import Multirate  # noqa: E402

@@ -6,6 +6,8 @@ The registry entries ``sgld``, ``baoab``, ``sghmc``, ``sgnht``, ``lala``, ``adla
 """
 
 from torchvalley.dynamics import operators as operators
+from torchvalley.dynamics.constrained import ConstrainedLangevin as ConstrainedLangevin
+from torchvalley.dynamics.constrained_groups import constrain_model as constrain_model
 from torchvalley.dynamics.langevin import DEFAULT_SCHEMES as DEFAULT_SCHEMES
 from torchvalley.dynamics.langevin import DYNAMICS as DYNAMICS
 from torchvalley.dynamics.langevin import LangevinSplitting as LangevinSplitting

@@ -1,0 +1,612 @@
+"""Constrained Langevin dynamics (CoLA): orthogonality and norm constraints, two dynamics.
+
+Leimkuhler, Vlaar, Pouchon & Storkey, "Better Training using Weight-Constrained Stochastic
+Dynamics", ICML 2021 (and "Constraint-based Regularization of Neural Networks", 2020).
+Notation as :mod:`.langevin`: ``h`` the step ``lr``, ``gamma`` friction, ``tau`` temperature,
+unit mass, ``G = grad U + wd * theta``, ``R ~ N(0, I)``, ``c = exp(-gamma h)``,
+``s = sqrt((1 - c**2) tau)``. Each param group has a ``constraint``:
+
+* ``"orthogonal"`` (o-CoLA): the weight viewed as ``W`` (``n x m``, ``n`` = output channels,
+  ``m`` = the rest), ``W^T W = I`` when ``n >= m`` and ``W W^T = I`` otherwise (the tall view of
+  :class:`~torchvalley.manifolds.Stiefel` with ``flatten=True``, whose ``proju`` is the tangent
+  projection ``Pi_W(P) = P - W sym(W^T P)``).
+* ``"norm"`` (c-CoLA): each scalar weight ``w`` with an auxiliary coordinate ``xi`` on the
+  circle ``w**2 + xi**2 = r**2`` (so ``|w| <= r``, ``r`` the group's ``radius``); momenta
+  ``(p_w, p_xi)`` tangent: ``w p_w + xi p_xi = 0``.
+* ``None``: plain Langevin (biases, the first layer, normalization layers): the very operations
+  and noise keys of :class:`~torchvalley.dynamics.LangevinSplitting` (BAOAB) and SGLD.
+
+Underdamped (``cola_ud``), geodesic BAOAB with one gradient per step (the cyclic permutation of
+:mod:`.langevin`: the owed ``B_{h/2}`` of step ``k-1`` merged with the ``B_{h/2}`` of step k)::
+
+    p = Pi_theta(p - (h_prev/2 + h/2) G)          # B: the two half kicks, projected
+    theta, p = RATTLE(theta, p, h/2)              # A_{h/2}
+    p = Pi_theta(c p + s R)                       # O: exact OU, projected
+    theta, p = RATTLE(theta, p, h/2)              # A_{h/2}
+
+``RATTLE(theta, p, t)`` for ``"orthogonal"``: ``W~ = W + t P``; ``W' = W~ + W Lambda`` with
+``Lambda`` symmetric such that ``W'^T W' = I`` (the multiplier along the constraint gradient at
+the *old* point, :func:`rattle_solve`); ``P = Pi_{W'}(P + (W' - W~) / t)``. For ``"norm"`` it is
+the exact geodesic flow: the rotation of ``(w, xi)`` and ``(p_w, p_xi)`` by the angle
+``t (xi p_w - w p_xi) / r**2`` (no solve).
+
+Overdamped (``cola_od``), constrained Euler-Maruyama (Ciccotti, Lelievre & Vanden-Eijnden 2008)::
+
+    theta~ = theta - h G + sqrt(2 h tau) R
+    theta' = theta~ + grad g(theta)^T lambda      # lambda such that g(theta') = 0
+
+(orthogonal: :func:`rattle_solve`; norm: the root of a scalar quadratic per element, closed form).
+
+The orthogonality solve iterates to a tolerance (``tolerance``, default per dtype
+:data:`DEFAULT_TOLERANCE`, ``max_iterations``); the residual ``max |W'^T W' - I|`` of every
+solved tensor is measured after the step and reported by :meth:`ConstrainedLangevin.diagnostics`
+with the iteration counts. The reference code (``oCoLAud``) instead runs a fixed 10 iterations of
+the same SHAKE update on the full ``n x m`` matrix and never checks the residual.
+
+Noise keys (:class:`~torchvalley.CounterNoise`, ``index`` the parameter's position over all
+groups): underdamped ``16 k + 2`` (BAOAB's ``O`` slot) for ``p`` and ``16 k + 5`` for ``p_xi``;
+overdamped ``16 k`` (SGLD's) for ``theta`` and ``16 k + 1`` for ``xi``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from torchvalley.dynamics import engine
+from torchvalley.dynamics import operators as ops
+from torchvalley.dynamics.langevin import _real, parse_scheme
+from torchvalley.manifolds.stiefel import Stiefel, _addmm
+from torchvalley.noise import CounterNoise
+from torchvalley.registry import Hyperparameter, validate_group
+
+__all__ = [
+    "CONSTRAINTS",
+    "DEFAULT_TOLERANCE",
+    "ConstrainedLangevin",
+    "SolveReport",
+    "constraint_residual",
+    "rattle_solve",
+]
+
+CONSTRAINTS = (None, "orthogonal", "norm")
+DYNAMICS = ("underdamped", "overdamped")
+#: residual targets ``max |W^T W - I|`` (``|w^2 + xi^2 - r^2| / r^2``) per dtype
+DEFAULT_TOLERANCE = {torch.float32: 4e-6, torch.float64: 1e-13}
+_GROUP_KEYS = ("lr", "friction", "temperature", "weight_decay", "constraint", "radius")
+_STATE_KEYS = frozenset({"momentum", "xi", "xi_momentum"})
+_GEOMETRY = Stiefel(flatten=True)  # the tall view and the tangent projection
+_BAOAB = parse_scheme("BAOAB")
+_SLOT_O, _SLOT_XI_UD, _SLOT_XI_OD = 2, 5, 1
+
+
+class SolveReport:
+    """Largest residual and iteration count of one step's orthogonality solves (and norm
+    residuals), and the number of solves that needed the polar fallback."""
+
+    __slots__ = ("fallbacks", "iterations", "residual", "solves")
+
+    def __init__(self) -> None:
+        self.residual, self.iterations, self.solves, self.fallbacks = 0.0, 0, 0, 0
+
+    def add(self, residual: float, iterations: int = 0, fallback: bool = False) -> None:
+        self.residual = max(self.residual, residual)
+        self.iterations = max(self.iterations, iterations)
+        self.solves += 1 if iterations else 0
+        self.fallbacks += int(fallback)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "residual": self.residual,
+            "iterations": self.iterations,
+            "solves": self.solves,
+            "fallbacks": self.fallbacks,
+        }
+
+
+def constraint_residual(w: Tensor) -> float:
+    """``max |W^T W - I|`` of a tall matrix (a host float)."""
+    gram = w.transpose(-1, -2) @ w
+    gram.diagonal().sub_(1.0)
+    return float(gram.abs().max())
+
+
+def rattle_solve(
+    x: Tensor, y: Tensor, tolerance: float, max_iterations: int
+) -> tuple[Tensor, int, float, bool]:
+    """``W' = Y + X Lambda`` with ``Lambda`` symmetric and ``W'^T W' = I`` (tall ``X``, ``Y``).
+
+    ``X`` is the old point (``X^T X = I``), ``Y`` the unconstrained update. Write
+    ``Y = X A + N`` (``A = X^T Y``, ``N`` normal to the columns of ``X``); then
+    ``W' = X (A + Lambda) + N`` and the condition is ``Z^T Z = C`` with ``Z = A + Lambda``,
+    ``C = I - N^T N = I - (Y^T Y - A^T A)``: an ``m x m`` problem. It is solved by the SHAKE
+    update ``Lambda -= (Z^T Z - C) / 2`` (the reference's iteration, whose Jacobian ``2 I`` is
+    exact at ``Z = I``: the error contracts by about ``||A - I + Lambda||``, i.e. by ``h ||P||``
+    per iteration) until ``max |Z^T Z - C| <= tolerance / 4``, then ``W'`` is assembled and its
+    residual measured; should rounding in the ``n x m`` products leave it above ``tolerance``,
+    the same update runs on ``W'`` itself. If the iteration stalls or diverges (steps with
+    ``h ||P|| ~ 1``), ``W'`` is the polar factor of ``Y`` (closed form; its correction agrees
+    with the multiplier's to ``O(h**3)``), and the fallback is reported.
+
+    Returns:
+        ``(W', iterations, residual, fell_back)``.
+    """
+    m = x.shape[-1]
+    a = x.transpose(-1, -2) @ y
+    c = -(y.transpose(-1, -2) @ y)
+    c = torch.addmm(c, a.transpose(-1, -2), a)  # A^T A - Y^T Y
+    c.diagonal().add_(1.0)  # C = I - N^T N
+    lam = torch.zeros(m, m, dtype=x.dtype, device=x.device)
+    previous = math.inf
+    iterations = 0
+    inner = tolerance / 4
+    fell_back = False
+    for iterations in range(1, max_iterations + 1):  # noqa: B007 (reported)
+        z = a + lam
+        f = z.transpose(-1, -2) @ z - c
+        r = float(f.abs().max())
+        if r <= inner:
+            break
+        if not math.isfinite(r) or r > 0.9 * previous:
+            if r <= tolerance:
+                break  # stalled at the rounding floor, already within the tolerance
+            fell_back = True
+            break
+        previous = r
+        lam.sub_(f + f.transpose(-1, -2), alpha=0.25)  # Lambda -= (F + F^T)/4 (F symmetric)
+    else:
+        fell_back = r > tolerance
+    if not fell_back:
+        w = _addmm(y, x, lam, 1.0)
+        residual = constraint_residual(w)
+        for _ in range(max_iterations):
+            if residual <= tolerance:
+                break
+            gram = w.transpose(-1, -2) @ w
+            gram.diagonal().sub_(1.0)
+            w = _addmm(w, x, gram, -0.5)
+            iterations += 1
+            new = constraint_residual(w)
+            if not new < 0.9 * residual:
+                residual = new
+                break
+            residual = new
+        fell_back = residual > tolerance
+    if fell_back:
+        u, _, vh = torch.linalg.svd(y, full_matrices=False)
+        w = u @ vh
+        residual = constraint_residual(w)
+    return w, iterations, residual, fell_back
+
+
+class ConstrainedLangevin(torch.optim.Optimizer):
+    """CoLA: Langevin dynamics with orthogonality / norm constraints per param group.
+
+    See the module docstring for the updates. Build the papers' param groups (and put a model's
+    weights on their constraint sets) with :func:`~torchvalley.dynamics.constrain_model`.
+
+    Args:
+        params: parameters or param groups; each group may set every hyperparameter below up to
+            ``radius``.
+        lr: step ``h``.
+        friction: ``gamma`` (underdamped only).
+        temperature: ``tau``; ``0`` gives constrained SGD with momentum (underdamped) or
+            constrained gradient descent (overdamped).
+        weight_decay: ``wd`` added to the gradient (``wd * theta``).
+        constraint: ``None``, ``"orthogonal"`` or ``"norm"`` (see the module docstring).
+        radius: ``r`` of the ``"norm"`` constraint (weights must satisfy ``|w| <= r``).
+        dynamics: ``"underdamped"`` (``cola_ud``) or ``"overdamped"`` (``cola_od``).
+        seed: noise seed, an integer in ``[0, 2**64)``.
+        tolerance: residual target of the orthogonality solve (``None``: per dtype,
+            :data:`DEFAULT_TOLERANCE`).
+        max_iterations: cap on the solve's iterations before its polar fallback.
+
+    Raises:
+        ValueError: for an invalid hyperparameter or constraint, a ``radius <= 0``, an
+            orthogonal tensor with fewer than 2 dimensions, a constrained tensor that is not
+            float32/float64, or weights off their constraint set at construction.
+
+    Example:
+        >>> from torchvalley.dynamics import constrain_model
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        >>> opt = ConstrainedLangevin(constrain_model(net, "orthogonal"), lr=0.1, temperature=0.0)
+        >>> net(torch.ones(2, 4)).sum().backward()
+        >>> opt.step()
+        >>> opt.diagnostics()[0]["residual"] < 1e-5
+        True
+    """
+
+    HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
+        Hyperparameter("lr", "positive", 0.1, "step size h"),
+        Hyperparameter("friction", "non_negative", 1.0, "friction gamma (underdamped)"),
+        Hyperparameter("temperature", "non_negative", 1e-4, "temperature tau"),
+        Hyperparameter("weight_decay", "non_negative", 0.0, "L2 penalty added to the gradient"),
+        Hyperparameter("constraint", "any", None, "None, 'orthogonal' (o-CoLA) or 'norm' (c-CoLA)"),
+        Hyperparameter("radius", "positive", 1.0, "r of the norm constraint |w| <= r"),
+        Hyperparameter("dynamics", "choice", "underdamped", "underdamped or overdamped", DYNAMICS),
+        Hyperparameter("seed", "any", 0, "noise seed, an integer in [0, 2**64)"),
+        Hyperparameter(
+            "tolerance", "optional_positive", None, "orthogonality residual target (None: dtype's)"
+        ),
+        Hyperparameter("max_iterations", "positive_int", 100, "cap on the solve's iterations"),
+    )
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.1,
+        friction: float = 1.0,
+        temperature: float = 1e-4,
+        weight_decay: float = 0.0,
+        constraint: str | None = None,
+        radius: float = 1.0,
+        dynamics: str = "underdamped",
+        seed: int = 0,
+        tolerance: float | None = None,
+        max_iterations: int = 100,
+    ) -> None:
+        wide = {"dynamics": dynamics, "tolerance": tolerance, "max_iterations": max_iterations}
+        validate_group(self.HYPERPARAMETERS, wide)
+        try:
+            self._noise = CounterNoise(seed)
+        except ValueError:
+            raise ValueError(
+                f"Invalid seed: expected an integer in [0, 2**64), got {seed!r}"
+            ) from None
+        self._dynamics, self._tolerance, self._max_iterations = dynamics, tolerance, max_iterations
+        self._checked: dict[int, tuple] = {}
+        self._scratch: dict[torch.dtype, Tensor] = {}
+        self._reports: list[SolveReport] = []
+        defaults = {
+            "lr": lr,
+            "friction": friction,
+            "temperature": temperature,
+            "weight_decay": weight_decay,
+            "constraint": constraint,
+            "radius": radius,
+        }
+        super().__init__(params, defaults)
+        self.state["cola"] = {"step": 0, "groups": {}}
+
+    # ------------------------------------------------------------------ validation
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; ``dynamics``, ``seed``, ``tolerance``, ``max_iterations`` are
+        optimizer-wide. Its constrained tensors must lie on their constraint set."""
+        for key in ("dynamics", "seed", "tolerance", "max_iterations"):
+            if key in param_group:
+                raise ValueError(f"Invalid {key}: it is optimizer-wide, not per param group")
+        super().add_param_group(param_group)
+        index = len(self.param_groups) - 1
+        self._check(index, self.param_groups[index], on_set=True)
+
+    def _check(self, index: int, group: Mapping[str, Any], on_set: bool = False) -> None:
+        """Validate a group's values (re-checked at ``step`` only after a change)."""
+        values = tuple(group.get(key) for key in _GROUP_KEYS)
+        checked = self._checked.get(index)
+        if checked is not None and all(a is b for a, b in zip(checked, values, strict=True)):
+            return
+        _check_group(self.HYPERPARAMETERS, group)
+        constraint = group["constraint"]
+        for position, p in enumerate(group["params"]):
+            if constraint is not None:
+                _check_tensor(p, constraint, group["radius"], position, self._tol(p), on_set)
+        gstate = self.state.get("cola", {}).get("groups", {}).get(index, {})
+        if "constraint" in gstate and (
+            gstate["constraint"] != constraint or gstate["radius"] != group["radius"]
+        ):
+            raise ValueError(
+                f"Invalid constraint/radius: param group {index} was stepped with "
+                f"constraint={gstate['constraint']!r}, radius={gstate['radius']!r}; changing them "
+                "invalidates its auxiliary coordinates: build a new optimizer"
+            )
+        self._checked[index] = values
+
+    def _tol(self, p: Tensor) -> float:
+        return self._tolerance or DEFAULT_TOLERANCE.get(p.dtype, 1e-5)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a copy of ``state_dict``; refuse another optimizer's (``ValueError``)."""
+        state_dict = copy.deepcopy(state_dict)
+        groups, state = state_dict.get("param_groups"), state_dict.get("state")
+        if not isinstance(groups, list) or not isinstance(state, Mapping):
+            raise ValueError("Invalid state_dict: expected an optimizer's state and param_groups")
+        for index, saved in enumerate(groups):
+            missing = [key for key in _GROUP_KEYS if key not in saved]
+            if missing:
+                raise ValueError(
+                    f"Invalid state_dict: not a ConstrainedLangevin state_dict (param group "
+                    f"{index} lacks {missing}: saved by another optimizer?)"
+                )
+            _check_group(self.HYPERPARAMETERS, dict(saved))
+        shared = state.get("cola")
+        if not isinstance(shared, Mapping) or not {"step", "groups"} <= set(shared):
+            raise ValueError(
+                "Invalid state_dict: it lacks the sampler state 'cola' (step counter, pending "
+                "kicks): not a ConstrainedLangevin state_dict"
+            )
+        for key, entry in state.items():
+            if key == "cola":
+                continue
+            unknown = sorted(set(entry) - _STATE_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"Invalid state_dict: parameter {key} has state {unknown}, not "
+                    f"ConstrainedLangevin's {sorted(_STATE_KEYS)} (saved by another optimizer?)"
+                )
+        self._checked.clear()
+        super().load_state_dict(state_dict)
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One step with the gradients in ``.grad``; parameters without one are left alone
+        (no kick, drift, friction or noise) and keep their state."""
+        for index, group in enumerate(self.param_groups):
+            self._check(index, group)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        shared = self.state["cola"]
+        k = shared["step"]
+        group_states = dict(shared["groups"])
+        self._reports = []
+        position = 0
+        for gi, group in enumerate(self.param_groups):
+            report = SolveReport()
+            self._reports.append(report)
+            params, grads, indices = [], [], []
+            for p in group["params"]:
+                if p.grad is not None:
+                    params.append(p)
+                    grads.append(p.grad)
+                    indices.append(position)
+                position += 1
+            if not params:
+                continue
+            wd = group["weight_decay"]
+            if wd:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            gstate = dict(group_states.get(gi, {}))
+            if group["constraint"] is not None:
+                gstate.update(constraint=group["constraint"], radius=group["radius"])
+            if self._dynamics == "overdamped":
+                self._overdamped(group, params, grads, indices, k, report)
+            else:
+                momenta = []
+                for p in params:
+                    state = self.state[p]
+                    if "momentum" not in state:
+                        state["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    momenta.append(state["momentum"])
+                self._underdamped(group, params, grads, momenta, indices, gstate, k, report)
+                gstate["pending_lr"], gstate["pending_step"] = group["lr"], k
+            group_states[gi] = gstate
+        self.state["cola"] = {"step": k + 1, "groups": group_states}
+        return loss
+
+    def _langevin_view(self, group: Mapping[str, Any], dynamics: str) -> dict[str, Any]:
+        """The group as :mod:`.engine` reads a LangevinSplitting group (unit mass)."""
+        return {
+            "mass": 1.0,
+            "temperature": group["temperature"],
+            "friction": group["friction"],
+            "dynamics": dynamics,
+            "noise_scale": 0.0,
+        }
+
+    def _run_engine(self, passes, params, momenta, grads, indices, view) -> None:
+        """The LangevinSplitting default path (same operations, order and noise keys)."""
+        prog = [op for items, h, k in passes for op in engine.program(items, h, k, view)]
+        tensors = list(zip(params, momenta, grads, indices, strict=True))
+        for part in engine.segments(prog):
+            engine.run_segment(part, tensors, self._noise, self._scratch)  # type: ignore[arg-type]
+
+    def _noise_like(self, t: Tensor, key: int, index: int) -> Tensor:
+        return self._noise.gaussian(t, step=key, index=index, dtype=torch.float32).to(t.dtype)
+
+    def _underdamped(self, group, params, grads, momenta, indices, gstate, k, report) -> None:
+        h, constraint = group["lr"], group["constraint"]
+        if constraint is None:  # BAOAB, exactly as LangevinSplitting runs it
+            head, tail = _BAOAB
+            passes = [(head, h, k)]
+            if "pending_lr" in gstate:
+                passes.insert(0, (tail, gstate["pending_lr"], gstate["pending_step"]))
+            real = [_real(t) for t in params], [_real(t) for t in momenta]
+            view = self._langevin_view(group, "langevin")
+            self._run_engine(passes, *real, [_real(g) for g in grads], indices, view)
+            return
+        kick = 0.5 * h + (0.5 * gstate["pending_lr"] if "pending_lr" in gstate else 0.0)
+        c = ops.ou_coefficient(group["friction"], h)
+        scale = math.sqrt(max(1.0 - c * c, 0.0) * group["temperature"])
+        key, tol = engine.SLOTS * k, self._tol(params[0])
+        for theta, p, g, i in zip(params, momenta, grads, indices, strict=True):
+            noise = self._noise_like(theta, key + _SLOT_O, i) if scale else None
+            if constraint == "orthogonal":
+                w, mom = _GEOMETRY._tall(theta), _GEOMETRY._tall(p)
+                mom.copy_(_GEOMETRY.proju(w, mom - kick * _GEOMETRY._tall(g)))  # B, projected
+                self._rattle(w, mom, 0.5 * h, tol, report)  # A_{h/2}
+                mom.mul_(c)  # O: p = c p + s R, projected
+                if noise is not None:
+                    mom.add_(_GEOMETRY._tall(noise), alpha=scale)
+                mom.copy_(_GEOMETRY.proju(w, mom))
+                self._rattle(w, mom, 0.5 * h, tol, report)  # A_{h/2}
+                continue
+            r = group["radius"]
+            xi, pxi = self._circle_state(theta, r)
+            p.sub_(g, alpha=kick)  # B on p_w, then the tangent projection of (p_w, p_xi)
+            _project_circle(theta, xi, p, pxi, r)
+            _rotate(theta, xi, p, pxi, 0.5 * h, r)  # A_{h/2}: exact geodesic flow
+            p.mul_(c)
+            pxi.mul_(c)
+            if noise is not None:  # O on both momenta, projected
+                p.add_(noise, alpha=scale)
+                pxi.add_(self._noise_like(theta, key + _SLOT_XI_UD, i), alpha=scale)
+                _project_circle(theta, xi, p, pxi, r)
+            _rotate(theta, xi, p, pxi, 0.5 * h, r)  # A_{h/2}
+            report.add(_circle_residual(theta, xi, r))
+
+    def _rattle(self, w: Tensor, mom: Tensor, t: float, tol: float, report: SolveReport) -> None:
+        """``A_t`` on the orthogonality constraint, in place on the tall views ``w``, ``mom``."""
+        target = w + t * mom  # W~ = W + t P
+        new, iterations, residual, fell_back = rattle_solve(w, target, tol, self._max_iterations)
+        mom.add_(new - target, alpha=1.0 / t)  # P += (W' - W~) / t
+        w.copy_(new)
+        mom.copy_(_GEOMETRY.proju(w, mom))  # P = Pi_{W'}(P)
+        report.add(residual, iterations, fell_back)
+
+    def _overdamped(self, group, params, grads, indices, k, report) -> None:
+        h, tau, constraint = group["lr"], group["temperature"], group["constraint"]
+        if constraint is None:  # SGLD, exactly as LangevinSplitting runs it
+            real = [_real(t) for t in params]
+            view = self._langevin_view(group, "sgld")
+            self._run_engine(
+                [(engine.SGLD, h, k)], real, real, [_real(g) for g in grads], indices, view
+            )
+            return
+        sigma, key, tol = math.sqrt(2.0 * h * tau), engine.SLOTS * k, self._tol(params[0])
+        for theta, g, i in zip(params, grads, indices, strict=True):
+            target = theta - h * g  # theta~ = theta - h G + sqrt(2 h tau) R
+            if sigma:
+                target.add_(self._noise_like(theta, key, i), alpha=sigma)
+            if constraint == "orthogonal":
+                w = _GEOMETRY._tall(theta)
+                new, iterations, residual, fell_back = rattle_solve(
+                    w, _GEOMETRY._tall(target), tol, self._max_iterations
+                )
+                w.copy_(new)
+                report.add(residual, iterations, fell_back)
+                continue
+            r = group["radius"]
+            xi, _ = self._circle_state(theta, r, momentum=False)
+            xi_target = xi.clone()
+            if sigma:
+                xi_target.add_(self._noise_like(theta, key + _SLOT_XI_OD, i), alpha=sigma)
+            _circle_multiplier(theta, xi, target, xi_target, r)
+            report.add(_circle_residual(theta, xi, r))
+
+    def _circle_state(self, theta: Tensor, r: float, momentum: bool = True):
+        """``xi`` (``+sqrt(r**2 - w**2)`` on the first step) and ``p_xi`` (zero at first)."""
+        state = self.state[theta]
+        if "xi" not in state:
+            state["xi"] = (r * r - theta * theta).clamp_min_(0.0).sqrt_()
+        if momentum and "xi_momentum" not in state:
+            state["xi_momentum"] = torch.zeros_like(theta)
+        return state["xi"], state.get("xi_momentum")
+
+    def diagnostics(self) -> list[dict[str, float]]:
+        """Per group, for the last step: ``residual`` (the largest ``max |W^T W - I|`` of its
+        orthogonal tensors, or ``max |w**2 + xi**2 - r**2| / r**2`` of its norm ones),
+        ``iterations`` (the most a solve took), ``solves`` and ``fallbacks`` (polar
+        fallbacks); zeros for unconstrained groups and before the first step."""
+        return [report.as_dict() for report in self._reports] or [
+            SolveReport().as_dict() for _ in self.param_groups
+        ]
+
+
+# ---------------------------------------------------------------------- validation helpers
+def _check_group(declared: tuple[Hyperparameter, ...], group: Mapping[str, Any]) -> None:
+    missing = [key for key in _GROUP_KEYS if key not in group]
+    if missing:
+        raise ValueError(f"Invalid param group: it lacks {missing}")
+    validate_group(declared, group)  # type: ignore[arg-type]
+    constraint = group["constraint"]
+    if isinstance(constraint, bool) or constraint not in CONSTRAINTS:
+        raise ValueError(f"Invalid constraint: {constraint!r} (one of None, 'orthogonal', 'norm')")
+
+
+def _check_tensor(
+    p: Tensor, constraint: str, radius: float, position: int, tol: float, on_set: bool
+) -> None:
+    """A constrained tensor's dtype, shape and (at construction) membership."""
+    where = f"parameter {position} of its group (shape {tuple(p.shape)})"
+    if p.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"Invalid constraint: {constraint!r} needs float32/float64 weights, {where} is "
+            f"{p.dtype}"
+        )
+    if constraint == "orthogonal":
+        if p.dim() < 2:
+            raise ValueError(
+                f"Invalid constraint: 'orthogonal' needs a tensor with at least 2 dimensions, "
+                f"{where} has {p.dim()}; put biases and other 1-dim tensors in a group with "
+                "constraint=None (constrain_model does)"
+            )
+        if on_set:
+            residual = constraint_residual(_GEOMETRY._tall(p.detach()))
+            if not residual <= 100 * tol:
+                raise ValueError(
+                    f"Invalid weights: {where} is off the orthogonality constraint "
+                    f"(max |W^T W - I| = {residual:.3g}); put it on the constraint set first: "
+                    "torchvalley.dynamics.constrain_model(model, 'orthogonal') (QR or polar), "
+                    "or Stiefel(flatten=True).projx(weight)"
+                )
+    elif on_set:
+        largest = float(p.detach().abs().max()) if p.numel() else 0.0
+        if largest > radius:
+            raise ValueError(
+                f"Invalid radius: {radius}: {where} has |w| up to {largest:.4g} > radius, so it "
+                "cannot lie on the circle w**2 + xi**2 = radius**2; use a larger radius or "
+                "clip the weights: constrain_model(model, 'norm', radius=..., clip=True)"
+            )
+
+
+# ---------------------------------------------------------------------- circle geometry
+def _project_circle(w: Tensor, xi: Tensor, pw: Tensor, pxi: Tensor, r: float) -> None:
+    """``(p_w, p_xi) -= lambda (w, xi)``, ``lambda = (w p_w + xi p_xi) / r**2`` (tangent)."""
+    lam = (w * pw).add_(xi * pxi).div_(r * r)
+    pw.sub_(lam * w)
+    pxi.sub_(lam * xi)
+
+
+def _rotate(w: Tensor, xi: Tensor, pw: Tensor, pxi: Tensor, t: float, r: float) -> None:
+    """The geodesic flow for time ``t``: rotate ``(w, xi)`` and ``(p_w, p_xi)`` by
+    ``t omega``, ``omega = (xi p_w - w p_xi) / r**2``; then rescale ``(w, xi)`` to radius
+    ``r`` (removes the rounding of the rotation, a relative ``O(eps)``)."""
+    angle = (xi * pw).sub_(w * pxi).mul_(t / (r * r))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    w_new = (w * cos).add_(xi * sin)
+    xi.mul_(cos).sub_(w * sin)
+    w.copy_(w_new)
+    p_new = (pw * cos).add_(pxi * sin)
+    pxi.mul_(cos).sub_(pw * sin)
+    pw.copy_(p_new)
+    _rescale(w, xi, r)
+
+
+def _rescale(w: Tensor, xi: Tensor, r: float) -> None:
+    factor = torch.rsqrt((w * w).add_(xi * xi)).mul_(r)
+    w.mul_(factor)
+    xi.mul_(factor)
+
+
+def _circle_multiplier(w: Tensor, xi: Tensor, vw: Tensor, vxi: Tensor, r: float) -> None:
+    """In place: ``(w, xi) <- (v_w, v_xi) + lambda (w, xi)`` on the circle of radius ``r``.
+
+    ``|v + lambda u|**2 = r**2`` with ``|u| = r`` is ``r**2 lambda**2 + 2 b lambda + c = 0``,
+    ``b = u.v``, ``c = |v|**2 - r**2``; the root nearest 0 is ``-c / (b + sqrt(b**2 - r**2 c))``
+    (no cancellation). Where it does not exist (a step longer than the radius) the point is
+    projected radially.
+    """
+    b = (w * vw).add_(xi * vxi)
+    c = (vw * vw).add_(vxi * vxi).sub_(r * r)
+    disc = b * b - (r * r) * c
+    denominator = b + disc.clamp_min(0.0).sqrt()
+    ok = (disc >= 0) & (denominator > 0)
+    lam = torch.where(ok, -c / torch.where(ok, denominator, torch.ones_like(b)), 0.0)
+    w_new = vw + lam * w
+    xi_new = vxi + lam * xi
+    w.copy_(w_new)
+    xi.copy_(xi_new)
+    _rescale(w, xi, r)
+
+
+def _circle_residual(w: Tensor, xi: Tensor, r: float) -> float:
+    if not w.numel():
+        return 0.0
+    return float(((w * w + xi * xi) / (r * r) - 1.0).abs().max())
