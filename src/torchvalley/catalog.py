@@ -437,10 +437,11 @@ _COLA_GROUP_EXAMPLE = {
     "weight_decay": 0.01,
     "radius": 5.0,
 }
+_COLA = Capabilities(noisy=True, separable=False, accepts_model=True, foreach=True)
 register_optimizer(
     "cola_ud",
     cola_factory("cola_ud", "underdamped"),
-    capabilities=_NOISY_WITH_MODEL,
+    capabilities=_COLA,
     hyperparameters=_COLA_SETTINGS,
     summary="CoLA underdamped: geodesic BAOAB with RATTLE drifts on orthogonality (o-CoLA) / "
     "norm (c-CoLA) constraints per group; BAOAB on unconstrained groups",
@@ -452,7 +453,7 @@ register_optimizer(
 register_optimizer(
     "cola_od",
     cola_factory("cola_od", "overdamped"),
-    capabilities=_NOISY_WITH_MODEL,
+    capabilities=_COLA,
     hyperparameters=tuple(h for h in _COLA_SETTINGS if h.name != "friction"),
     summary="CoLA overdamped: constrained Euler-Maruyama (multiplier solve) on orthogonality / "
     "norm constraints per group; SGLD on unconstrained groups",
@@ -460,6 +461,26 @@ register_optimizer(
     paper=_COLA_PAPER,
     example={k: v for k, v in _COLA_EXAMPLE.items() if k != "friction"},
     group_example=_COLA_GROUP_EXAMPLE,
+)
+
+# --------------------------------------------------------------------------- DiMS (level sets)
+# isort: off
+from torchvalley.dynamics.dims import DiMS  # noqa: E402
+
+# isort: on
+
+register_optimizer(
+    "dims",
+    DiMS,
+    capabilities=Capabilities(needs_closure=True, passes_per_step=2, separable=False),
+    hyperparameters=DiMS.HYPERPARAMETERS,
+    summary="DiMS: a particle on the graph of the loss under gravity, friction across level "
+    "sets only; settles into the minimum set and keeps moving along it (RATTLE, ~2 passes/step)",
+    family="langevin",
+    paper="Jacobsen, Jakobsen, Gegenfurtner & Arvanitidis, Don't Stop Me Yet: Sampling Loss "
+    "Minima via Dissipative Riemannian Mechanics, arXiv:2605.15459, 2026 (our construction)",
+    example={"lr": 0.01, "gravity": 1.0, "friction": 1.0, "energy": 0.1},
+    group_example={"mass": 2.0},
 )
 
 # ---------------------------------------------------------------------------------- multirate
@@ -508,4 +529,54 @@ register_optimizer(
         "rho": 0.9,
         "per_tensor": True,
     },
+)
+
+# ----------------------------------------------------------------------------- adaptive batch
+# ABS / ABSA: a training-loop schedule carried by an optimizer wrapper (the runner calls its
+# prepare_batch and epoch_end hooks); registered with HessianFlow's defaults.
+# isort: off
+from torchvalley.schedules.abs import AdaptiveBatchSize  # noqa: E402
+
+# isort: on
+
+_ABS = Capabilities(wraps_base=True, accepts_model=True, separable=False)
+_ABS_PAPER = (
+    "Yao, Gholami, Arfeen, Liaw, Gonzalez, Keutzer & Mahoney, Large Batch Size Training of "
+    "Neural Networks with Adversarial Training and Second-Order Information, 2018 "
+    "(arXiv:1810.01021)"
+)
+
+
+def _absa(params, *, model=None, **hyperparameters):
+    return AdaptiveBatchSize(
+        params, model=model, **{"adversarial_fraction": 0.2, **hyperparameters}
+    )
+
+
+register_optimizer(
+    "abs",
+    AdaptiveBatchSize,
+    capabilities=_ABS,
+    hyperparameters=AdaptiveBatchSize.HYPERPARAMETERS,
+    summary="ABS: batch grown by gradient accumulation when the top Hessian eigenvalue halves "
+    "(or after `duration` epochs), lr scaled with it; over any base optimizer",
+    family="adaptive-batch",
+    paper=_ABS_PAPER,
+    example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "initial_ratio": 2},
+    group_example={"lr": 0.01, "momentum": 0.5},
+)
+register_optimizer(
+    "absa",
+    _absa,
+    capabilities=_ABS,
+    hyperparameters=tuple(
+        dataclasses.replace(h, default=0.2) if h.name == "adversarial_fraction" else h
+        for h in AdaptiveBatchSize.HYPERPARAMETERS
+    ),
+    summary="ABSA: ABS with 20% of each batch replaced by FGSM examples (eval mode), switched "
+    "off at the largest batch",
+    family="adaptive-batch",
+    paper=_ABS_PAPER,
+    example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "initial_ratio": 2},
+    group_example={"lr": 0.01, "momentum": 0.5},
 )

@@ -61,7 +61,7 @@ from torch import Tensor
 from torchvalley.dynamics import engine
 from torchvalley.dynamics import operators as ops
 from torchvalley.dynamics.langevin import _real, parse_scheme
-from torchvalley.manifolds.stiefel import Stiefel, _addmm
+from torchvalley.manifolds.stiefel import Stiefel
 from torchvalley.noise import CounterNoise
 from torchvalley.registry import Hyperparameter, validate_group
 
@@ -80,7 +80,8 @@ DYNAMICS = ("underdamped", "overdamped")
 DEFAULT_TOLERANCE = {torch.float32: 4e-6, torch.float64: 1e-13}
 _GROUP_KEYS = ("lr", "friction", "temperature", "weight_decay", "constraint", "radius")
 _STATE_KEYS = frozenset({"momentum", "xi", "xi_momentum"})
-_GEOMETRY = Stiefel(flatten=True)  # the tall view and the tangent projection
+_GEOMETRY = Stiefel(flatten=True)  # the tall view of a weight
+_BATCHED = Stiefel()  # the tangent projection on batches of tall matrices
 _BAOAB = parse_scheme("BAOAB")
 _SLOT_O, _SLOT_XI_UD, _SLOT_XI_OD = 2, 5, 1
 
@@ -94,11 +95,13 @@ class SolveReport:
     def __init__(self) -> None:
         self.residual, self.iterations, self.solves, self.fallbacks = 0.0, 0, 0, 0
 
-    def add(self, residual: float, iterations: int = 0, fallback: bool = False) -> None:
+    def add(
+        self, residual: float, iterations: int = 0, solves: int = 0, fallbacks: int = 0
+    ) -> None:
         self.residual = max(self.residual, residual)
         self.iterations = max(self.iterations, iterations)
-        self.solves += 1 if iterations else 0
-        self.fallbacks += int(fallback)
+        self.solves += solves
+        self.fallbacks += fallbacks
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -110,16 +113,22 @@ class SolveReport:
 
 
 def constraint_residual(w: Tensor) -> float:
-    """``max |W^T W - I|`` of a tall matrix (a host float)."""
+    """``max |W^T W - I|`` of a tall matrix, or the largest over a batch (a host float)."""
+    return float(_residuals(w).max()) if w.numel() else 0.0
+
+
+def _residuals(w: Tensor) -> Tensor:
+    """Per matrix of a batch ``(..., n, m)``: ``max |W^T W - I|``."""
     gram = w.transpose(-1, -2) @ w
-    gram.diagonal().sub_(1.0)
-    return float(gram.abs().max())
+    gram.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+    return gram.abs().amax(dim=(-2, -1))
 
 
 def rattle_solve(
     x: Tensor, y: Tensor, tolerance: float, max_iterations: int
-) -> tuple[Tensor, int, float, bool]:
-    """``W' = Y + X Lambda`` with ``Lambda`` symmetric and ``W'^T W' = I`` (tall ``X``, ``Y``).
+) -> tuple[Tensor, int, float, int]:
+    """``W' = Y + X Lambda`` with ``Lambda`` symmetric and ``W'^T W' = I``, for a batch of tall
+    matrices ``X``, ``Y`` of shape ``(B, n, m)`` (each matrix solved on its own).
 
     ``X`` is the old point (``X^T X = I``), ``Y`` the unconstrained update. Write
     ``Y = X A + N`` (``A = X^T Y``, ``N`` normal to the columns of ``X``); then
@@ -127,61 +136,62 @@ def rattle_solve(
     ``C = I - N^T N = I - (Y^T Y - A^T A)``: an ``m x m`` problem. It is solved by the SHAKE
     update ``Lambda -= (Z^T Z - C) / 2`` (the reference's iteration, whose Jacobian ``2 I`` is
     exact at ``Z = I``: the error contracts by about ``||A - I + Lambda||``, i.e. by ``h ||P||``
-    per iteration) until ``max |Z^T Z - C| <= tolerance / 4``, then ``W'`` is assembled and its
+    per iteration) until ``max |Z^T Z - C| <= tolerance / 4``; then ``W'`` is assembled and its
     residual measured; should rounding in the ``n x m`` products leave it above ``tolerance``,
-    the same update runs on ``W'`` itself. If the iteration stalls or diverges (steps with
-    ``h ||P|| ~ 1``), ``W'`` is the polar factor of ``Y`` (closed form; its correction agrees
-    with the multiplier's to ``O(h**3)``), and the fallback is reported.
+    the same update runs on ``W'`` itself. A matrix that has converged stops iterating (masked
+    updates), so a matrix's numbers do not depend on the others in its batch. If the iteration
+    stalls or diverges (steps with ``h ||P|| ~ 1``), ``W'`` is the polar factor of ``Y``
+    (closed form; its correction agrees with the multiplier's to ``O(h**3)``).
 
     Returns:
-        ``(W', iterations, residual, fell_back)``.
+        ``(W', iterations, residual, fallbacks)``: the most iterations any matrix took, the
+        largest final residual, and how many matrices took the polar fallback.
     """
-    m = x.shape[-1]
     a = x.transpose(-1, -2) @ y
-    c = -(y.transpose(-1, -2) @ y)
-    c = torch.addmm(c, a.transpose(-1, -2), a)  # A^T A - Y^T Y
-    c.diagonal().add_(1.0)  # C = I - N^T N
-    lam = torch.zeros(m, m, dtype=x.dtype, device=x.device)
-    previous = math.inf
+    c = torch.baddbmm(-(y.transpose(-1, -2) @ y), a.transpose(-1, -2), a)  # A^T A - Y^T Y
+    c.diagonal(dim1=-2, dim2=-1).add_(1.0)  # C = I - N^T N
+    lam = torch.zeros_like(c)
+    batch = x.shape[0]
+    active = torch.ones(batch, dtype=torch.bool, device=x.device)
+    failed = torch.zeros_like(active)
+    previous = torch.full((batch,), math.inf, dtype=x.dtype, device=x.device)
     iterations = 0
-    inner = tolerance / 4
-    fell_back = False
     for iterations in range(1, max_iterations + 1):  # noqa: B007 (reported)
         z = a + lam
-        f = z.transpose(-1, -2) @ z - c
-        r = float(f.abs().max())
-        if r <= inner:
+        f = torch.baddbmm(-c, z.transpose(-1, -2), z)  # F = Z^T Z - C
+        r = f.abs().amax(dim=(-2, -1))
+        done = r <= tolerance / 4
+        stalled = ~torch.isfinite(r) | (r > 0.9 * previous)
+        failed |= active & ~done & stalled & ~(r <= tolerance)
+        active &= ~done & ~stalled
+        if not bool(active.any()):
             break
-        if not math.isfinite(r) or r > 0.9 * previous:
-            if r <= tolerance:
-                break  # stalled at the rounding floor, already within the tolerance
-            fell_back = True
-            break
-        previous = r
-        lam.sub_(f + f.transpose(-1, -2), alpha=0.25)  # Lambda -= (F + F^T)/4 (F symmetric)
+        update = (f + f.transpose(-1, -2)).mul_(0.25 * active.to(x.dtype)[:, None, None])
+        lam.sub_(update)  # Lambda -= (F + F^T) / 4 where still iterating
+        previous = torch.where(active, r, previous)
     else:
-        fell_back = r > tolerance
-    if not fell_back:
-        w = _addmm(y, x, lam, 1.0)
-        residual = constraint_residual(w)
-        for _ in range(max_iterations):
-            if residual <= tolerance:
-                break
-            gram = w.transpose(-1, -2) @ w
-            gram.diagonal().sub_(1.0)
-            w = _addmm(w, x, gram, -0.5)
-            iterations += 1
-            new = constraint_residual(w)
-            if not new < 0.9 * residual:
-                residual = new
-                break
-            residual = new
-        fell_back = residual > tolerance
-    if fell_back:
-        u, _, vh = torch.linalg.svd(y, full_matrices=False)
-        w = u @ vh
-        residual = constraint_residual(w)
-    return w, iterations, residual, fell_back
+        failed |= active
+    w = torch.baddbmm(y, x, lam)  # W' = Y + X Lambda
+    residual = _residuals(w)
+    for _ in range(max_iterations):
+        fix = ~failed & (residual > tolerance)
+        if not bool(fix.any()):
+            break
+        gram = w.transpose(-1, -2) @ w
+        gram.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+        gram.mul_(fix.to(x.dtype)[:, None, None])  # only the matrices above the tolerance
+        w = torch.baddbmm(w, x, gram, alpha=-0.5)
+        iterations += 1
+        new = _residuals(w)
+        failed |= fix & ~(new < 0.9 * residual) & (new > tolerance)
+        residual = new
+    failed |= residual > tolerance
+    fallbacks = int(failed.sum())
+    if fallbacks:
+        u, _, vh = torch.linalg.svd(y[failed], full_matrices=False)
+        w[failed] = u @ vh
+        residual = _residuals(w)
+    return w, iterations, float(residual.max()), fallbacks
 
 
 class ConstrainedLangevin(torch.optim.Optimizer):
@@ -205,6 +215,9 @@ class ConstrainedLangevin(torch.optim.Optimizer):
         tolerance: residual target of the orthogonality solve (``None``: per dtype,
             :data:`DEFAULT_TOLERANCE`).
         max_iterations: cap on the solve's iterations before its polar fallback.
+        foreach: batch the orthogonal weights of one shape (``None``/``True``); ``False``
+            solves each alone. The numbers are the same (each matrix's iteration is masked once
+            it has converged).
 
     Raises:
         ValueError: for an invalid hyperparameter or constraint, a ``radius <= 0``, an
@@ -234,6 +247,9 @@ class ConstrainedLangevin(torch.optim.Optimizer):
             "tolerance", "optional_positive", None, "orthogonality residual target (None: dtype's)"
         ),
         Hyperparameter("max_iterations", "positive_int", 100, "cap on the solve's iterations"),
+        Hyperparameter(
+            "foreach", "optional_bool", None, "batch same-shaped orthogonal weights (None: on)"
+        ),
     )
 
     def __init__(
@@ -249,8 +265,14 @@ class ConstrainedLangevin(torch.optim.Optimizer):
         seed: int = 0,
         tolerance: float | None = None,
         max_iterations: int = 100,
+        foreach: bool | None = None,
     ) -> None:
-        wide = {"dynamics": dynamics, "tolerance": tolerance, "max_iterations": max_iterations}
+        wide = {
+            "dynamics": dynamics,
+            "tolerance": tolerance,
+            "max_iterations": max_iterations,
+            "foreach": foreach,
+        }
         validate_group(self.HYPERPARAMETERS, wide)
         try:
             self._noise = CounterNoise(seed)
@@ -259,6 +281,7 @@ class ConstrainedLangevin(torch.optim.Optimizer):
                 f"Invalid seed: expected an integer in [0, 2**64), got {seed!r}"
             ) from None
         self._dynamics, self._tolerance, self._max_iterations = dynamics, tolerance, max_iterations
+        self._foreach = foreach is None or foreach
         self._checked: dict[int, tuple] = {}
         self._scratch: dict[torch.dtype, Tensor] = {}
         self._reports: list[SolveReport] = []
@@ -277,7 +300,7 @@ class ConstrainedLangevin(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; ``dynamics``, ``seed``, ``tolerance``, ``max_iterations`` are
         optimizer-wide. Its constrained tensors must lie on their constraint set."""
-        for key in ("dynamics", "seed", "tolerance", "max_iterations"):
+        for key in ("dynamics", "seed", "tolerance", "max_iterations", "foreach"):
             if key in param_group:
                 raise ValueError(f"Invalid {key}: it is optimizer-wide, not per param group")
         super().add_param_group(param_group)
@@ -425,64 +448,88 @@ class ConstrainedLangevin(torch.optim.Optimizer):
         c = ops.ou_coefficient(group["friction"], h)
         scale = math.sqrt(max(1.0 - c * c, 0.0) * group["temperature"])
         key, tol = engine.SLOTS * k, self._tol(params[0])
-        for theta, p, g, i in zip(params, momenta, grads, indices, strict=True):
-            noise = self._noise_like(theta, key + _SLOT_O, i) if scale else None
-            if constraint == "orthogonal":
-                w, mom = _GEOMETRY._tall(theta), _GEOMETRY._tall(p)
-                mom.copy_(_GEOMETRY.proju(w, mom - kick * _GEOMETRY._tall(g)))  # B, projected
+        if constraint == "orthogonal":
+            for bucket in self._buckets(params, momenta, grads, indices):
+                thetas, moms, gs, idx = zip(*bucket, strict=True)
+                w, mom = _stack_tall(thetas), _stack_tall(moms)
+                mom = _BATCHED.proju(w, mom.sub_(_stack_tall(gs), alpha=kick))  # B, projected
                 self._rattle(w, mom, 0.5 * h, tol, report)  # A_{h/2}
                 mom.mul_(c)  # O: p = c p + s R, projected
-                if noise is not None:
-                    mom.add_(_GEOMETRY._tall(noise), alpha=scale)
-                mom.copy_(_GEOMETRY.proju(w, mom))
-                self._rattle(w, mom, 0.5 * h, tol, report)  # A_{h/2}
-                continue
-            r = group["radius"]
+                if scale:
+                    pairs = zip(thetas, idx, strict=True)
+                    noise = [self._noise_like(t, key + _SLOT_O, i) for t, i in pairs]
+                    mom.add_(_stack_tall(noise), alpha=scale)
+                mom = _BATCHED.proju(w, mom)
+                mom = self._rattle(w, mom, 0.5 * h, tol, report)  # A_{h/2}
+                _unstack_tall(w, thetas)
+                _unstack_tall(mom, moms)
+            return
+        r = group["radius"]
+        for theta, p, g, i in zip(params, momenta, grads, indices, strict=True):
             xi, pxi = self._circle_state(theta, r)
             p.sub_(g, alpha=kick)  # B on p_w, then the tangent projection of (p_w, p_xi)
             _project_circle(theta, xi, p, pxi, r)
             _rotate(theta, xi, p, pxi, 0.5 * h, r)  # A_{h/2}: exact geodesic flow
             p.mul_(c)
             pxi.mul_(c)
-            if noise is not None:  # O on both momenta, projected
-                p.add_(noise, alpha=scale)
+            if scale:  # O on both momenta, projected
+                p.add_(self._noise_like(theta, key + _SLOT_O, i), alpha=scale)
                 pxi.add_(self._noise_like(theta, key + _SLOT_XI_UD, i), alpha=scale)
                 _project_circle(theta, xi, p, pxi, r)
             _rotate(theta, xi, p, pxi, 0.5 * h, r)  # A_{h/2}
             report.add(_circle_residual(theta, xi, r))
 
-    def _rattle(self, w: Tensor, mom: Tensor, t: float, tol: float, report: SolveReport) -> None:
-        """``A_t`` on the orthogonality constraint, in place on the tall views ``w``, ``mom``."""
-        target = w + t * mom  # W~ = W + t P
-        new, iterations, residual, fell_back = rattle_solve(w, target, tol, self._max_iterations)
+    def _buckets(self, *columns: list) -> list[list[tuple]]:
+        """Orthogonal tensors of one tall shape, dtype and device, batched together
+        (``foreach``; else one per batch: the same numbers, as the solve masks per matrix)."""
+        rows = list(zip(*columns, strict=True))
+        if not self._foreach:
+            return [[row] for row in rows]
+        buckets: dict[tuple, list[tuple]] = {}
+        for row in rows:
+            t = row[0]
+            tall = _GEOMETRY._tall(t).shape
+            buckets.setdefault((tuple(tall), t.dtype, t.device), []).append(row)
+        return list(buckets.values())
+
+    def _rattle(self, w: Tensor, mom: Tensor, t: float, tol: float, report: SolveReport) -> Tensor:
+        """``A_t`` on the orthogonality constraint, on batched tall ``w`` (in place) and
+        ``mom``; returns the new momentum."""
+        target = torch.add(w, mom, alpha=t)  # W~ = W + t P
+        new, iterations, residual, fallbacks = rattle_solve(w, target, tol, self._max_iterations)
         mom.add_(new - target, alpha=1.0 / t)  # P += (W' - W~) / t
         w.copy_(new)
-        mom.copy_(_GEOMETRY.proju(w, mom))  # P = Pi_{W'}(P)
-        report.add(residual, iterations, fell_back)
+        report.add(residual, iterations, w.shape[0], fallbacks)
+        return _BATCHED.proju(w, mom)  # P = Pi_{W'}(P)
 
     def _overdamped(self, group, params, grads, indices, k, report) -> None:
         h, tau, constraint = group["lr"], group["temperature"], group["constraint"]
         if constraint is None:  # SGLD, exactly as LangevinSplitting runs it
             real = [_real(t) for t in params]
             view = self._langevin_view(group, "sgld")
-            self._run_engine(
-                [(engine.SGLD, h, k)], real, real, [_real(g) for g in grads], indices, view
-            )
+            grads = [_real(g) for g in grads]
+            self._run_engine([(engine.SGLD, h, k)], real, real, grads, indices, view)
             return
         sigma, key, tol = math.sqrt(2.0 * h * tau), engine.SLOTS * k, self._tol(params[0])
+        if constraint == "orthogonal":
+            for bucket in self._buckets(params, grads, indices):
+                thetas, gs, idx = zip(*bucket, strict=True)
+                w = _stack_tall(thetas)
+                target = w - h * _stack_tall(gs)  # W~ = W - h G + sqrt(2 h tau) R
+                if sigma:
+                    noise = [self._noise_like(t, key, i) for t, i in zip(thetas, idx, strict=True)]
+                    target.add_(_stack_tall(noise), alpha=sigma)
+                new, iterations, residual, fallbacks = rattle_solve(
+                    w, target, tol, self._max_iterations
+                )
+                report.add(residual, iterations, w.shape[0], fallbacks)
+                _unstack_tall(new, thetas)
+            return
+        r = group["radius"]
         for theta, g, i in zip(params, grads, indices, strict=True):
             target = theta - h * g  # theta~ = theta - h G + sqrt(2 h tau) R
             if sigma:
                 target.add_(self._noise_like(theta, key, i), alpha=sigma)
-            if constraint == "orthogonal":
-                w = _GEOMETRY._tall(theta)
-                new, iterations, residual, fell_back = rattle_solve(
-                    w, _GEOMETRY._tall(target), tol, self._max_iterations
-                )
-                w.copy_(new)
-                report.add(residual, iterations, fell_back)
-                continue
-            r = group["radius"]
             xi, _ = self._circle_state(theta, r, momentum=False)
             xi_target = xi.clone()
             if sigma:
@@ -554,6 +601,18 @@ def _check_tensor(
                 "cannot lie on the circle w**2 + xi**2 = radius**2; use a larger radius or "
                 "clip the weights: constrain_model(model, 'norm', radius=..., clip=True)"
             )
+
+
+# ---------------------------------------------------------------------- batches
+def _stack_tall(tensors: Iterable[Tensor]) -> Tensor:
+    """The tall views of same-shaped tensors as one ``(B, n, m)`` batch (a copy)."""
+    return torch.stack([_GEOMETRY._tall(t) for t in tensors])
+
+
+def _unstack_tall(batch: Tensor, tensors: Iterable[Tensor]) -> None:
+    """Write a ``(B, n, m)`` batch back into the tall views of ``tensors``."""
+    for matrix, t in zip(batch, tensors, strict=True):
+        _GEOMETRY._tall(t).copy_(matrix)
 
 
 # ---------------------------------------------------------------------- circle geometry
