@@ -502,8 +502,8 @@ def run_one(
         if store is not None and result.run_id is not None:
             store.record_epoch(result.run_id, epoch_record)
 
-    def measure(context: EpochContext) -> None:
-        values: dict[str, float] = {}
+    def measure(context: EpochContext, extra: Mapping[str, float] | None = None) -> None:
+        values: dict[str, float] = dict(extra or {})
         for callback in callbacks:
             values.update(callback(context) or {})
         if not values:
@@ -536,7 +536,7 @@ def run_one(
                 record,
                 wall_start,
                 bar,
-                measure if callbacks else None,
+                measure,
             )
         result.status = "finished"
     except _Diverged as diverged:
@@ -623,7 +623,7 @@ def _train(
     record: Callable[[EpochRecord], None],
     wall_start: float,
     bar: tqdm,
-    measure: Callable[[EpochContext], None] | None = None,
+    measure: Callable[..., None] | None = None,
 ) -> None:
     """The training loop; fills ``result`` and calls ``record`` (and ``measure``) once per
     evaluated epoch."""
@@ -638,11 +638,19 @@ def _train(
     # An optimizer that decides how far the backward pass goes (Multirate: only to the fast
     # parameters on fast-only steps) exposes ``backward(loss)``; everything else takes autograd's.
     backward = getattr(optimizer, "backward", torch.Tensor.backward)
+    # A training-loop schedule carried by the optimizer (ABS/ABSA, torchvalley.schedules) sees
+    # each batch before its step (``prepare_batch``: adversarial examples) and the end of each
+    # epoch (``epoch_end(context)``: the batch-size schedule, timed as training; the numbers it
+    # returns are stored as measurements).
+    prepare_batch = getattr(optimizer, "prepare_batch", None)
+    epoch_end = getattr(optimizer, "epoch_end", None)
     result.model = model  # dropped again by run_one unless keep_model
     generator = torch.Generator().manual_seed(shuffle_seed(seed))
     n_train = train_inputs.shape[0]
 
-    def evaluate_and_record(epoch: int, train_loss: float | None) -> None:
+    def evaluate_and_record(
+        epoch: int, train_loss: float | None, extra: Mapping[str, float] | None = None
+    ) -> None:
         eval_train_loss, train_metric = _evaluate(model, task, train_inputs, train_targets)
         test_loss, test_metric = _evaluate(model, task, test_inputs, test_targets)
         epoch_record = EpochRecord(
@@ -660,7 +668,8 @@ def _train(
         )
         record(epoch_record)
         if measure is not None:
-            measure(EpochContext(task, spec, seed, epoch, model, optimizer, data, batch_size))
+            context = EpochContext(task, spec, seed, epoch, model, optimizer, data, batch_size)
+            measure(context, extra)
         if result.epoch_to_target is None and task.reached(test_metric):
             result.time_to_target_s = result.train_time_s
             result.steps_to_target = counters.steps
@@ -679,11 +688,14 @@ def _train(
         epoch_steps = 0
         epoch_start = time.perf_counter()
         cpu_start = time.process_time()
+        schedule_values = None
         try:
             permutation = torch.randperm(n_train, generator=generator)
             for start in range(0, n_train, batch_size):
                 index = permutation[start : start + batch_size]
                 inputs, targets = train_inputs[index], train_targets[index]
+                if prepare_batch is not None:
+                    inputs, targets = prepare_batch(inputs, targets, task.loss_fn)
                 first_loss: list[torch.Tensor] = []
 
                 def closure(
@@ -707,10 +719,13 @@ def _train(
                 if not math.isfinite(loss_value):
                     raise _Diverged(loss_value)
                 loss_sum += loss_value
+            if epoch_end is not None:
+                context = EpochContext(task, spec, seed, epoch, model, optimizer, data, batch_size)
+                schedule_values = epoch_end(context)
         finally:
             result.train_time_s += time.perf_counter() - epoch_start
             result.cpu_time_s += time.process_time() - cpu_start
-        evaluate_and_record(epoch, loss_sum / max(epoch_steps, 1))
+        evaluate_and_record(epoch, loss_sum / max(epoch_steps, 1), schedule_values)
         bar.update(1)
 
 
