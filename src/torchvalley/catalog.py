@@ -227,6 +227,63 @@ register_optimizer(
     example={"base_optimizer": "rsgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05},
     group_example={"rho": 0.5, "lr": 0.01},
 )
+
+# Efficient sharpness-aware variants (issue 17): fewer passes than SAM, declared per step.
+from torchvalley.optim.sam.esam import ESAM  # noqa: E402
+from torchvalley.optim.sam.looksam import LookSAM  # noqa: E402
+from torchvalley.optim.sam.mesa import MESA  # noqa: E402
+
+register_optimizer(
+    "looksam",
+    LookSAM,
+    # 1 + 1/k passes per step on average (k = 5: a SAM step, then four one-pass steps).
+    capabilities=dataclasses.replace(_SAM, passes_per_step=1.2),
+    hyperparameters=LookSAM.HYPERPARAMETERS,
+    summary="LookSAM: SAM every k steps, its gradient component orthogonal to g reused between",
+    family="sharpness-aware",
+    paper=(
+        "Liu, Mai, Chen, Hsieh, You, Towards Efficient and Scalable Sharpness-Aware "
+        "Minimization, CVPR 2022"
+    ),
+    example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05, "k": 5},
+    group_example={"rho": 0.5, "lr": 0.01},
+)
+register_optimizer(
+    "esam",
+    ESAM,
+    # 2 closure calls with a plain closure (gamma = 1); with data selection 3 calls: a full
+    # clean pass, a forward without backward, and forward+backward on gamma of the batch.
+    capabilities=_SAM,
+    hyperparameters=ESAM.HYPERPARAMETERS,
+    summary="ESAM: SAM with stochastic weight perturbation and sharpness-sensitive data selection",
+    family="sharpness-aware",
+    paper=(
+        "Du, Yan, Feng, Zhou, Zhen, Goh, Tan, Efficient Sharpness-aware Minimization for "
+        "Improved Training of Neural Networks, ICLR 2022"
+    ),
+    # gamma = 1: the conformance problems' closures are plain (data selection needs subset=).
+    example={
+        "base_optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "rho": 0.05,
+        "beta": 0.5,
+        "gamma": 1.0,
+    },
+    group_example={"rho": 0.5, "lr": 0.01},
+)
+register_optimizer(
+    "mesa",
+    MESA,
+    # One forward+backward pass plus a forward of the EMA weights (no closure needed).
+    capabilities=Capabilities(separable=False, accepts_model=True, wraps_base=True),
+    hyperparameters=MESA.HYPERPARAMETERS,
+    summary="MESA: trajectory KL term against an EMA of the weights, no second pass",
+    family="sharpness-aware",
+    paper="Du, Zhou, Feng, Tan, Goh, Sharpness-Aware Training for Free, NeurIPS 2022",
+    example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "lam": 0.8, "tau": 4.0},
+    group_example={"ema_decay": 0.5, "lr": 0.01},
+)
 # ----------------------------------------------------------------------------------- FG-SGD
 from torchvalley.optim.fgsgd import FGSGD  # noqa: E402
 

@@ -90,8 +90,13 @@ class SAM(torch.optim.Optimizer):
         perturbed: default of the param-group flag ``perturbed`` (a group with ``False`` is
             updated but never perturbed).
         swap_storage: perturb in a spare buffer that the parameters point at during the
-            perturbed pass (two memory passes fewer, same numbers, ``w`` never written). Off
-            by default: FSDP flat parameters, CUDA graphs and compiled steps need fixed storage.
+            perturbed pass (two memory passes fewer, same numbers, ``w`` never written).
+            ``None`` (the default) swaps wherever it is safe and copies ``w`` aside in place
+            otherwise: parameters that are views of a larger storage (flat parameters),
+            DTensors or a model holding FSDP modules copy for the whole run
+            (:func:`~torchvalley.optim.sam.systems.swap_unsafe_reason`), and a step traced
+            by ``torch.compile`` or captured in a CUDA graph copies for that step. ``True``
+            forces swapping, ``False`` the in-place copy (fixed storage all along).
         **base_hyperparameters: passed to the base optimizer (``lr``, ``momentum``, ...).
 
     Raises:
@@ -117,7 +122,9 @@ class SAM(torch.optim.Optimizer):
             choices=("clean", "both"),
         ),
         Hyperparameter("diagnostics", "bool", False, "record last_diagnostics each step"),
-        Hyperparameter("swap_storage", "bool", False, "perturb in a spare buffer (faster)"),
+        Hyperparameter(
+            "swap_storage", "optional_bool", None, "perturb in a spare buffer (None: where safe)"
+        ),
     )
 
     def __init__(
@@ -137,7 +144,7 @@ class SAM(torch.optim.Optimizer):
         bn_statistics: str = "clean",
         diagnostics: bool = False,
         perturbed: bool = True,
-        swap_storage: bool = False,
+        swap_storage: bool | None = None,
         **base_hyperparameters: Any,
     ) -> None:
         settings = validate_group(
@@ -189,11 +196,21 @@ class SAM(torch.optim.Optimizer):
         self.bn_statistics = settings["bn_statistics"]
         self.diagnostics = settings["diagnostics"]
         self.swap_storage = settings["swap_storage"]
+        #: Why the default (``swap_storage=None``) copies ``w`` aside instead of swapping
+        #: (``None``: it swaps, except in steps being compiled or graph-captured).
+        self.swap_unsafe_reason = (
+            systems.swap_unsafe_reason(self.param_groups, model)
+            if self.swap_storage is None
+            else None
+        )
         self.last_diagnostics: dict[str, Tensor] = {}
         self._names = self._parameter_names()
         self._selected = self._resolve_perturb(perturb)
         # Where w waits during the perturbed pass (scratch of one step, not in state_dict).
-        self._backup = systems.SwapBackup() if self.swap_storage else systems.CopyBackup()
+        swap = self.swap_storage if self.swap_storage is not None else not self.swap_unsafe_reason
+        self._swap_backup = systems.SwapBackup() if swap else None
+        self._copy_backup = systems.CopyBackup() if self.swap_storage is not True else None
+        self._backup = self._swap_backup or self._copy_backup
         self._bn_backup = systems.BatchNormBackup(model, self.bn_statistics == "clean")
         self._workspace = systems.Workspace()  # the ascent rules' scratch
         # "idle" -> first_step -> "ascended" -> second_step -> "stepped": catches a second
@@ -226,6 +243,7 @@ class SAM(torch.optim.Optimizer):
         """
         self.restore()
         self._phase = "idle"
+        self._backup = self._backup_for_this_step()
         with self._restored_on_error():
             climbed = self._ascend(zero_grad, grad_scaler)
         self._phase = "ascended"
@@ -256,7 +274,7 @@ class SAM(torch.optim.Optimizer):
             eps = []
             for part in parts:
                 part.euclidean_norm = euclidean
-                factor = part.group["rho"] * inverse  # rho / sqrt(g^T M^-1 g)
+                factor = self._radius(part.group) * inverse  # rho / sqrt(g^T M^-1 g)
                 eps += part.rule.climb(part, factor, self._backup, fold)  # w <- w + rho M^-1 g/..
             self._bn_backup.snapshot()  # BatchNorm statistics of the clean pass
             if self.diagnostics:
@@ -287,6 +305,7 @@ class SAM(torch.optim.Optimizer):
             )
         self._phase = "stepped"
         self.restore(pull_back=True)
+        self._before_base_step()
         if grad_scaler is None:
             self._clip()
             self.base_optimizer.step()
@@ -384,6 +403,21 @@ class SAM(torch.optim.Optimizer):
         return systems.no_sync(self._local_ddp())
 
     # -- pieces ---------------------------------------------------------------------------------
+
+    def _backup_for_this_step(self) -> systems.CopyBackup:
+        """Swap where it is safe; the in-place copy in a step being compiled or captured in a
+        CUDA graph (``swap_storage=None``), or always (``False``)."""
+        if self._swap_backup is None or self._copy_backup is None:
+            return self._swap_backup or self._copy_backup
+        return self._copy_backup if systems.fixed_storage_needed() else self._swap_backup
+
+    def _radius(self, group: dict[str, Any]) -> float:
+        """The ascent radius of ``group`` this step (ESAM scales it; SAM: ``rho``)."""
+        return group["rho"]
+
+    def _before_base_step(self) -> None:
+        """Hook for variants (LookSAM): ``.grad`` holds the SAM gradient at ``w`` (pulled back),
+        before clipping and the base step. A no-op for SAM."""
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

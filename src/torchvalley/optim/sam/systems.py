@@ -23,9 +23,11 @@ __all__ = [
     "SwapBackup",
     "Workspace",
     "ddp_module",
+    "fixed_storage_needed",
     "refuse_local_riemannian",
     "skip_scaled_step",
     "step_micro_batches",
+    "swap_unsafe_reason",
     "unscale_first_pass",
 ]
 
@@ -299,3 +301,54 @@ def step_micro_batches(sam: SAM, closures: Sequence[Callable[[], Any]]) -> list[
     sam._phase = "stepped"
     sam._opt_called = True  # type: ignore[attr-defined]
     return losses
+
+
+# -- when swapping storage is safe ---------------------------------------------------------------
+
+
+def swap_unsafe_reason(groups: list[dict], model: nn.Module | None) -> str | None:
+    """Why ``swap_storage`` must not be the default for these parameters, or ``None``.
+
+    Swapping re-points ``p.data`` at a spare buffer for the perturbed pass. That is invisible
+    to eager autograd, DDP and any optimizer, but not to code that reaches the weights through
+    another tensor than the parameter itself:
+
+    - a parameter that is a view of, or shares, a larger storage (FSDP's or a fused
+      optimizer's flat parameters, ``parameters_to_vector`` views): the flat tensor would not
+      see ``w + eps``;
+    - a ``DTensor`` parameter (FSDP2 / tensor parallel) and a model holding FSDP modules,
+      which manage parameter storage themselves.
+
+    A step traced by ``torch.compile`` or captured in a CUDA graph is checked per step
+    (:func:`fixed_storage_needed`).
+    """
+    for group in groups:
+        for p in group["params"]:
+            if type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor":
+                return "DTensor parameters (FSDP2 / tensor parallel) manage their own storage"
+            if p._base is not None:
+                return "a parameter is a view of another tensor (flat parameters)"
+            if (
+                p.device.type != "meta"
+                and p.numel()
+                and (
+                    p.untyped_storage().nbytes() > p.numel() * p.element_size()
+                    or p.storage_offset() != 0
+                )
+            ):
+                return "a parameter shares a larger storage (flat parameters)"
+    if model is not None:
+        for module in model.modules():
+            name = type(module).__name__
+            if "FullyShardedDataParallel" in name or name.startswith("FSDP"):
+                return f"the model holds an FSDP module ({name})"
+    return None
+
+
+def fixed_storage_needed() -> bool:
+    """Whether this step is being traced by ``torch.compile`` or captured in a CUDA graph,
+    where a parameter's storage must not change."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
