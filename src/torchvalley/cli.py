@@ -1,4 +1,4 @@
-"""The ``torchvalley`` command line: ``list``, ``bench``, ``report``, ``landscape`` and ``demo``.
+"""The ``torchvalley`` command line: ``list``, ``bench``, ``report``, ``landscape``, ``demo``, ``quant``.
 
 Examples::
 
@@ -9,6 +9,7 @@ Examples::
     torchvalley landscape --task mnist1d_cnn -o sgd:lr=0.05,momentum=0.9 -o adam:lr=1e-3 \\
         --seeds 0 1 2 --out reports/landscape
     torchvalley demo
+    torchvalley quant --task mnist1d_cnn --method float lsq rq rq_st --bits 8 4 2 --seeds 0 1
 
 Errors end in one line starting with ``torchvalley: error:`` on stderr, never a traceback (set
 ``TORCHVALLEY_DEBUG=1`` for one). Exit status 2: bad input (a spec, a task, a value, a store that
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from torchvalley import __version__
-from torchvalley.bench.names import DEFAULT_SUITES, DEMO_SUITES, MEASURES
+from torchvalley.bench.names import DEFAULT_SUITES, DEMO_SUITES, MEASURES, QUANT_BITS, QUANT_METHODS
 
 __all__ = ["main"]
 
@@ -95,7 +96,7 @@ def _writable_folder(path: str | os.PathLike[str], what: str) -> Path:
 def _open_store(path: str, *, must_exist: bool = False):
     from torchvalley.bench.store import Store, StoreError
 
-    if must_exist and not Path(path).is_file():
+    if must_exist and "://" not in path and not Path(path).is_file():
         raise CommandError(f"no results store at {path}")
     try:
         return Store(path)
@@ -258,17 +259,34 @@ def _sweep(args: argparse.Namespace, tasks: list[str], specs: list, title: str) 
     report = None if args.report is None else _writable_folder(args.report, "report")
     started = time.perf_counter()
     with _open_store(args.store) as store:
-        results = run_sweep(
-            tasks,
-            specs,
-            args.seeds,
-            epochs=args.epochs,
-            data_seed=args.data_seed,
-            batch_size=args.batch_size,
-            store=store,
-            progress=False if args.no_progress else None,  # None: bars on a terminal only
-            num_threads=args.threads or SWEEP_THREADS,
-        )
+        if getattr(args, "workers", 1) > 1 or getattr(args, "ray", None):
+            from torchvalley.bench.parallel import run_parallel  # workers open the store
+
+            results = run_parallel(
+                tasks,
+                specs,
+                args.seeds,
+                store=args.store,
+                workers=args.workers,
+                ray=args.ray,
+                epochs=args.epochs,
+                data_seed=args.data_seed,
+                batch_size=args.batch_size,
+                progress=False if args.no_progress else None,
+                num_threads=args.threads or SWEEP_THREADS,
+            )
+        else:
+            results = run_sweep(
+                tasks,
+                specs,
+                args.seeds,
+                epochs=args.epochs,
+                data_seed=args.data_seed,
+                batch_size=args.batch_size,
+                store=store,
+                progress=False if args.no_progress else None,  # None: bars on a terminal only
+                num_threads=args.threads or SWEEP_THREADS,
+            )
         print(
             f"sweep finished in {time.perf_counter() - started:.1f} s; store: {args.store}",
             file=sys.stderr,
@@ -281,8 +299,72 @@ def _sweep(args: argparse.Namespace, tasks: list[str], specs: list, title: str) 
 
 def _command_bench(args: argparse.Namespace) -> int:
     tasks = _check_tasks(args.task)
+    if any(text.startswith("tuned:") for text in args.optimizer):
+        return _tuned_bench(args, tasks)
     specs = _parse_specs(args.optimizer)
     return _sweep(args, tasks, specs, title="torchvalley benchmark")
+
+
+def _tuned_bench(args: argparse.Namespace, tasks: list[str]) -> int:
+    """``-o tuned:<spec>``: each task runs the configuration `torchvalley tune` chose there."""
+    from torchvalley.bench.tune import resolve_tuned
+
+    report, args.report = args.report, None
+    for task in tasks:
+        with _open_store(args.store) as store:
+            try:
+                specs = [resolve_tuned(text, task, store) for text in args.optimizer]
+            except ValueError as error:
+                raise CommandError(str(error)) from None
+        _sweep(args, [task], specs, title="torchvalley benchmark (tuned)")
+    if report is not None:
+        with _open_store(args.store) as store:
+            _write_report(store, _writable_folder(report, "report"), tasks, "torchvalley (tuned)")
+    return 0
+
+
+def _command_tune(args: argparse.Namespace) -> int:
+    from torchvalley.bench.tune import tune, tuning_report
+
+    tasks = _check_tasks(args.task)
+    specs = _parse_specs(args.optimizer)
+    report = None if args.report is None else _writable_folder(args.report, "report")
+    _open_store(args.store).close()
+    results = []
+    for task in tasks:
+        for spec in specs:
+            result = tune(
+                task,
+                spec,
+                store=args.store,
+                budget=args.budget,
+                seeds=args.seeds,
+                epochs=args.epochs,
+                space=args.space or (),
+                trial_seed=args.trial_seed,
+                sampler=args.sampler,
+                pruner=args.pruner,
+                objective=args.objective,
+                storage=args.storage,
+                workers=args.workers,
+                ray=args.ray,
+                num_threads=args.threads or 1,
+                progress=False if args.no_progress else None,
+            )
+            results.extend(result.results)
+            print(
+                f"{task} {spec.label}: {result.budget} trials ({result.n_complete} complete, "
+                f"{result.n_pruned} pruned, {result.n_failed} failed); tuned: "
+                f"{result.tuned_spec or 'none (no trial completed)'}",
+                file=sys.stderr,
+            )
+    with _open_store(args.store) as store:
+        markdown = tuning_report(store, report) if report is not None else None
+    if markdown is not None:
+        print(markdown)
+        print(f"\ntuning report written to {report}/", file=sys.stderr)
+    _report_failures(results, args.store)
+    return 0
 
 
 def _command_report(args: argparse.Namespace) -> int:
@@ -402,6 +484,36 @@ def _command_landscape(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_quant(args: argparse.Namespace) -> int:
+    from torchvalley.bench.quant_study import run_quant_study
+
+    tasks = _check_tasks(args.task)
+    specs = _parse_specs([args.optimizer])
+    out = _writable_folder(args.out, "quantization report")
+    started = time.perf_counter()
+    with _open_store(args.store) as store:
+        study = run_quant_study(
+            tasks,
+            specs[0],
+            args.seeds,
+            out,
+            store=store,
+            methods=list(dict.fromkeys(args.method)),
+            bits=list(dict.fromkeys(args.bits)),
+            epochs=args.epochs,
+            progress=False if args.no_progress else None,
+            num_threads=args.threads,
+        )
+    print(study.table)
+    print(
+        f"quantization study finished in {time.perf_counter() - started:.1f} s; store: "
+        f"{args.store}; report written to {out}/ (quantization.md, .json, plots)",
+        file=sys.stderr,
+    )
+    _report_failures(study.results, args.store)
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchvalley",
@@ -465,9 +577,23 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--store",
         default="results/torchvalley.db",
-        help="sqlite results store; finished runs in it are skipped",
+        help="results store: an SQLite file or a database URL (postgresql://user@host/db); "
+        "finished runs in it are skipped",
     )
     bench.add_argument("--report", default=None, help="also write a report to this folder")
+    bench.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="local worker processes, one run each (default 1: serial); with --ray local, its CPUs",
+    )
+    bench.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray: 'local' (a private instance), 'auto' or a cluster address; give "
+        "--store a database URL (postgresql://...) that every node reaches",
+    )
     bench.set_defaults(handler=_command_bench)
 
     report = commands.add_parser("report", help="tables, plots and JSON from a store")
@@ -476,6 +602,51 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--task", action="append", help="only these tasks (repeatable)")
     report.add_argument("--title", default="torchvalley benchmark")
     report.set_defaults(handler=_command_report)
+
+    tuning = commands.add_parser(
+        "tune",
+        help="fair tuning (Optuna): equal trial budget, validation split, test re-runs over seeds",
+    )
+    tuning.add_argument("--task", action="append", required=True, help="task name (repeatable)")
+    tuning.add_argument(
+        "--optimizer",
+        "-o",
+        action="append",
+        required=True,
+        help="method with what stays fixed, e.g. 'sam:base_optimizer=sgd,momentum=0.9'",
+    )
+    add_run_options(tuning, [0, 1, 2])
+    tuning.add_argument("--budget", type=_positive_int, default=20, help="trials per method")
+    tuning.add_argument(
+        "--space",
+        action="append",
+        help="search dimension: name=log:low:high | uniform:low:high | int:low:high | "
+        "choice:a|b; 'name' alone derives the range; '-name' leaves it out (repeatable)",
+    )
+    tuning.add_argument("--trial-seed", type=_seed, default=0, help="model seed of every trial")
+    tuning.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
+    tuning.add_argument("--pruner", choices=("median", "none"), default="median")
+    tuning.add_argument(
+        "--objective",
+        choices=("loss", "metric"),
+        default="loss",
+        help="what the trials are selected on, on the validation split",
+    )
+    tuning.add_argument(
+        "--store",
+        default="results/torchvalley.db",
+        help="results store: an SQLite file or a database URL (postgresql://...)",
+    )
+    tuning.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default: <store>.optuna.db beside a file store; the same "
+        "database for a URL store)",
+    )
+    tuning.add_argument("--workers", type=_positive_int, default=1, help="local processes")
+    tuning.add_argument("--ray", default=None, metavar="ADDRESS", help="'local', 'auto' or address")
+    tuning.add_argument("--report", default=None, help="write the tuning report to this folder")
+    tuning.set_defaults(handler=_command_tune)
 
     landscape = commands.add_parser(
         "landscape", help="Hessian spectrum, sharpness and interpolation of trained models"
@@ -521,6 +692,33 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add_run_options(demo, None)
     demo.set_defaults(handler=_command_demo)
+
+    quant = commands.add_parser(
+        "quant",
+        help="quantization suite: methods x bits x seeds, accuracy-vs-bits table and plot",
+    )
+    quant.add_argument("--task", action="append", required=True, help="base task name (repeatable)")
+    quant.add_argument(
+        "--method",
+        nargs="+",
+        choices=QUANT_METHODS,
+        default=list(QUANT_METHODS),
+        help="quantization methods ('float': the unquantized model; default: all)",
+    )
+    quant.add_argument(
+        "--bits",
+        type=_positive_int,
+        nargs="+",
+        default=list(QUANT_BITS),
+        help="bit widths, weights = activations (default: 8 4 3 2)",
+    )
+    quant.add_argument(
+        "--optimizer", "-o", default="adam:lr=0.001", help="optimizer spec for every run"
+    )
+    add_run_options(quant, [0])
+    quant.add_argument("--store", default="results/quantization.db", help="sqlite results store")
+    quant.add_argument("--out", default="reports/quantization", help="report folder")
+    quant.set_defaults(handler=_command_quant)
     return parser
 
 

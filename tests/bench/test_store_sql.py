@@ -60,7 +60,7 @@ def test_postgres_store_has_the_same_lifecycle_as_sqlite(pg_url, tmp_path):
         assert remote.dialect == "postgresql"
         _lifecycle(remote)
         run_id = remote.runs()[0]["id"]
-        with pytest.raises(Exception, match="duplicate key|unique") as error:
+        with pytest.raises(Exception, match=r"duplicate key|unique") as error:
             remote.record_epoch(run_id, 0)  # the driver's IntegrityError, not a StoreError
         assert not isinstance(error.value, StoreError)
         assert len(remote.epochs(run_id)) == 2  # the failed write left nothing behind

@@ -446,6 +446,7 @@ def run_one(
     num_threads: int | None = None,
     callbacks: Sequence[EpochCallback] = (),
     keep_model: bool = False,
+    claim: str | None = None,
 ) -> RunResult:
     """Train one run and (with a store) record it epoch by epoch.
 
@@ -468,6 +469,8 @@ def run_one(
         callbacks: :data:`EpochCallback` s called at the end of every epoch (and at epoch 0),
             e.g. the landscape measurements of :mod:`torchvalley.bench.measurements`.
         keep_model: keep the trained model in ``RunResult.model``.
+        claim: the token a parallel sweep hands its worker with this run (stored with the
+            run; see :meth:`Store.release_claim <torchvalley.bench.store.Store.release_claim>`).
 
     Returns:
         The :class:`RunResult`.
@@ -487,6 +490,7 @@ def run_one(
             metric_name=task.metric_name,
             higher_is_better=task.higher_is_better,
             target=task.target,
+            claim=claim,
         )
         if run_id is None:  # done, or claimed by another sweep right now
             row = store.run_by_key(config)

@@ -428,9 +428,12 @@ def database_url(location: str) -> Any:
     import importlib.util
 
     url = _sqlalchemy().make_url(location)
-    if url.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
-        if importlib.util.find_spec("psycopg2") is not None:
-            url = url.set(drivername="postgresql+psycopg2")
+    if (
+        url.drivername == "postgresql"
+        and importlib.util.find_spec("psycopg") is None
+        and importlib.util.find_spec("psycopg2") is not None
+    ):
+        url = url.set(drivername="postgresql+psycopg2")
     return url
 
 

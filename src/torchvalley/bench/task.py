@@ -122,6 +122,14 @@ def get_task(name: str) -> Task:
     try:
         return _TASKS[name]
     except KeyError:
+        if "+" in name:  # a quantized variant "<task>+<method>:w<b>a<b>"
+            from torchvalley.bench.quant_study import quant_task
+
+            return quant_task(name)
+        if name.endswith("@validation"):  # a validation split "<task>@validation"
+            from torchvalley.bench.holdout import validation_task
+
+            return validation_task(name)
         raise ValueError(
             f"unknown task {name!r}; registered: {', '.join(sorted(_TASKS))}"
         ) from None
