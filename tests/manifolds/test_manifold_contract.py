@@ -81,6 +81,7 @@ CASES: list[tuple[str, Manifold, tuple[int, ...]]] = [
     ("stereo-k-1", Stereographic(-1.0), (4, 3)),
     ("stereo-k+1", Stereographic(1.0), (4, 3)),
     ("stereo-k0", Stereographic(0.0), (4, 3)),
+    ("stereo-k+1-exact", Stereographic(1.0, exact=True), (4, 3)),
     ("stereo-k-0.3", Stereographic(-0.3), (3,)),
     ("sphere-projection-2", SphereProjection(2.0), (4, 3)),
     ("birkhoff", BirkhoffPolytope(), (3, 4, 4)),

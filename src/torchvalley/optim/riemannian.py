@@ -493,7 +493,10 @@ def _defaults(arguments: Mapping[str, Any]) -> dict[str, Any]:
 
 def _store(state: dict[str, Any], key: str, value: Tensor, dtype: torch.dtype) -> None:
     # ``value`` is a fresh tensor (the manifold step never updates state in place), so it is
-    # stored as it is, cast to the parameter's dtype where the step ran in float64.
+    # stored as it is, cast to the parameter's dtype where the step ran in float64. Real
+    # quantities of a complex parameter (second moments ‖r‖²_x on the Siegel spaces) stay real.
+    if dtype.is_complex and not value.is_complex():
+        dtype = dtype.to_real()
     state[key] = value if value.dtype == dtype else value.to(dtype)
 
 
@@ -766,8 +769,8 @@ class RiemannianAdam(RiemannianOptimizer):
         if exp_avg_sq is None:
             exp_avg_sq = increment.mul(1 - beta2)
         else:
-            if exp_avg_sq.dtype != x.dtype:
-                exp_avg_sq = exp_avg_sq.to(x.dtype)
+            if exp_avg_sq.dtype != increment.dtype:
+                exp_avg_sq = exp_avg_sq.to(increment.dtype)
             exp_avg_sq = exp_avg_sq.mul(beta2).add_(increment, alpha=1 - beta2)
         _store(state, "exp_avg_sq", exp_avg_sq, dtype)
         bias_correction1 = 1 - beta1**step
@@ -779,7 +782,7 @@ class RiemannianAdam(RiemannianOptimizer):
             maximum = (
                 exp_avg_sq.clone()
                 if previous is None
-                else torch.maximum(previous.to(x.dtype), exp_avg_sq)
+                else torch.maximum(previous.to(exp_avg_sq.dtype), exp_avg_sq)
             )
             _store(state, "max_exp_avg_sq", maximum, dtype)
             denom = (maximum.sqrt() / bias_correction2_sqrt).add_(eps)
@@ -880,7 +883,7 @@ class RiemannianAdagrad(RiemannianOptimizer):
         if total is None:
             total = increment.add(group["initial_accumulator_value"])
         else:
-            total = total.to(x.dtype).add(increment)
+            total = total.to(increment.dtype).add(increment)
         _store(state, "sum", total, dtype)
         clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
         std = total.sqrt().add_(group["eps"])
