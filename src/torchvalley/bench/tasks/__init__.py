@@ -7,7 +7,9 @@ Importing this package registers every built-in task:
 * :mod:`~torchvalley.bench.tasks.spirals`: ``spirals`` (the AdLaLa paper's two spirals);
 * :mod:`~torchvalley.bench.tasks.quadratic`: ``quadratic`` (known Hessian, exact excess loss);
 * :mod:`~torchvalley.bench.tasks.poincare_tree`: ``poincare_tree`` (hyperbolic embedding);
-* :mod:`~torchvalley.bench.tasks.transfer`: ``mnist1d_transfer`` (fine-tune a pretrained CNN).
+* :mod:`~torchvalley.bench.tasks.transfer`: ``mnist1d_transfer`` (fine-tune a pretrained CNN);
+* :mod:`~torchvalley.bench.tasks.label_noise`: ``<mnist1d|digits>_<mlp|cnn>_noise<20|40|60>``
+  (symmetric noise on the training labels), ``mnist1d_mlp_wide``.
 
 :class:`Task`, :class:`TaskData` and the registry functions are defined in
 :mod:`torchvalley.bench.task`, which imports no task, and re-exported here. A new task family
@@ -25,13 +27,22 @@ from torchvalley.bench.task import (
     require_extra,
     task_entries,
 )
-from torchvalley.bench.tasks import digits, mnist1d, poincare_tree, quadratic, spirals, transfer
+from torchvalley.bench.tasks import (
+    digits,
+    label_noise,
+    mnist1d,
+    poincare_tree,
+    quadratic,
+    spirals,
+    transfer,
+)
 
 __all__ = [
     "Task",
     "TaskData",
     "digits",
     "get_task",
+    "label_noise",
     "list_tasks",
     "mnist1d",
     "poincare_tree",

@@ -64,8 +64,9 @@ _TERM_HYPERPARAMETERS = (
 
 def trajectory_gradient(z: Tensor, z_teacher: Tensor, lam: float, tau: float) -> Tensor:
     """``d/dz`` of ``lam * mean_rows KL(softmax(z_T/tau) || softmax(z/tau))``, in ``z``'s dtype."""
-    p = torch.softmax(z.float() / tau, dim=1)
-    q = torch.softmax(z_teacher.float() / tau, dim=1)
+    dtype = torch.promote_types(z.dtype, torch.float32)  # float32 at least, float64 kept
+    p = torch.softmax(z.to(dtype) / tau, dim=1)
+    q = torch.softmax(z_teacher.to(dtype) / tau, dim=1)
     return ((p - q) * (lam / (z.shape[0] * tau))).to(z.dtype)
 
 
@@ -146,7 +147,12 @@ class MESA(torch.optim.Optimizer):
         )
         self._records = (*_GROUP_HYPERPARAMETERS, *base_records)
         self._checked: dict[int, tuple] = {}
-        self.model = model
+        # Under DDP the wrapped module is hooked and evaluated: the teacher's forward must not
+        # go through DDP (no buffer broadcast, no reducer), and the gradient it adds to the
+        # logits is then all-reduced with the rest.
+        self.model = (
+            model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        )
         self.start_step = settings["start_step"] or 0
         self.lam, self.tau = float(settings["lam"]), float(settings["tau"])
         self.mesa_steps = 0
@@ -159,7 +165,7 @@ class MESA(torch.optim.Optimizer):
             optimizer = this()
             return output if optimizer is None else optimizer._hook(module, args, kwargs, output)
 
-        handle = model.register_forward_hook(hook, with_kwargs=True)
+        handle = self.model.register_forward_hook(hook, with_kwargs=True)
         weakref.finalize(self, handle.remove)
 
     def _init_ema(self) -> None:
