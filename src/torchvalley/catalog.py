@@ -68,7 +68,68 @@ register_optimizer(
 
 # ------------------------------------------------------- the families (classes register below)
 # isort: off
-from torchvalley.optim import riemannian as _riemannian  # noqa: E402,F401
+# -------------------------------------------------------------------------------- Riemannian
+from torchvalley.optim.riemannian import (  # noqa: E402
+    RiemannianAdagrad,
+    RiemannianAdam,
+    RiemannianSGD,
+)
+
+_RIEMANNIAN = Capabilities(manifold_aware=True, foreach=True, separable=True)
+_BECIGNEUL = "Bécigneul & Ganea, Riemannian Adaptive Optimization Methods, ICLR 2019"
+
+register_optimizer(
+    "rsgd",
+    RiemannianSGD,
+    capabilities=_RIEMANNIAN,
+    hyperparameters=RiemannianSGD.HYPERPARAMETERS,
+    summary="Riemannian SGD with transported momentum (== torch SGD on Euclidean parameters)",
+    family="riemannian",
+    paper="Bonnabel, Stochastic Gradient Descent on Riemannian Manifolds, IEEE TAC 2013",
+    example={"lr": 0.05, "momentum": 0.9},
+    group_example={"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01},
+)
+
+register_optimizer(
+    "radam",
+    RiemannianAdam,
+    capabilities=_RIEMANNIAN,
+    hyperparameters=RiemannianAdam.HYPERPARAMETERS,
+    summary="Riemannian Adam, per-point second moment (== torch Adam/AdamW on Euclidean)",
+    family="riemannian",
+    paper=_BECIGNEUL,
+    example={"lr": 1e-3},
+    group_example={"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.01},
+)
+
+
+def _ramsgrad(params, **hyperparameters):
+    return RiemannianAdam(params, amsgrad=True, **hyperparameters)
+
+
+register_optimizer(
+    "ramsgrad",
+    _ramsgrad,
+    capabilities=_RIEMANNIAN,
+    hyperparameters=tuple(h for h in RiemannianAdam.HYPERPARAMETERS if h.name != "amsgrad"),
+    summary="Riemannian AMSGrad (radam with amsgrad=True; == torch Adam(amsgrad=True))",
+    family="riemannian",
+    paper=_BECIGNEUL,
+    example={"lr": 1e-3},
+    group_example={"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.01},
+)
+
+register_optimizer(
+    "radagrad",
+    RiemannianAdagrad,
+    capabilities=_RIEMANNIAN,
+    hyperparameters=RiemannianAdagrad.HYPERPARAMETERS,
+    summary="Riemannian Adagrad, per-point accumulator (== torch Adagrad on Euclidean)",
+    family="riemannian",
+    paper=_BECIGNEUL,
+    example={"lr": 0.05},
+    group_example={"lr": 0.01, "lr_decay": 0.01, "weight_decay": 0.01},
+)
 
 # ---------------------------------------------------------------------------- sharpness-aware
 import dataclasses  # noqa: E402
@@ -166,7 +227,81 @@ register_optimizer(
     example={"base_optimizer": "rsgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05},
     group_example={"rho": 0.5, "lr": 0.01},
 )
-from torchvalley.optim import fgsgd as _fgsgd  # noqa: E402,F401
+
+# Efficient sharpness-aware variants (issue 17): fewer passes than SAM, declared per step.
+from torchvalley.optim.sam.esam import ESAM  # noqa: E402
+from torchvalley.optim.sam.looksam import LookSAM  # noqa: E402
+from torchvalley.optim.sam.mesa import MESA  # noqa: E402
+
+register_optimizer(
+    "looksam",
+    LookSAM,
+    # 1 + 1/k passes per step on average (k = 5: a SAM step, then four one-pass steps).
+    capabilities=dataclasses.replace(_SAM, passes_per_step=1.2),
+    hyperparameters=LookSAM.HYPERPARAMETERS,
+    summary="LookSAM: SAM every k steps, its gradient component orthogonal to g reused between",
+    family="sharpness-aware",
+    paper=(
+        "Liu, Mai, Chen, Hsieh, You, Towards Efficient and Scalable Sharpness-Aware "
+        "Minimization, CVPR 2022"
+    ),
+    example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05, "k": 5},
+    group_example={"rho": 0.5, "lr": 0.01},
+)
+register_optimizer(
+    "esam",
+    ESAM,
+    # 2 closure calls with a plain closure (gamma = 1); with data selection 3 calls: a full
+    # clean pass, a forward without backward, and forward+backward on gamma of the batch.
+    capabilities=_SAM,
+    hyperparameters=ESAM.HYPERPARAMETERS,
+    summary="ESAM: SAM with stochastic weight perturbation and sharpness-sensitive data selection",
+    family="sharpness-aware",
+    paper=(
+        "Du, Yan, Feng, Zhou, Zhen, Goh, Tan, Efficient Sharpness-aware Minimization for "
+        "Improved Training of Neural Networks, ICLR 2022"
+    ),
+    # gamma = 1: the conformance problems' closures are plain (data selection needs subset=).
+    example={
+        "base_optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "rho": 0.05,
+        "beta": 0.5,
+        "gamma": 1.0,
+    },
+    group_example={"rho": 0.5, "lr": 0.01},
+)
+register_optimizer(
+    "mesa",
+    MESA,
+    # One forward+backward pass plus a forward of the EMA weights (no closure needed).
+    capabilities=Capabilities(separable=False, accepts_model=True, wraps_base=True),
+    hyperparameters=MESA.HYPERPARAMETERS,
+    summary="MESA: trajectory KL term against an EMA of the weights, no second pass",
+    family="sharpness-aware",
+    paper="Du, Zhou, Feng, Tan, Goh, Sharpness-Aware Training for Free, NeurIPS 2022",
+    example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "lam": 0.8, "tau": 4.0},
+    group_example={"ema_decay": 0.5, "lr": 0.01},
+)
+# ----------------------------------------------------------------------------------- FG-SGD
+from torchvalley.optim.fgsgd import FGSGD  # noqa: E402
+
+register_optimizer(
+    "fgsgd",
+    FGSGD,
+    capabilities=Capabilities(manifold_aware=True, accepts_model=True, foreach=True),
+    hyperparameters=FGSGD.HYPERPARAMETERS,
+    summary="FG-SGD: Riemannian SGD on sphere/oblique/Stiefel weight groups with fixed radii",
+    family="riemannian",
+    paper=(
+        "Ozay, Fine-grained Optimization of Deep Neural Networks, NeurIPS 2019 (arXiv:1905.09054)"
+    ),
+    example={"lr": 0.05, "momentum": 0.9},
+    # The default problem's second half holds only 1-dim parameters (named_parameters lists
+    # the MLP's own w1, b1, w2 before the LayerNorm's), so only SGD keys can show there.
+    group_example={"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01, "nesterov": True},
+)
 
 # isort: on
 
@@ -318,4 +453,187 @@ register_optimizer(
     paper=_PARTITIONED_PAPER,
     example=_LANGEVIN_EXAMPLE,
     group_example={**_LANGEVIN_GROUP_EXAMPLE, "dynamics": "overdamped"},
+)
+
+# CoLA: constrained Langevin (orthogonality / norm constraints), underdamped and overdamped
+# isort: off
+from torchvalley.dynamics.constrained import ConstrainedLangevin  # noqa: E402
+from torchvalley.dynamics.constrained_groups import cola_factory  # noqa: E402
+
+# isort: on
+
+_COLA_PAPER = (
+    "Leimkuhler, Vlaar, Pouchon & Storkey, Better Training using Weight-Constrained Stochastic "
+    "Dynamics, ICML 2021"
+)
+_COLA_SETTINGS = tuple(
+    dataclasses.replace(
+        h,
+        default="orthogonal",
+        doc="None, 'orthogonal' (o-CoLA) or 'norm' (c-CoLA); with model=: the constraint of "
+        "the paper's layers (the rest unconstrained), weights put on the set",
+    )
+    if h.name == "constraint"
+    else h
+    for h in ConstrainedLangevin.HYPERPARAMETERS
+    if h.name != "dynamics"
+)
+# The conformance problems' weights fit |w| <= 3, and explicit groups with 1-dim tensors need
+# a constraint they can take: the example runs c-CoLA (norm); o-CoLA's own conformance run is
+# in tests/dynamics/test_constrained_conformance.py.
+_COLA_EXAMPLE = {
+    "lr": 0.1,
+    "friction": 1.0,
+    "temperature": 1e-4,
+    "constraint": "norm",
+    "radius": 3.0,
+}
+_COLA_GROUP_EXAMPLE = {
+    "lr": 0.05,
+    "temperature": 1e-2,
+    "weight_decay": 0.01,
+    "radius": 5.0,
+}
+_COLA = Capabilities(noisy=True, separable=False, accepts_model=True, foreach=True)
+register_optimizer(
+    "cola_ud",
+    cola_factory("cola_ud", "underdamped"),
+    capabilities=_COLA,
+    hyperparameters=_COLA_SETTINGS,
+    summary="CoLA underdamped: geodesic BAOAB with RATTLE drifts on orthogonality (o-CoLA) / "
+    "norm (c-CoLA) constraints per group; BAOAB on unconstrained groups",
+    family="langevin",
+    paper=_COLA_PAPER,
+    example=_COLA_EXAMPLE,
+    group_example={**_COLA_GROUP_EXAMPLE, "friction": 3.0},
+)
+register_optimizer(
+    "cola_od",
+    cola_factory("cola_od", "overdamped"),
+    capabilities=_COLA,
+    hyperparameters=tuple(h for h in _COLA_SETTINGS if h.name != "friction"),
+    summary="CoLA overdamped: constrained Euler-Maruyama (multiplier solve) on orthogonality / "
+    "norm constraints per group; SGLD on unconstrained groups",
+    family="langevin",
+    paper=_COLA_PAPER,
+    example={k: v for k, v in _COLA_EXAMPLE.items() if k != "friction"},
+    group_example=_COLA_GROUP_EXAMPLE,
+)
+
+# --------------------------------------------------------------------------- DiMS (level sets)
+# isort: off
+from torchvalley.dynamics.dims import DiMS  # noqa: E402
+
+# isort: on
+
+register_optimizer(
+    "dims",
+    DiMS,
+    capabilities=Capabilities(needs_closure=True, passes_per_step=2, separable=False),
+    hyperparameters=DiMS.HYPERPARAMETERS,
+    summary="DiMS: a particle on the graph of the loss under gravity, friction across level "
+    "sets only; settles into the minimum set and keeps moving along it (RATTLE, ~2 passes/step)",
+    family="langevin",
+    paper="Jacobsen, Jakobsen, Gegenfurtner & Arvanitidis, Don't Stop Me Yet: Sampling Loss "
+    "Minima via Dissipative Riemannian Mechanics, arXiv:2605.15459, 2026 (our construction)",
+    example={"lr": 0.01, "gravity": 1.0, "friction": 1.0, "energy": 0.1},
+    group_example={"mass": 2.0},
+)
+
+# ---------------------------------------------------------------------------------- multirate
+# isort: off
+from torchvalley.optim.multirate import Multirate  # noqa: E402
+
+# isort: on
+
+register_optimizer(
+    "multirate",
+    Multirate,
+    capabilities=Capabilities(wraps_base=True, separable=False, accepts_model=True),
+    hyperparameters=Multirate.HYPERPARAMETERS,
+    summary="multirate: fast part every step (h/k), slow part once per k steps (h) with linear "
+    "drift; partial backward passes on fast-only steps; over any base optimizer",
+    family="multirate",
+    paper="Vlaar & Leimkuhler, Multirate Training of Neural Networks, ICML 2022",
+    example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "k": 2},
+    group_example={"lr": 0.01, "momentum": 0.5},
+)
+
+# ----------------------------------------------------------------------------------- adaptive
+# Adaptive step-size methods of our own (torch's Adam/AdamW stay in "baseline", which holds
+# torch's classes only).
+# isort: off
+from torchvalley.optim.a2grad import A2Grad  # noqa: E402
+
+# isort: on
+
+register_optimizer(
+    "a2grad",
+    A2Grad,
+    capabilities=Capabilities(foreach=True, separable=True),
+    hyperparameters=A2Grad.HYPERPARAMETERS,
+    summary="A2Grad: accelerated SGD with an adaptive per-coordinate step 1/(2L/(k+1) + beta "
+    "h_k), variants uni/inc/exp; averaged iterate via swap_averaged()",
+    family="adaptive",
+    paper="Deng, Cheng & Lan, Optimal Adaptive and Accelerated Stochastic Gradient Descent, "
+    "2018 (arXiv:1810.00553)",
+    example={"lips": 10.0, "beta": 10.0, "variant": "exp"},
+    group_example={
+        "lr": 0.5,
+        "lips": 5.0,
+        "beta": 1.0,
+        "variant": "uni",
+        "rho": 0.9,
+        "per_tensor": True,
+    },
+)
+
+# ----------------------------------------------------------------------------- adaptive batch
+# ABS / ABSA: a training-loop schedule carried by an optimizer wrapper (the runner calls its
+# prepare_batch and epoch_end hooks); registered with HessianFlow's defaults.
+# isort: off
+from torchvalley.schedules.abs import AdaptiveBatchSize  # noqa: E402
+
+# isort: on
+
+_ABS = Capabilities(wraps_base=True, accepts_model=True, separable=False)
+_ABS_PAPER = (
+    "Yao, Gholami, Arfeen, Liaw, Gonzalez, Keutzer & Mahoney, Large Batch Size Training of "
+    "Neural Networks with Adversarial Training and Second-Order Information, 2018 "
+    "(arXiv:1810.01021)"
+)
+
+
+def _absa(params, *, model=None, **hyperparameters):
+    return AdaptiveBatchSize(
+        params, model=model, **{"adversarial_fraction": 0.2, **hyperparameters}
+    )
+
+
+register_optimizer(
+    "abs",
+    AdaptiveBatchSize,
+    capabilities=_ABS,
+    hyperparameters=AdaptiveBatchSize.HYPERPARAMETERS,
+    summary="ABS: batch grown by gradient accumulation when the top Hessian eigenvalue halves "
+    "(or after `duration` epochs), lr scaled with it; over any base optimizer",
+    family="adaptive-batch",
+    paper=_ABS_PAPER,
+    example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "initial_ratio": 2},
+    group_example={"lr": 0.01, "momentum": 0.5},
+)
+register_optimizer(
+    "absa",
+    _absa,
+    capabilities=_ABS,
+    hyperparameters=tuple(
+        dataclasses.replace(h, default=0.2) if h.name == "adversarial_fraction" else h
+        for h in AdaptiveBatchSize.HYPERPARAMETERS
+    ),
+    summary="ABSA: ABS with 20% of each batch replaced by FGSM examples (eval mode), switched "
+    "off at the largest batch",
+    family="adaptive-batch",
+    paper=_ABS_PAPER,
+    example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "initial_ratio": 2},
+    group_example={"lr": 0.01, "momentum": 0.5},
 )
