@@ -14,8 +14,9 @@ Z ↦ Y₁^{-½}(Z − X₁)Y₁^{-½}, maps Z₂ to the bounded domain by W = (
 d = sqrt(Σ (2 artanh σₖ)²) over the singular values σ of W (= its Takagi values, since W is
 symmetric). For n = 1 this is the hyperbolic plane dx² + dy² over y².
 
-``BoundedDomain``: Z with I − Z̄Z ≻ 0, the metric ⟨U, V⟩_Z = 4 Re tr(A⁻¹ U B⁻¹ V̄) with
-A = I − Z̄Z, B = I − ZZ̄ = Ā; Riemannian gradient A sym(G) B / 4, its inverse 4A⁻¹RB⁻¹; the
+``BoundedDomain``: Z with I − Z̄Z ≻ 0, the metric ⟨U, V⟩_Z = 4 Re tr(B⁻¹ U A⁻¹ V̄) with
+A = I − Z̄Z, B = I − ZZ̄ = Ā (Siegel's (I − ZZ̄)⁻¹ dZ (I − Z̄Z)⁻¹ dZ̄); Riemannian gradient
+B sym(G) A / 4, its inverse 4B⁻¹RA⁻¹; the
 Cayley transform Z ↦ i(I + Z)(I − Z)⁻¹ is an isometry onto the upper half space (tested), and
 the distance is computed through it.
 
@@ -25,10 +26,11 @@ projection, not an isometry); no closed-form exponential or logarithm (``has_exp
 clamps the spectrum of Y into [λ_max / ``max_condition``, ∞) (as SPD), for ``BoundedDomain``
 the singular values of Z to at most 1 − eps (eps of :func:`~torchvalley.manifolds.boundary_eps`).
 
-Deliberate differences from geoopt: its ``BoundedDomain.inner`` lacks the factor 4 that makes
-the Cayley transform an isometry (its ``dist`` has it, so geoopt's inner and distance disagree
-by a factor 2 in length), and its ``egrad2rgrad`` is sym(A G A), not the Riesz representer
-A G B / 4 of its metric; only the Riemannian metric (not geoopt's Finsler variants) is offered.
+Deliberate differences from geoopt: its ``BoundedDomain.inner`` is Re tr(A⁻¹ U B⁻¹ V̄), with
+A and B in the other order and without the factor 4 that makes the Cayley transform an
+isometry (its ``dist`` is the Cayley-transported one, so geoopt's inner and distance disagree),
+and its ``egrad2rgrad`` is sym(A G A), not the Riesz representer of either metric; only the
+Riemannian metric (not geoopt's Finsler variants) is offered.
 """
 
 from __future__ import annotations
@@ -247,21 +249,21 @@ class BoundedDomain(_Siegel):
         return torch.where(inside, z, clamped)
 
     def egrad2rgrad(self, x: Tensor, g: Tensor) -> Tensor:
-        """A sym(G) B / 4, A = I − Z̄Z, B = I − ZZ̄."""
+        """B sym(G) A / 4, A = I − Z̄Z, B = I − ZZ̄."""
         a, b = self._ab(x)
-        return sym(a @ sym(_complex(g)) @ b) / 4
+        return sym(b @ sym(_complex(g)) @ a) / 4
 
     def rgrad2egrad(self, x: Tensor, r: Tensor) -> Tensor:
-        """4 A⁻¹ R B⁻¹."""
+        """4 B⁻¹ R A⁻¹."""
         a, b = self._ab(x)
-        return sym(4 * solve(b.mT, solve(a, r).mT).mT)
+        return sym(4 * solve(a.mT, solve(b, r).mT).mT)
 
     def inner(self, x: Tensor, u: Tensor, v: Tensor | None = None, keepdim: bool = False) -> Tensor:
-        """4 Re tr(A⁻¹ U B⁻¹ V̄)."""
+        """4 Re tr(B⁻¹ U A⁻¹ V̄)."""
         v = u if v is None else v
         a, b = self._ab(x)
-        left = solve(a, _complex(u))
-        right = solve(b, _complex(v).conj())
+        left = solve(b, _complex(u))
+        right = solve(a, _complex(v).conj())
         return 4 * self._reduce((left * right.mT).real, keepdim)
 
     def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:

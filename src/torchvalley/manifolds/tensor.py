@@ -98,12 +98,7 @@ class ManifoldTensor(Tensor):
             out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         source = args[0] if args else None
-        if (
-            name in _KEEP_NAMES
-            and isinstance(source, ManifoldTensor)
-            and isinstance(out, Tensor)
-            and getattr(func, "__objclass__", Tensor) is Tensor
-        ):
+        if name in _KEEP_NAMES and isinstance(source, ManifoldTensor) and isinstance(out, Tensor):
             wrapped = out.as_subclass(ManifoldTensor)
             wrapped.manifold = source.manifold
             return wrapped
