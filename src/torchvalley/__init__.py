@@ -33,6 +33,7 @@ _LAZY_SUBMODULES = frozenset(
         "bench",
         "cli",
         "dynamics",
+        "evolution",
         "integrations",
         "landscape",
         "noise",
