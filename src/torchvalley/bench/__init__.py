@@ -5,7 +5,8 @@
 * :mod:`~torchvalley.bench.specs` (``"name:key=value"`` specs, canonical labels) and
   :mod:`~torchvalley.bench.run_config` (``RunConfig``: a run's identity, named once);
 * :mod:`~torchvalley.bench.runner` (``run_one``, ``run_sweep``), :mod:`~torchvalley.bench.store`
-  (SQLite or PostgreSQL through SQLAlchemy, resumable, shared by concurrent sweeps), :mod:`~torchvalley.bench.report`;
+  (SQLite or PostgreSQL through SQLAlchemy, resumable, shared by concurrent sweeps),
+  :mod:`~torchvalley.bench.report`;
 * :mod:`~torchvalley.bench.names` (the CLI's choices, light to import) and
   :mod:`~torchvalley.bench.demo` (the demo suites);
 * :mod:`~torchvalley.bench.parallel` (``run_parallel``: local worker processes or Ray),
