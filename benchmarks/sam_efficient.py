@@ -48,11 +48,12 @@ METHODS: dict[str, tuple[str, dict[str, Any], str, tuple[float, ...]]] = {
     "asam": ("asam", COMMON, "rho", (0.5, 1.0, 2.0)),
     "sam_on": ("sam_on", COMMON, "rho", (0.2, 0.5, 1.0)),
     "looksam": ("looksam", {**COMMON, "k": 5}, "alpha", (0.3, 0.7, 1.0)),
+    "looksam_k2": ("looksam", {**COMMON, "k": 2}, "alpha", (0.3, 0.7, 1.0)),
     "esam": ("esam", {**COMMON, "beta": 0.5, "gamma": 0.5}, "rho", (0.05, 0.1, 0.2)),
     "mesa": ("mesa", {**{k: v for k, v in COMMON.items()}}, "lam", (0.4, 0.8, 1.6)),
 }
 #: methods whose radius follows the tuned SAM radius (LookSAM tunes alpha at SAM's rho)
-FOLLOWS_SAM_RHO = ("looksam",)
+FOLLOWS_SAM_RHO = ("looksam", "looksam_k2")
 TUNE_SEED = 1000
 
 
@@ -230,7 +231,7 @@ def report(path: Path) -> str:
             hyper = by[method][0]["hyper"]
             knob = METHODS[method][2]
             setting = f"{knob}={hyper.get(knob)}"
-            if method == "looksam":
+            if method.startswith("looksam"):
                 setting += f", rho={hyper.get('rho')}, k={hyper.get('k')}"
             p_sgd = _welch(acc, sgd)[1] if method != "sgd" and len(acc) > 1 else math.nan
             p_sam = _welch(acc, sam)[1] if sam and method != "sam" and len(acc) > 1 else math.nan

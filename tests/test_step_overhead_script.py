@@ -237,7 +237,11 @@ def test_training_step_mode(script: ModuleType, tmp_path: Path) -> None:
         assert row["closure_median_ms"] > 0
         assert row["optimizer_median_ms"] > 0
     for name in closure_names:
-        assert by_label[name]["closure_calls_per_step"] == by_label[name]["passes_per_step"]
+        calls, passes = by_label[name]["closure_calls_per_step"], by_label[name]["passes_per_step"]
+        if float(passes).is_integer():
+            assert calls == passes
+        else:  # an average (LookSAM: 1 + 1/k): every step takes one or two passes
+            assert 1 <= calls <= 2
 
 
 def test_training_step_resnet_and_chosen_optimizers(script: ModuleType, tmp_path: Path) -> None:

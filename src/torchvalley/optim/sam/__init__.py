@@ -33,6 +33,11 @@ Kim et al., *Fisher SAM*, ICML 2022; Jacobsen & Arvanitidis, *Monge SAM*, 2025; 
 ``swap_storage`` details are documented on the methods they govern
 (:mod:`~torchvalley.optim.sam.systems`).
 
+Efficient variants on the same wrapper (any ascent, any base): :class:`LookSAM` (a SAM step
+every ``k`` steps, 1 + 1/k passes), :class:`ESAM` (stochastic weight perturbation and
+sharpness-sensitive data selection) and :class:`MESA` (no second pass: a KL term against an
+EMA of the weights).
+
 Example:
     >>> import torch
     >>> from torchvalley.optim import SAM
@@ -52,5 +57,8 @@ from torchvalley.optim.sam.ascent import AscentRule as AscentRule
 from torchvalley.optim.sam.engine import NORMALIZATION_TYPES as NORMALIZATION_TYPES
 from torchvalley.optim.sam.engine import SAM as SAM
 from torchvalley.optim.sam.engine import normalization_parameters as normalization_parameters
+from torchvalley.optim.sam.esam import ESAM as ESAM
+from torchvalley.optim.sam.looksam import LookSAM as LookSAM
+from torchvalley.optim.sam.mesa import MESA as MESA
 
-__all__ = ["ASCENT_RULES", "SAM", "normalization_parameters"]
+__all__ = ["ASCENT_RULES", "ESAM", "MESA", "SAM", "LookSAM", "normalization_parameters"]
