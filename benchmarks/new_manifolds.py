@@ -1,0 +1,134 @@
+"""Issue 21: drift of the new manifolds over many steps, and step cost against geoopt.
+
+``drift``: for each new manifold × float32/float64, RSGD (momentum 0.9) and RAdam at lr 1e-2 on
+Σ d(x, t)² + 0.1 Σ sin(3x) (‖x − t‖² for the Birkhoff polytope), no drift control, reporting
+``manifold.violation(x)`` at the end. ``cost``: one RAdam step on SPD (affine) and
+Stereographic (κ = −1) parameters, ours vs geoopt's RiemannianAdam, interleaved round-robin,
+median of the repeats.
+
+Usage::
+
+    python benchmarks/new_manifolds.py drift --steps 10000
+    python benchmarks/new_manifolds.py cost --repeats 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from torchvalley.bench.machine import cpu_model
+from torchvalley.manifolds import (
+    BirkhoffPolytope,
+    ManifoldParameter,
+    SphereSubspaceIntersection,
+    Stereographic,
+    SymmetricPositiveDefinite,
+    UpperHalf,
+)
+from torchvalley.optim import RiemannianAdam, RiemannianSGD
+
+CASES = (
+    ("SPD affine (16×4×4)", SymmetricPositiveDefinite(), (16, 4, 4)),
+    ("SPD log-Euclidean (16×4×4)", SymmetricPositiveDefinite("log-euclidean"), (16, 4, 4)),
+    ("SPD Bures–Wasserstein (16×4×4)", SymmetricPositiveDefinite("bures-wasserstein"), (16, 4, 4)),
+    ("Stereographic κ=−1 (100×5)", Stereographic(-1.0), (100, 5)),
+    ("Stereographic κ=+1 exact (100×5)", Stereographic(1.0, exact=True), (100, 5)),
+    ("Birkhoff (16×4×4)", BirkhoffPolytope(), (16, 4, 4)),
+    ("UpperHalf (8×3×3)", UpperHalf(), (8, 3, 3)),
+    (
+        "Sphere ∩ subspace (100×6)",
+        SphereSubspaceIntersection(torch.eye(6, dtype=torch.float64)[:, :3]),
+        (100, 6),
+    ),
+)
+
+
+def _loss(m, x, t):
+    if isinstance(m, BirkhoffPolytope):
+        return (x - t).square().sum()
+    wiggle = torch.sin(3 * (x.real if x.is_complex() else x)).sum()
+    return m.dist(x, t).square().sum() + 0.1 * wiggle
+
+
+def drift(steps: int) -> None:
+    print(f"| manifold | dtype | rsgd (m=0.9) | radam |  (steps={steps}, CPU: {cpu_model()})")
+    print("|---|---|---|---|")
+    for name, m, shape in CASES:
+        for dtype in (torch.float32, torch.float64):
+            row = []
+            for cls, kw in ((RiemannianSGD, {"momentum": 0.9}), (RiemannianAdam, {})):
+                g = torch.Generator().manual_seed(0)
+                x = ManifoldParameter(m.random(*shape, generator=g, dtype=dtype), m)
+                t = m.random(*shape, generator=g, dtype=dtype)
+                opt = cls([x], lr=1e-2, hyperbolic_float64=False, **kw)
+                for _ in range(steps):
+                    opt.zero_grad()
+                    _loss(m, x, t).backward()
+                    opt.step()
+                row.append(f"{float(m.violation(x.detach())):.1e}")
+            print(f"| {name} | {str(dtype)[6:]} | {row[0]} | {row[1]} |")
+
+
+def cost(repeats: int, inner: int) -> None:
+    import geoopt
+
+    cases = (
+        (
+            "SPD affine 64×8×8",
+            SymmetricPositiveDefinite(),
+            geoopt.SymmetricPositiveDefinite(),
+            (64, 8, 8),
+        ),
+        (
+            "Stereographic κ=−1 1000×16",
+            Stereographic(-1.0),
+            geoopt.Stereographic(k=torch.tensor(-1.0, dtype=torch.float64)),
+            (1000, 16),
+        ),
+    )
+    print(
+        f"| manifold | ours (ms/step) | geoopt (ms/step) | ratio |  (CPU: {cpu_model()}, 1 thread)"
+    )
+    print("|---|---|---|---|")
+    for name, ours_m, theirs_m, shape in cases:
+        g = torch.Generator().manual_seed(0)
+        start = ours_m.random(*shape, generator=g, dtype=torch.float64)
+        target = ours_m.random(*shape, generator=g, dtype=torch.float64)
+        ours_p = ManifoldParameter(start.clone(), ours_m)
+        theirs_p = geoopt.ManifoldParameter(start.clone(), manifold=theirs_m)
+        ours_o = RiemannianAdam([ours_p], lr=1e-3)
+        theirs_o = geoopt.optim.RiemannianAdam([theirs_p], lr=1e-3)
+        runs = {"ours": (ours_p, ours_o, ours_m), "geoopt": (theirs_p, theirs_o, ours_m)}
+        times: dict[str, list[float]] = {"ours": [], "geoopt": []}
+        for _ in range(repeats):
+            for key, (p, opt, m) in runs.items():  # interleaved round-robin
+                p.grad = None
+                (p - target).square().sum().backward()  # fixed gradient; only the step is timed
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    opt.step()
+                times[key].append((time.perf_counter() - t0) / inner * 1e3)
+        a, b = statistics.median(times["ours"]), statistics.median(times["geoopt"])
+        print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", choices=("drift", "cost"))
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--inner", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.mode == "drift":
+        drift(args.steps)
+    else:
+        cost(args.repeats, args.inner)
+
+
+if __name__ == "__main__":
+    main()
