@@ -105,7 +105,7 @@ def cost(repeats: int, inner: int) -> None:
         runs = {"ours": (ours_p, ours_o, ours_m), "geoopt": (theirs_p, theirs_o, ours_m)}
         times: dict[str, list[float]] = {"ours": [], "geoopt": []}
         for _ in range(repeats):
-            for key, (p, opt, m) in runs.items():  # interleaved round-robin
+            for key, (p, opt, _m) in runs.items():  # interleaved round-robin
                 p.grad = None
                 (p - target).square().sum().backward()  # fixed gradient; only the step is timed
                 t0 = time.perf_counter()
