@@ -11,6 +11,7 @@ from typing import Any
 
 # public name -> module that defines it
 _EXPORTS = {
+    "A2Grad": "torchvalley.optim.a2grad",
     "Multirate": "torchvalley.optim.multirate",
     "RiemannianAdagrad": "torchvalley.optim.riemannian",
     "RiemannianAdam": "torchvalley.optim.riemannian",
@@ -18,7 +19,7 @@ _EXPORTS = {
     "SAM": "torchvalley.optim.sam",
     "normalization_parameters": "torchvalley.optim.sam",
 }
-_SUBMODULES = ("fgsgd", "riemannian", "sam", "torch_baselines")
+_SUBMODULES = ("a2grad", "fgsgd", "riemannian", "sam", "torch_baselines")
 
 __all__ = [*_SUBMODULES, *_EXPORTS]
 

@@ -22,7 +22,9 @@ holds the mirror-descent iterate ``x_k``. With ``k = 0, 1, ...`` counted per par
     x̄_{k+1} = y_k − α_k lr · G_k/(γ_k + β h_k)             # = (1−α_k) x̄_k + α_k x_{k+1}
     y_{k+1} = (1−α_{k+1}) x̄_{k+1} + α_{k+1} x_{k+1}
 
-``δ_k²`` is elementwise (``per_tensor=False``) or ``‖δ_k‖²`` summed over the tensor
+The state ``v`` holds v_k (uni, exp) or w_k = (k+1)² v_k (inc, which then needs no decay
+pass), starting from the dtype's smallest normal number (see :func:`_accumulator`). ``δ_k²`` is
+elementwise (``per_tensor=False``) or ``‖δ_k‖²`` summed over the tensor
 (``per_tensor=True``). ``lr`` multiplies the paper's step (``lr = s`` equals the paper with
 ``L/s`` and ``β/s``); it is there so that learning-rate schedulers have something to drive.
 The theory's output is the average x̄: :meth:`A2Grad.averaged` returns it and
@@ -39,6 +41,7 @@ paper's algorithm; ``tests/optim/test_a2grad.py`` shows the shift.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -213,28 +216,57 @@ def _init_state(state: dict[str, Any], p: Tensor) -> None:
     state["gradient_average"] = torch.zeros_like(p)
 
 
-def _coefficients(k: int, group: dict[str, Any]) -> tuple[float, float, float, float]:
-    """(γ_k, α_k, α_{k+1}, the factor in h_k = factor · √v_k)."""
-    gamma = 2.0 * group["lips"] / (k + 1)
-    alpha, alpha_next = 2.0 / (k + 2), 2.0 / (k + 3)
-    scale = (k + 1) ** 0.5 if group["variant"] == "exp" else 1.0
-    return gamma, alpha, alpha_next, scale
+@dataclasses.dataclass(frozen=True)
+class _Coefficients:
+    """The step's scalars. With d = G_k − g̃_{k−1}: g̃_k = g̃_{k−1} + d/(k+1) and δ_k = c·d,
+    c = k/(k+1), so δ_k² = c² d² needs no second pass. ``inc`` keeps w_k = (k+1)² v_k =
+    w_{k−1} + k² d² (no decay pass) and h_k = √w_k/(k+1). With h_k = s √(state) (s = 1 for
+    uni, 1/(k+1) for inc, √(k+1) for exp) the step G/(γ + β h) is computed as
+    (1/(β s)) · G/(√state + γ/(β s)), one pass fewer; β = 0 is the step G/γ."""
+
+    average_weight: float  # 1/(k+1)
+    square_weight: float  # uni, exp: c²; inc: k²
+    shift: float  # γ_k/(β s)
+    x_value: float  # −lr/(β s), or −lr/γ_k when β = 0
+    y_value: float  # α_k · x_value
+    alpha_next: float  # α_{k+1}
+    adaptive: bool  # β > 0
 
 
-def _per_tensor_v(state: dict[str, Any], key: str) -> Tensor:
-    """The scalar accumulator ``v`` or ``ṽ`` of the per-tensor variant (a 0-dim tensor, zero
-    at first use, or when the group switched from per-coordinate)."""
+def _coefficients(k: int, group: dict[str, Any]) -> _Coefficients:
+    gamma = 2.0 * group["lips"] / (k + 1)  # γ_k = 2L/(k+1)
+    alpha, alpha_next = 2.0 / (k + 2), 2.0 / (k + 3)  # α_k, α_{k+1}
+    variant = group["variant"]
+    scale = {"uni": 1.0, "inc": 1.0 / (k + 1), "exp": (k + 1) ** 0.5}[variant]
+    weight = float(group["beta"]) * scale
+    lr = float(group["lr"])
+    x_value = -lr / weight if weight > 0 else -lr / gamma
+    return _Coefficients(
+        average_weight=1.0 / (k + 1),
+        square_weight=float(k * k) if variant == "inc" else (k / (k + 1)) ** 2,
+        shift=gamma / weight if weight > 0 else 0.0,
+        x_value=x_value,
+        y_value=alpha * x_value,
+        alpha_next=alpha_next,
+        adaptive=weight > 0,
+    )
+
+
+def _accumulator(state: dict[str, Any], key: str, per_tensor: bool) -> Tensor:
+    """``v`` (or ``v_smoothed``): per coordinate, or a 0-dim tensor for ``per_tensor``; made
+    at first use (or when the group switched between the two).
+
+    ``v`` starts at the dtype's smallest normal number instead of 0 (``v_smoothed`` at 0):
+    √0 takes a slow path on some CPUs (6-8x slower on the AMD EPYC of results/adaptive.md)
+    and a coordinate whose gradient never changes keeps v = 0 exactly. The offset changes
+    √v only where v < 2^-100, far below the other term of the denominator.
+    """
+    x = state["x"]
     value = state.get(key)
-    if value is None or value.dim() != 0:
-        value = state[key] = state["x"].new_zeros(())
-    return value
-
-
-def _coordinate_v(state: dict[str, Any], key: str) -> Tensor:
-    """The per-coordinate accumulator ``v`` or ``ṽ`` (zero at first use, or after a switch)."""
-    value = state.get(key)
-    if value is None or value.shape != state["x"].shape:
-        value = state[key] = torch.zeros_like(state["x"])
+    shape = () if per_tensor else x.shape
+    if value is None or value.shape != shape:
+        fill = torch.finfo(x.dtype).tiny if key == "v" else 0.0
+        value = state[key] = torch.full(shape, fill, dtype=x.dtype, device=x.device)
     return value
 
 
@@ -246,32 +278,31 @@ def _single_tensor_a2grad(
     group: dict[str, Any],
 ) -> None:
     """The per-tensor path (the reference; the multi-tensor path runs the same arithmetic)."""
-    gamma, alpha, alpha_next, scale = _coefficients(k, group)
+    c = _coefficients(k, group)
     variant, rho, per_tensor = group["variant"], group["rho"], group["per_tensor"]
-    lr, beta = float(group["lr"]), float(group["beta"])
     for p, grad, state in zip(params, grads, states, strict=True):
         grad = -grad if group["maximize"] else grad  # G_k
         average = state["gradient_average"]
-        average.lerp_(grad, 1.0 / (k + 1))  # g̃_k = g̃_{k-1} + (G_k − g̃_{k-1})/(k+1)
-        delta = grad - average  # δ_k
-        square = torch.linalg.vector_norm(delta).square() if per_tensor else delta * delta
-        get = _per_tensor_v if per_tensor else _coordinate_v
-        v = get(state, "v")
+        d = grad - average  # G_k − g̃_{k−1}
+        average.add_(d, alpha=c.average_weight)  # g̃_k = g̃_{k−1} + d/(k+1)
+        if per_tensor:
+            d = torch.linalg.vector_norm(d)  # δ_k² summed over the tensor is c²‖d‖²
+        v = _accumulator(state, "v", per_tensor)
         if variant == "exp":
-            smoothed = get(state, "v_smoothed")
-            if k == 0:
-                smoothed.copy_(square)  # ṽ_0 = δ_0²
-            else:
-                smoothed.mul_(rho).add_(square, alpha=1.0 - rho)  # ṽ_k = ρ ṽ_{k-1} + (1−ρ) δ_k²
+            smoothed = _accumulator(state, "v_smoothed", per_tensor)
+            smoothed.mul_(rho).addcmul_(d, d, value=(1.0 - rho) * c.square_weight)  # ṽ_k
             torch.maximum(v, smoothed, out=v)  # v_k = max(ṽ_k, v_{k-1})
         else:
-            if variant == "inc":
-                v.mul_((k / (k + 1)) ** 2)  # (k/(k+1))² v_{k-1}
-            v.add_(square)  # + δ_k²
-        denominator = v.sqrt().mul_(beta * scale).add_(gamma)  # γ_k + β h_k
-        state["x"].addcdiv_(grad, denominator, value=-lr)  # x_{k+1} = x_k − lr G_k/(γ_k+βh_k)
-        p.addcdiv_(grad, denominator, value=-lr * alpha)  # x̄_{k+1} = y_k − α_k lr G_k/(…)
-        p.lerp_(state["x"], alpha_next)  # y_{k+1} = (1−α_{k+1}) x̄_{k+1} + α_{k+1} x_{k+1}
+            v.addcmul_(d, d, value=c.square_weight)  # uni: v += δ²; inc: w += (k+1)² δ²
+        x = state["x"]
+        if c.adaptive:
+            denominator = v.sqrt().add_(c.shift)  # (γ_k + β h_k)/(β s)
+            x.addcdiv_(grad, denominator, value=c.x_value)  # x_{k+1} = x_k − lr G/(γ + βh)
+            p.addcdiv_(grad, denominator, value=c.y_value)  # x̄_{k+1} = y_k − α_k lr G/(…)
+        else:
+            x.add_(grad, alpha=c.x_value)
+            p.add_(grad, alpha=c.y_value)
+        p.lerp_(x, c.alpha_next)  # y_{k+1} = (1−α_{k+1}) x̄_{k+1} + α_{k+1} x_{k+1}
 
 
 def _multi_tensor_a2grad(
@@ -282,46 +313,41 @@ def _multi_tensor_a2grad(
     group: dict[str, Any],
 ) -> None:
     """The multi-tensor path: :func:`_single_tensor_a2grad` with ``torch._foreach_*`` ops."""
-    gamma, alpha, alpha_next, scale = _coefficients(k, group)
+    c = _coefficients(k, group)
     variant, rho, per_tensor = group["variant"], group["rho"], group["per_tensor"]
-    lr, beta = float(group["lr"]), float(group["beta"])
     if group["maximize"]:
         grads = torch._foreach_neg(grads)
     averages = [state["gradient_average"] for state in states]
     xs = [state["x"] for state in states]
-    torch._foreach_lerp_(averages, grads, 1.0 / (k + 1))
-    deltas = torch._foreach_sub(grads, averages)
-    get = _per_tensor_v if per_tensor else _coordinate_v
+    ds = torch._foreach_sub(grads, averages)
+    torch._foreach_add_(averages, ds, alpha=c.average_weight)
     if per_tensor:
-        squares = list(torch._foreach_norm(deltas))
-        torch._foreach_mul_(squares, squares)
-    else:
-        squares = deltas
-        torch._foreach_mul_(squares, deltas)
-    vs = [get(state, "v") for state in states]
+        ds = list(torch._foreach_norm(ds))
+    vs = [_accumulator(state, "v", per_tensor) for state in states]
     if variant == "exp":
-        smoothed = [get(state, "v_smoothed") for state in states]
-        if k == 0:
-            torch._foreach_copy_(smoothed, squares)
-        else:
-            torch._foreach_mul_(smoothed, rho)
-            torch._foreach_add_(smoothed, squares, alpha=1.0 - rho)
+        smoothed = [_accumulator(state, "v_smoothed", per_tensor) for state in states]
+        torch._foreach_mul_(smoothed, rho)
+        torch._foreach_addcmul_(smoothed, ds, ds, value=(1.0 - rho) * c.square_weight)
         torch._foreach_maximum_(vs, smoothed)
     else:
-        if variant == "inc":
-            torch._foreach_mul_(vs, (k / (k + 1)) ** 2)
-        torch._foreach_add_(vs, squares)
-    denominators = torch._foreach_sqrt(vs)
-    torch._foreach_mul_(denominators, beta * scale)
-    torch._foreach_add_(denominators, gamma)
-    if per_tensor:  # scalar denominators: broadcast per tensor
+        torch._foreach_addcmul_(vs, ds, ds, value=c.square_weight)
+    if not c.adaptive:
+        torch._foreach_add_(xs, grads, alpha=c.x_value)
+        torch._foreach_add_(params, grads, alpha=c.y_value)
+    elif per_tensor:  # scalar denominators: broadcast per tensor
+        denominators = torch._foreach_sqrt(vs)
+        torch._foreach_add_(denominators, c.shift)
         for p, grad, x, denominator in zip(params, grads, xs, denominators, strict=True):
-            x.addcdiv_(grad, denominator, value=-lr)
-            p.addcdiv_(grad, denominator, value=-lr * alpha)
+            x.addcdiv_(grad, denominator, value=c.x_value)
+            p.addcdiv_(grad, denominator, value=c.y_value)
     else:
-        torch._foreach_addcdiv_(xs, grads, denominators, value=-lr)
-        torch._foreach_addcdiv_(params, grads, denominators, value=-lr * alpha)
-    torch._foreach_lerp_(params, xs, alpha_next)
+        denominators = ds  # d is spent: its memory takes √v + shift (no new allocation)
+        for v, denominator in zip(vs, denominators, strict=True):
+            torch.sqrt(v, out=denominator)
+        torch._foreach_add_(denominators, c.shift)
+        torch._foreach_addcdiv_(xs, grads, denominators, value=c.x_value)
+        torch._foreach_addcdiv_(params, grads, denominators, value=c.y_value)
+    torch._foreach_lerp_(params, xs, c.alpha_next)
 
 
 def a2grad(params: Any, **hyperparameters: Any) -> A2Grad:
