@@ -37,6 +37,7 @@ _LAZY_SUBMODULES = frozenset(
         "integrations",
         "landscape",
         "noise",
+        "quant",
         "registry",
         "testing",
         "validation",
