@@ -284,6 +284,45 @@ register_optimizer(
     example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "lam": 0.8, "tau": 4.0},
     group_example={"ema_decay": 0.5, "lr": 0.01},
 )
+# Variants that change what the two gradients become (issue 21): SAM's two passes each.
+from torchvalley.optim.sam.variants import GSAM, WSAM, FriendlySAM  # noqa: E402
+
+for _name, _class, _summary, _paper, _extra in (
+    (
+        "gsam",
+        GSAM,
+        "GSAM: SAM gradient minus alpha times the clean gradient's part orthogonal to it "
+        "(surrogate gap); rho may follow lr",
+        "Zhuang et al., Surrogate Gap Minimization Improves Sharpness-Aware Training, ICLR 2022",
+        {"alpha": 0.4},
+    ),
+    (
+        "wsam",
+        WSAM,
+        "WSAM: weighted sharpness gamma/(1-gamma) as a regularizer, decoupled from the base step",
+        "Yue et al., Sharpness-Aware Minimization Revisited: Weighted Sharpness as a "
+        "Regularization Term, KDD 2023",
+        {"gamma": 0.9},
+    ),
+    (
+        "friendly_sam",
+        FriendlySAM,
+        "Friendly-SAM: ascent along g minus sigma times an EMA of past gradients",
+        "Li, Zhou, Tian, Yang, Huang, Friendly Sharpness-Aware Minimization, CVPR 2024",
+        {"sigma": 1.0, "lmbda": 0.9},
+    ),
+):
+    register_optimizer(
+        _name,
+        _class,
+        capabilities=_SAM,
+        hyperparameters=_class.HYPERPARAMETERS,
+        summary=_summary,
+        family="sharpness-aware",
+        paper=_paper,
+        example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05, **_extra},
+        group_example={"rho": 0.5, "lr": 0.01},
+    )
 # ----------------------------------------------------------------------------------- FG-SGD
 from torchvalley.optim.fgsgd import FGSGD  # noqa: E402
 

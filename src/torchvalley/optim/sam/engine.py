@@ -79,6 +79,9 @@ class SAM(torch.optim.Optimizer):
         fisher_eta: Fisher-SAM's strength :math:`\\eta_F` in :math:`1 + \\eta_F g^2`.
         max_grad_norm: clip the *final* (second-pass) gradient to this global norm before the
             base step; ``None`` for no clipping.
+        gradient_centralization: centralize the *final* gradient before clipping and the base
+            step: for every tensor of two or more dimensions subtract its mean over all
+            dimensions but the first (Yong et al., ECCV 2020); the ascent is unchanged.
         perturbation_sync: ``"local"`` (each DDP replica perturbs with its own gradient:
             m-sharpness, as in the paper; Fisher and Monge then use the replica's gradient) or
             ``"global"`` (all-reduced first gradient, identical perturbations). ``"local"``
@@ -111,6 +114,7 @@ class SAM(torch.optim.Optimizer):
         Hyperparameter("perturb", "any", "all", "all | norm | predicate | parameters"),
         Hyperparameter("model", "any", None, "the module (BatchNorm stats, SAM-ON, DDP)"),
         Hyperparameter("max_grad_norm", "optional_positive", None, "clip the final gradient"),
+        Hyperparameter("gradient_centralization", "bool", False, "centralize the final gradient"),
         Hyperparameter(
             "perturbation_sync", "choice", "local", "DDP perturbation", choices=("local", "global")
         ),
@@ -140,6 +144,7 @@ class SAM(torch.optim.Optimizer):
         normalize_bias: bool = False,
         fisher_eta: float = 1.0,
         max_grad_norm: float | None = None,
+        gradient_centralization: bool = False,
         perturbation_sync: str = "local",
         bn_statistics: str = "clean",
         diagnostics: bool = False,
@@ -158,6 +163,7 @@ class SAM(torch.optim.Optimizer):
                 "normalize_bias": normalize_bias,
                 "fisher_eta": fisher_eta,
                 "max_grad_norm": max_grad_norm,
+                "gradient_centralization": gradient_centralization,
                 "perturbation_sync": perturbation_sync,
                 "bn_statistics": bn_statistics,
                 "diagnostics": diagnostics,
@@ -192,6 +198,7 @@ class SAM(torch.optim.Optimizer):
 
         self.model = model
         self.max_grad_norm = settings["max_grad_norm"]
+        self.gradient_centralization = settings["gradient_centralization"]
         self.perturbation_sync = settings["perturbation_sync"]
         self.bn_statistics = settings["bn_statistics"]
         self.diagnostics = settings["diagnostics"]
@@ -423,6 +430,7 @@ class SAM(torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_checked_values", {})
         self.__dict__.setdefault("_group_records", _GROUP_HYPERPARAMETERS)
+        self.__dict__.setdefault("gradient_centralization", False)
 
     def _validate(self, group: dict[str, Any]) -> None:
         validate_group(self._group_records, group)
@@ -517,6 +525,13 @@ class SAM(torch.optim.Optimizer):
             self.last_diagnostics["effective_radius"] = rho * torch.rsqrt(1 + euclidean.square())
 
     def _clip(self) -> None:
+        """The final gradient, before every base step: centralized (if asked), then clipped."""
+        if self.gradient_centralization:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None and p.grad.dim() >= 2:
+                        # g <- g - mean of g over every dimension but the first (per output row)
+                        p.grad.sub_(p.grad.mean(dim=tuple(range(1, p.grad.dim())), keepdim=True))
         if self.max_grad_norm is None:
             return
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
