@@ -115,10 +115,10 @@ def train(run: Run, epochs: int, holdout: bool) -> Run:
             if name == "esam":
                 inner = per_example_closure(optimizer, model, F.cross_entropy, inputs, targets)
 
-                def closure(subset=None, backward=True, inner=inner):
+                def closure(subset=None, backward=True, per_example=False, inner=inner):
                     nonlocal calls
                     calls += 1
-                    return inner(subset=subset, backward=backward)
+                    return inner(subset=subset, backward=backward, per_example=per_example)
             else:
 
                 def closure(inputs=inputs, targets=targets):

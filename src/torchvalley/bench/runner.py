@@ -703,18 +703,32 @@ def _train(
                 first_loss: list[torch.Tensor] = []
 
                 def closure(
+                    subset: torch.Tensor | None = None,
+                    backward: bool = True,
+                    per_example: bool = False,
                     inputs: torch.Tensor = inputs,
                     targets: torch.Tensor = targets,
                     first_loss: list[torch.Tensor] = first_loss,
+                    run_backward: Callable[[torch.Tensor], Any] = backward,
                 ) -> torch.Tensor:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = task.loss_fn(model(inputs), targets)
-                    backward(loss)
+                    # Called with no argument by every optimizer; ESAM's data selection asks for
+                    # per-example losses, a forward-only pass and a sub-batch (optim/sam/esam.py).
+                    if subset is not None:
+                        inputs, targets = inputs[subset], targets[subset]
+                    if backward:
+                        optimizer.zero_grad(set_to_none=True)
+                    outputs = model(inputs)
+                    losses = (
+                        task.loss_fn(outputs, targets, reduction="none") if per_example else None
+                    )
+                    loss = task.loss_fn(outputs, targets) if losses is None else losses.mean()
                     counters.forward += 1
-                    counters.backward += 1
+                    if backward:
+                        run_backward(loss)
+                        counters.backward += 1
                     if not first_loss:
                         first_loss.append(loss.detach())
-                    return loss
+                    return losses.detach() if per_example else loss
 
                 optimizer.step(closure)
                 counters.steps += 1

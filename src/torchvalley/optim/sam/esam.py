@@ -20,17 +20,20 @@ about 0.85 of SAM's work when the weight gradients are half the backward (the pa
 
 With ``beta = 1`` and ``gamma = 1`` the step is SAM's bit for bit (no draw, no extra pass).
 
-Data selection needs per-example losses, so the closure takes two keyword arguments::
+Data selection needs per-example losses, so the closure takes three keyword arguments (and
+behaves as a plain closure when called without them)::
 
-    def closure(subset=None, backward=True):
-        optimizer.zero_grad()
+    def closure(subset=None, backward=True, per_example=False):
+        if backward:
+            optimizer.zero_grad()
         x, y = (inputs, targets) if subset is None else (inputs[subset], targets[subset])
         losses = F.cross_entropy(model(x), y, reduction="none")   # shape (len(x),)
         if backward:
             losses.mean().backward()
-        return losses
+        return losses if per_example else losses.mean()
 
-(:func:`per_example_closure` builds it.) A plain closure works with ``gamma = 1`` only.
+(:func:`per_example_closure` builds it; the harness's runner passes one.) A plain closure
+works with ``gamma = 1`` only.
 
 Du, Yan, Feng, Zhou, Zhen, Goh, Tan, *Efficient Sharpness-aware Minimization for Improved
 Training of Neural Networks*, ICLR 2022 (official code dydjw9/Efficient_SAM: per-tensor SWP by
@@ -118,14 +121,14 @@ class ESAM(SAM):
         if selective and not _takes_subset(closure):
             raise ValueError(
                 "Invalid closure: ESAM's data selection (gamma < 1) needs a closure taking "
-                "subset= and backward= and returning per-example losses "
+                "subset=, backward= and per_example= (per_example=True: per-example losses) "
                 "(torchvalley.optim.sam.esam.per_example_closure builds one); or set gamma=1"
             )
         evaluate, closure = closure, torch.enable_grad()(closure)  # evaluate: under no_grad
         self._chosen = self._draw()
         try:
             with self.first_pass_context(), self._clean_pass_gradients():
-                clean = closure()
+                clean = closure(per_example=True) if selective else closure()
             with self._restored_on_error():
                 climbed = self.first_step(zero_grad=True, grad_scaler=grad_scaler)
                 if climbed or not self.first_pass_overflowed:
@@ -164,7 +167,7 @@ class ESAM(SAM):
 
     def _select(self, evaluate: Callable[..., Any], clean: Tensor) -> Tensor:
         before = _per_example(clean)
-        after = _per_example(evaluate(backward=False))  # at w + eps, under no_grad
+        after = _per_example(evaluate(backward=False, per_example=True))  # at w + eps, no_grad
         if after.shape != before.shape:
             raise ValueError("Invalid closure: per-example losses changed shape between passes")
         count = max(1, math.ceil(self.gamma * before.numel()))
@@ -202,7 +205,7 @@ def _takes_subset(closure: Callable[..., Any]) -> bool:
         parameters = inspect.signature(closure).parameters
     except (TypeError, ValueError):
         return False
-    return "subset" in parameters and "backward" in parameters
+    return {"subset", "backward", "per_example"} <= set(parameters)
 
 
 def _per_example(losses: Any) -> Tensor:
@@ -223,19 +226,22 @@ def per_example_closure(
     """The closure ESAM's data selection needs, for a ``loss_fn`` taking ``reduction="none"``
     (``torch.nn.functional.cross_entropy``, ``mse_loss`` with per-example rows, ...).
 
-    ``closure()`` is a plain training closure (it returns the per-example losses; backward on
-    their mean); ``closure(backward=False)`` only evaluates; ``closure(subset=index)`` trains on
-    ``inputs[index]``."""
+    ``closure()`` is a plain training closure (backward on the mean loss, which it returns);
+    ``per_example=True`` returns the per-example losses instead, ``backward=False`` only
+    evaluates, ``subset=index`` trains on ``inputs[index]``."""
 
-    def closure(subset: Tensor | None = None, backward: bool = True) -> Tensor:
+    def closure(
+        subset: Tensor | None = None, backward: bool = True, per_example: bool = False
+    ) -> Tensor:
         if backward:
             optimizer.zero_grad(set_to_none=True)
         x, y = (inputs, targets) if subset is None else (inputs[subset], targets[subset])
         losses = loss_fn(model(x), y, reduction="none")
         if losses.dim() > 1:
             losses = losses.reshape(losses.shape[0], -1).mean(dim=1)
+        loss = losses.mean()
         if backward:
-            losses.mean().backward()
-        return losses.detach()
+            loss.backward()
+        return losses.detach() if per_example else loss
 
     return closure
