@@ -289,11 +289,12 @@ def _given_up(job: Job, plan: list, reason: str) -> RunResult:
 
 def _context() -> Any:
     """``forkserver`` where there is one: a clean server process that has imported torch and
-    torchvalley once forks each worker (no re-import per worker, no forked compute threads);
+    torchvalley once, with one intra-op thread and no computation, forks each worker (no
+    re-import per worker, no inherited thread pools: :mod:`torchvalley.bench._forkserver`);
     ``spawn`` elsewhere."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torchvalley.bench.parallel", "torchvalley.bench.tasks"])
+        context.set_forkserver_preload(["torchvalley.bench._forkserver"])
         return context
     return multiprocessing.get_context("spawn")
 

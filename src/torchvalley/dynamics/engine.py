@@ -35,6 +35,7 @@ import torch
 
 from torchvalley.dynamics import operators as ops
 from torchvalley.noise import CounterNoise
+from torchvalley.sharding import local_shard
 
 __all__ = [
     "CHUNK",
@@ -134,8 +135,14 @@ def run_segment(
     # (a barrier) must stay small against the work of each thread
     step = CHUNK * max(1, torch.get_num_threads())
     batch = []  # small or unchunkable tensors: one foreach call per letter for all of them
+    shards = []  # (offset, full numel) of each batched tensor's elements in its parameter
     for theta, p, g, index in tensors:
-        n = theta.numel()
+        n = offset = 0
+        shard = local_shard(theta)
+        if shard is not None:  # FSDP2: this rank's rows, drawing the full parameter's noise
+            theta, offset, n = shard
+            p, g = p.to_local(), g.to_local()
+        n = n or theta.numel()
         if (
             n < SMALL
             or theta.device.type != "cpu"
@@ -143,19 +150,21 @@ def run_segment(
             or not (theta.is_contiguous() and p.is_contiguous() and g.is_contiguous())
         ):
             batch.append((theta, p, g, index))
+            shards.append((offset, n))
             continue
         flat = theta.view(-1), p.view(-1), g.view(-1)
         chunk_ops = folded if theta.dtype == torch.float32 else ops_
-        for start in range(0, n, step):
-            size = min(step, n - start)
+        for start in range(0, theta.numel(), step):
+            size = min(step, theta.numel() - start)
             chunk = [[t[start : start + size]] for t in flat]
             draw = functools.partial(
-                _chunk_noise, noise, scratch, theta.dtype, index, start, n, size
+                _chunk_noise, noise, scratch, theta.dtype, index, offset + start, n, size
             )
             _apply(chunk_ops, *chunk, draw)
     if batch:
         thetas, momenta, grads, indices = (list(column) for column in zip(*batch, strict=True))
-        _apply(ops_, thetas, momenta, grads, functools.partial(_whole, noise, thetas, indices))
+        draw = functools.partial(_whole, noise, thetas, indices, shards=shards)
+        _apply(ops_, thetas, momenta, grads, draw)
 
 
 def fold(ops_: list[Op]) -> list[Op]:
@@ -206,12 +215,21 @@ def _apply(ops_: list[Op], theta: list, p: list, g: list, draw) -> None:
 
 
 def _whole(
-    noise: CounterNoise, thetas: list[torch.Tensor], indices: list[int], key: int
+    noise: CounterNoise,
+    thetas: list[torch.Tensor],
+    indices: list[int],
+    key: int,
+    *,
+    shards: list[tuple[int, int]] | None = None,
 ) -> list[torch.Tensor]:
-    """The draws of whole tensors, allocated (the reference's)."""
+    """The draws of whole tensors, allocated (the reference's); ``shards``: where each tensor's
+    elements sit in its full parameter (a shard's noise is the full draw's slice)."""
+    shards = shards or [(0, t.numel()) for t in thetas]
     return [
-        noise.gaussian(t, step=key, index=i, dtype=torch.float32).to(t.dtype)
-        for t, i in zip(thetas, indices, strict=True)
+        noise.gaussian(
+            t, step=key, index=i, offset=o, numel_total=n or t.numel(), dtype=torch.float32
+        ).to(t.dtype)
+        for t, i, (o, n) in zip(thetas, indices, shards, strict=True)
     ]
 
 

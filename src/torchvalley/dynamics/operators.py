@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import torch
 
+from torchvalley.sharding import is_dtensor
+
 __all__ = [
     "LETTERS",
     "additive_noise",
@@ -94,6 +96,8 @@ def additive_noise(momenta: Tensors, noise: Tensors, sigma: float, h: float) -> 
 def kinetic_sum(momenta: Tensors, mass: float) -> torch.Tensor:
     """``sum(p**2) / m`` over all tensors, as a 0-dim tensor."""
     norms = torch._foreach_norm(list(momenta))
+    # FSDP2: a DTensor's norm is a replicated DTensor; the thermostat is a plain 0-dim tensor
+    norms = [n.full_tensor() if is_dtensor(n) else n for n in norms]
     return torch.stack([n * n for n in norms]).sum() / mass
 
 

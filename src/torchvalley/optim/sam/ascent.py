@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from torchvalley.manifolds.base import Manifold
+from torchvalley.sharding import foreach_copy_
 
 __all__ = ["ASCENT_RULES", "AscentRule", "Ellipsoid", "Monge", "Part", "Riemannian"]
 
@@ -75,7 +76,7 @@ def _asam_scale(part: Part, is_bias: Callable[[Tensor], bool]) -> list[Tensor]:
     # T_w = |w| + eta on weights; biases keep T = 1 unless normalize_bias (davda54 variant).
     params, group = part.params, part.group
     scale = part.workspace("scale", params)
-    torch._foreach_copy_(scale, params)
+    foreach_copy_(scale, params)
     torch._foreach_abs_(scale)
     torch._foreach_add_(scale, group["eta"])
     if not group["normalize_bias"]:
@@ -108,7 +109,7 @@ class Ellipsoid:
         else:
             part.scale = self.scale_fn(part, is_bias)
             part.directions = part.workspace("directions", part.params)
-            torch._foreach_copy_(part.directions, part.grads)
+            foreach_copy_(part.directions, part.grads)
             torch._foreach_mul_(part.directions, part.scale)  # u = M^{-1/2} g
             part.owns_directions = True
         return list(torch._foreach_norm(part.directions, 2, dtype=dtype))  # ||u|| per tensor

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from torchvalley.sharding import foreach_copy_
+
 if TYPE_CHECKING:
     from torchvalley.optim.sam.engine import SAM
 
@@ -58,7 +60,7 @@ class CopyBackup:
         """``w <- w + factor * steps`` (times ``scale`` too, if given: folded only); ``steps``
         is written only if ``owned``. Returns eps (empty when folded: on the CPU the 0-d
         ``factor`` is read without a device sync and scaling and adding take one pass)."""
-        torch._foreach_copy_([self._buffer(p) for p in params], params)  # exact copy of w
+        foreach_copy_([self._buffer(p) for p in params], params)  # exact copy of w
         self._climbed.extend(params)  # from here on an error restores them
         if fold and scale is not None:
             torch._foreach_addcmul_(params, steps, scale, value=float(factor))  # w + eps
@@ -83,7 +85,7 @@ class CopyBackup:
 
     def restore(self) -> None:
         if self._climbed:
-            torch._foreach_copy_(self._climbed, [self._backup[p] for p in self._climbed])
+            foreach_copy_(self._climbed, [self._backup[p] for p in self._climbed])
         self._climbed = []
         self.moved = []
 
