@@ -323,6 +323,20 @@ for _name, _class, _summary, _paper, _extra in (
         example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05, **_extra},
         group_example={"rho": 0.5, "lr": 0.01},
     )
+# bSAM: its own variational-Adam descent (not a wrapper); noise from its seeded generator.
+from torchvalley.optim.sam.bsam import BSAM  # noqa: E402
+
+register_optimizer(
+    "bsam",
+    BSAM,
+    capabilities=Capabilities(needs_closure=True, passes_per_step=2, noisy=True, separable=False),
+    hyperparameters=(*BSAM.HYPERPARAMETERS, *BSAM._GLOBAL),
+    summary="bSAM: Bayesian SAM, ascent in the posterior-precision metric, variational-Adam step",
+    family="sharpness-aware",
+    paper="Möllenhoff & Khan, SAM as an Optimal Relaxation of Bayes, ICLR 2023",
+    example={"lr": 0.1, "num_data": 1000, "rho": 0.05, "damping": 1.0, "seed": 0},
+    group_example={"lr": 0.05, "rho": 0.01},
+)
 # ----------------------------------------------------------------------------------- FG-SGD
 from torchvalley.optim.fgsgd import FGSGD  # noqa: E402
 

@@ -376,3 +376,70 @@ def test_friendly_sam_state_dict_resumes_bit_for_bit():
     _assert_bitwise(list(resumed.parameters()), list(model.parameters()))
     with pytest.raises(ValueError, match="friendly_sam"):
         other.load_state_dict(SAM(resumed.parameters(), "sgd", lr=LR).state_dict())
+
+
+# -- bSAM ----------------------------------------------------------------------------------------
+
+
+def test_bsam_matches_the_official_update():
+    # The formulas of team-approx-bayes/bayesian-sam optim.py (build_bsam_optimizer), with the
+    # optimizer's noise reproduced from a generator seeded alike (float32 draws per parameter).
+    from torchvalley.optim.sam.bsam import BSAM
+
+    n_data, lr, rho, (b1, b2), delta, damping, s_init = 200, 0.05, 0.02, (0.8, 0.99), 1e-3, 0.5, 2.0
+    model = _model()
+    optimizer = BSAM(
+        model.parameters(),
+        num_data=n_data,
+        lr=lr,
+        betas=(b1, b2),
+        weight_decay=delta,
+        rho=rho,
+        damping=damping,
+        s_init=s_init,
+        seed=7,
+    )
+    batches = _batches(4)
+    for x, y in batches:
+        optimizer.step(_closure(model, optimizer, x, y))
+
+    reference = _model()
+    w = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    s = {n: torch.full_like(t, s_init) for n, t in w.items()}
+    m = {n: torch.zeros_like(t) for n, t in w.items()}
+    generator = torch.Generator().manual_seed(7)
+    for x, y in batches:
+        noise = {
+            n: torch.randn(t.shape, generator=generator, dtype=torch.float32).double()
+            for n, t in w.items()
+        }
+        sample = {n: (w[n] + (1.0 / (n_data * s[n])).sqrt() * noise[n]).requires_grad_() for n in w}
+        g = _grad(reference, sample, x, y)
+        ascent = {n: (w[n] + rho * g[n] / s[n]).requires_grad_() for n in w}
+        g_a = _grad(reference, ascent, x, y)
+        gs = {n: (s[n] * g[n] ** 2).sqrt() for n in w}
+        m = {n: b1 * m[n] + (1 - b1) * (g_a[n] + delta * w[n]) for n in w}
+        w = {n: w[n] - lr * m[n] / s[n] for n in w}
+        s = {n: b2 * s[n] + (1 - b2) * (gs[n] + damping + delta) for n in w}
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), w[name], rtol=0, atol=1e-12)
+        torch.testing.assert_close(optimizer.state[p]["precision"], s[name], rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            optimizer.posterior_variance(p), 1.0 / (n_data * s[name]), rtol=1e-12, atol=0
+        )
+
+
+def test_bsam_refuses_bad_settings_and_no_closure():
+    from torchvalley.optim.sam.bsam import BSAM
+
+    for bad, name in (
+        ({"num_data": 0}, "num_data"),
+        ({"rho": -1.0}, "rho"),
+        ({"s_init": 0.0}, "s_init"),
+        ({"seed": 1.5}, "seed"),
+        ({"betas": (1.0, 0.9)}, "betas"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            BSAM(_params(), **bad)
+    with pytest.raises(RuntimeError, match="closure"):
+        BSAM(_params()).step()
