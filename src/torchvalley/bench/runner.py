@@ -15,6 +15,11 @@ How a run trains (so that its numbers can be recomputed by hand):
   calls ``optimizer.step(closure)`` (the conformance suite checks that this equals
   ``closure(); optimizer.step()`` for one-pass optimizers). Forward/backward passes are counted
   closure calls.
+* An optimizer that carries a training-loop schedule (ABS/ABSA, :mod:`torchvalley.schedules`)
+  gets each batch first (``inputs, targets = optimizer.prepare_batch(inputs, targets,
+  loss_fn)``: adversarial examples, whose passes are not counted here) and the end of each
+  epoch (``optimizer.epoch_end(context)``, timed as training; the numbers it returns are stored
+  as measurements).
 * An epoch's ``train_loss`` is the mean over its steps of the loss of the *first* closure
   evaluation of each step (the loss at the point the step starts from). ``train_metric`` is the
   metric over the whole training set evaluated in ``model.eval()`` at the end of the epoch
