@@ -208,12 +208,14 @@ class GSAM(_TwoGradientSAM):
 
     def _combine(self, params: list[Tensor], g: list[Tensor], g_s: list[Tensor]) -> None:
         dtype = _dtype(g_s)
-        coefficient = _dot(g, g_s, dtype) / _norm(g_s, dtype).square().clamp_min(
-            torch.finfo(dtype).tiny
-        )
-        # g_perp = g - (<g, g_s> / ||g_s||^2) g_s, in g's buffers
-        torch._foreach_add_(g, torch._foreach_mul(g_s, [(-coefficient).to(t.dtype) for t in g_s]))
-        torch._foreach_add_(g_s, g, alpha=-self.alpha)  # d = g_s - alpha g_perp
+        # c = <g, g_s> / ||g_s||^2; g_perp = g - c g_s; d = g_s - alpha g_perp, computed as
+        # d = (1 + alpha c) g_s - alpha g: two passes over g_s, none over w or a new buffer.
+        c = _dot(g, g_s, dtype) / _norm(g_s, dtype).square().clamp_min(torch.finfo(dtype).tiny)
+        if all(t.device.type == "cpu" for t in g_s):
+            torch._foreach_mul_(g_s, float(1.0 + self.alpha * c))
+        else:  # no host sync on accelerators
+            torch._foreach_mul_(g_s, [(1.0 + self.alpha * c).to(t.dtype) for t in g_s])
+        torch._foreach_add_(g_s, g, alpha=-self.alpha)
 
     def __repr__(self) -> str:
         return f"GSAM(alpha={self.alpha}, base={self.base_optimizer!r})"
@@ -289,9 +291,13 @@ class WSAM(_TwoGradientSAM):
         self._sharpness = []
         try:
             super().second_step(False, grad_scaler=grad_scaler)
-            a = self.sharpness_weight
+            by_rate: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
             for p, sharpness, group in self._sharpness:
-                p.add_(sharpness, alpha=-float(group["lr"]) * a)  # w -= lr a (g_s - g)
+                params, terms = by_rate.setdefault(float(group["lr"]), ([], []))
+                params.append(p)
+                terms.append(sharpness)
+            for lr, (params, terms) in by_rate.items():  # w -= lr a (g_s - g)
+                torch._foreach_add_(params, terms, alpha=-lr * self.sharpness_weight)
         finally:
             self._sharpness = []
         if zero_grad:
