@@ -38,6 +38,12 @@ every ``k`` steps, 1 + 1/k passes), :class:`ESAM` (stochastic weight perturbatio
 sharpness-sensitive data selection) and :class:`MESA` (no second pass: a KL term against an
 EMA of the weights).
 
+Variants that change what the two gradients become (:mod:`~torchvalley.optim.sam.variants`, same
+wrapper): :class:`GSAM` (surrogate gap), :class:`WSAM` (weighted sharpness), :class:`FriendlySAM`
+(ascent without the full-gradient component); ``gradient_centralization=True`` on any of them
+centralizes the final gradient. :class:`BSAM` (:mod:`~torchvalley.optim.sam.bsam`) is Bayesian
+SAM with its own variational-Adam update.
+
 Example:
     >>> import torch
     >>> from torchvalley.optim import SAM
@@ -54,11 +60,26 @@ Example:
 
 from torchvalley.optim.sam.ascent import ASCENT_RULES as ASCENT_RULES
 from torchvalley.optim.sam.ascent import AscentRule as AscentRule
+from torchvalley.optim.sam.bsam import BSAM as BSAM
 from torchvalley.optim.sam.engine import NORMALIZATION_TYPES as NORMALIZATION_TYPES
 from torchvalley.optim.sam.engine import SAM as SAM
 from torchvalley.optim.sam.engine import normalization_parameters as normalization_parameters
 from torchvalley.optim.sam.esam import ESAM as ESAM
 from torchvalley.optim.sam.looksam import LookSAM as LookSAM
 from torchvalley.optim.sam.mesa import MESA as MESA
+from torchvalley.optim.sam.variants import GSAM as GSAM
+from torchvalley.optim.sam.variants import WSAM as WSAM
+from torchvalley.optim.sam.variants import FriendlySAM as FriendlySAM
 
-__all__ = ["ASCENT_RULES", "ESAM", "MESA", "SAM", "LookSAM", "normalization_parameters"]
+__all__ = [
+    "ASCENT_RULES",
+    "BSAM",
+    "ESAM",
+    "GSAM",
+    "MESA",
+    "SAM",
+    "WSAM",
+    "FriendlySAM",
+    "LookSAM",
+    "normalization_parameters",
+]
