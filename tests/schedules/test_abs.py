@@ -90,6 +90,19 @@ def test_bad_settings_are_refused_by_name(kwargs, name):
         AdaptiveBatchSize([torch.zeros(2, requires_grad=True)], lr=0.1, **kwargs)
 
 
+def test_bases_that_need_a_closure_are_refused_and_model_aware_bases_get_the_model():
+    with pytest.raises(ValueError, match="Invalid base_optimizer"):
+        AdaptiveBatchSize([torch.zeros(2, requires_grad=True)], base_optimizer="sam", lr=0.1)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Bilinear(2, 2, 2))
+    model.forward = lambda x: model[1](model[0](x), model[0](x))
+    optimizer = AdaptiveBatchSize(model.parameters(), base_optimizer="fgsgd", model=model, lr=0.1)
+    # FG-SGD saw the model: the Bilinear weight (not a Linear/Conv layer's) stays Euclidean.
+    assert optimizer.base_optimizer._euclidean == {id(model[1].weight)}
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    assert optimizer.updates == 1
+
+
 def _regression(seed=0, n=16, d=3):
     generator = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Linear(d, 4), nn.Tanh(), nn.Linear(4, 1)).double()

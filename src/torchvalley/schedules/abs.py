@@ -67,6 +67,7 @@ from torch import Tensor, nn
 from torchvalley.attacks import fgsm
 from torchvalley.registry import (
     Hyperparameter,
+    get_optimizer_entry,
     resolve_base_optimizer,
     revalidate_changed_groups,
     validate_group,
@@ -323,6 +324,15 @@ class AdaptiveBatchSize(torch.optim.Optimizer):
                     f"{sorted(set(group) & set(self._SETTINGS))} apply to the whole optimizer"
                 )
         factory = resolve_base_optimizer(base_optimizer)
+        if isinstance(base_optimizer, str):
+            capabilities = get_optimizer_entry(base_optimizer).capabilities
+            if capabilities.needs_closure:
+                raise ValueError(
+                    f"Invalid base_optimizer: {base_optimizer!r} needs a closure at every step; "
+                    "ABS steps its base on accumulated gradients, without one"
+                )
+            if capabilities.accepts_model:
+                base_hyperparameters = {**base_hyperparameters, "model": model}
         self.base_optimizer = factory(self.param_groups, **base_hyperparameters)
         self.param_groups = self.base_optimizer.param_groups  # the same dicts
         self.defaults = self.base_optimizer.defaults
