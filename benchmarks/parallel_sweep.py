@@ -62,6 +62,7 @@ def _sweep(kind: str, folder: Path) -> float:
 
 _WRITER = """
 import sys, time
+from torchvalley.bench.run_config import RunConfig
 from torchvalley.bench.store import Store
 location, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with Store(location) as store:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import multiprocessing
+import os
 import sys
 import uuid
 from collections.abc import Iterable, Sequence
@@ -302,6 +303,11 @@ def _context() -> Any:
 def _run_local(jobs, done, store, workers, ray, max_retries, plan) -> None:
     """Local processes; a dead worker breaks the pool: release, start a new pool, go on."""
     del ray
+    # The forkserver (started once per process, at the first pool) loads these tasks' data.
+    os.environ.setdefault(
+        "TORCHVALLEY_FORKSERVER_TASKS",
+        ",".join(sorted({f"{job.task}:{job.data_seed}" for job in jobs})),
+    )
     context = _context()
     queue = list(jobs)
     while queue:
