@@ -119,64 +119,70 @@ def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
 
 def report(args: argparse.Namespace) -> None:
     from torchvalley.bench.store import Store
-    from torchvalley.evolution.rl import plot_returns
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     payload: dict[str, Any] = {}
-    with Store(args.store) as store:
-        tasks = sorted({run["task"] for run in store.runs(status="finished")})
-        for task in tasks:
-            finals: dict[str, list[float]] = {}
-            extra: dict[str, list[tuple[int, int, float]]] = {}
-            for run in store.runs(task=task, status="finished"):
-                finals.setdefault(run["optimizer"], []).append(run["test_metric"])
-                measured = {m["name"]: m["value"] for m in store.measurements(run["id"])}
-                grads = max(
-                    m["value"]
-                    for m in store.measurements(run["id"])
-                    if m["name"] == "gradient_steps"
-                )
-                extra.setdefault(run["optimizer"], []).append(
-                    (run["steps"], int(grads), measured.get("cpu_time_s", float("nan")))
-                )
-            png = out.with_name(f"{out.name}_{task}.png")
-            plot_returns(store, task, str(png))
-            lines += [
-                f"### {task}",
-                "",
-                f"![return vs environment steps]({png.name})",
-                "",
-                "| method | seeds | env steps | final return (mean ± std) | gradient steps | "
-                "CPU s / run |",
-                "|---|---|---|---|---|---|",
-            ]
-            for method in METHODS:
-                if method not in finals:
-                    continue
-                values = finals[method]
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                steps = extra[method][0][0]
-                grads = statistics.mean(e[1] for e in extra[method])
-                cpu = statistics.mean(e[2] for e in extra[method])
-                lines.append(
-                    f"| {method} | {len(values)} | {steps} | {statistics.mean(values):.1f} ± "
-                    f"{std:.1f} | {grads:.0f} | {cpu:.0f} |"
-                )
-            lines.append("")
-            lines.append("| comparison | Welch t | p |")
-            lines.append("|---|---|---|")
-            for a, b in (("cem_rl", "td3"), ("cem_rl", "cem"), ("cem", "td3")):
-                if a in finals and b in finals and len(finals[a]) > 1 and len(finals[b]) > 1:
-                    t, p = _welch(finals[a], finals[b])
-                    lines.append(f"| {a} vs {b} | {t:.2f} | {p:.3f} |")
-            lines.append("")
-            payload[task] = finals
+    for path in args.store:
+        with Store(path) as store:
+            lines += _report_store(store, out, payload)
     text = "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     print(text)
+
+
+def _report_store(store: Any, out: Path, payload: dict[str, Any]) -> list[str]:
+    from torchvalley.evolution.rl import plot_returns
+
+    lines: list[str] = []
+    tasks = sorted({run["task"] for run in store.runs(status="finished")})
+    for task in tasks:
+        finals: dict[str, list[float]] = {}
+        extra: dict[str, list[tuple[int, int, float]]] = {}
+        for run in store.runs(task=task, status="finished"):
+            finals.setdefault(run["optimizer"], []).append(run["test_metric"])
+            measured = {m["name"]: m["value"] for m in store.measurements(run["id"])}
+            grads = max(
+                m["value"] for m in store.measurements(run["id"]) if m["name"] == "gradient_steps"
+            )
+            extra.setdefault(run["optimizer"], []).append(
+                (run["steps"], int(grads), measured.get("cpu_time_s", float("nan")))
+            )
+        png = out.with_name(f"{out.name}_{task}.png")
+        plot_returns(store, task, str(png))
+        lines += [
+            f"### {task}",
+            "",
+            f"![return vs environment steps]({png.name})",
+            "",
+            "| method | seeds | env steps | final return (mean ± std) | gradient steps | "
+            "CPU s / run |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method in METHODS:
+            if method not in finals:
+                continue
+            values = finals[method]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            steps = extra[method][0][0]
+            grads = statistics.mean(e[1] for e in extra[method])
+            cpu = statistics.mean(e[2] for e in extra[method])
+            lines.append(
+                f"| {method} | {len(values)} | {steps} | {statistics.mean(values):.1f} ± "
+                f"{std:.1f} | {grads:.0f} | {cpu:.0f} |"
+            )
+        lines.append("")
+        lines.append("| comparison | Welch t | p |")
+        lines.append("|---|---|---|")
+        for a, b in (("cem_rl", "td3"), ("cem_rl", "cem"), ("cem", "td3")):
+            if a in finals and b in finals and len(finals[a]) > 1 and len(finals[b]) > 1:
+                t, p = _welch(finals[a], finals[b])
+                lines.append(f"| {a} vs {b} | {t:.2f} | {p:.3f} |")
+        lines.append("")
+        payload[task] = finals
+    return lines
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -185,6 +191,8 @@ def throughput(args: argparse.Namespace) -> None:
     from torchvalley.evolution.td3 import TD3, ReplayBuffer
 
     torch.set_num_threads(1)
+    # the machine is shared: time each block by this thread's CPU time unless --wall
+    clock = time.perf_counter if args.wall else time.thread_time
     load_start = load_average()
     env_id, hidden, K = args.env, (64, 64), args.population
     probe = make_env(env_id)
@@ -199,7 +207,7 @@ def throughput(args: argparse.Namespace) -> None:
 
     def population_row(batched: bool):
         def run(generations: int) -> float:
-            start = time.perf_counter()
+            start = clock()
             steps = 0
             for _ in range(generations):
                 population = cem.ask()
@@ -214,27 +222,27 @@ def throughput(args: argparse.Namespace) -> None:
                             t["obs"], t["action"], t["reward"], t["next_obs"], t["terminated"]
                         )
             counted["population"] = steps // generations
-            return time.perf_counter() - start
+            return clock() - start
 
         return run
 
     def td3_env_row(steps: int) -> float:
         env = envs[0]
         obs = torch.as_tensor(env.reset(seed=0)[0])
-        start = time.perf_counter()
+        start = clock()
         for _ in range(steps):
             action = agent.act(obs, 0.1)
             next_obs, _, terminated, truncated, _ = env.step(action.numpy())
             obs = torch.as_tensor(next_obs)
             if terminated or truncated:
                 obs = torch.as_tensor(env.reset()[0])
-        return time.perf_counter() - start
+        return clock() - start
 
     def train_row(steps: int) -> float:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(steps):
             agent.train_step(buffer)
-        return time.perf_counter() - start
+        return clock() - start
 
     population_row(True)(1)  # fill the buffer a little before the training row's warmup
     # population rows run one generation per timed block whatever the block's step count
@@ -249,7 +257,8 @@ def throughput(args: argparse.Namespace) -> None:
     per_generation = counted["population"]
     facts = machine_facts(load_start)
     lines = [
-        f"Throughput on {env_id}, actor/critic 64-64, population {K}, 1 thread "
+        f"Throughput on {env_id}, actor/critic 64-64, population {K}, 1 thread, "
+        f"{'wall-clock' if args.wall else 'CPU time of the thread'} "
         f"(median of {args.repeats} interleaved rounds):",
         "",
         *machine_lines(facts),
@@ -298,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--max-episode-steps", type=int, default=0)
     r.add_argument("--paper", action="store_true", help="the paper's settings (long runs)")
     p = sub.add_parser("report")
-    p.add_argument("--store", default="runs/cem_rl.sqlite")
+    p.add_argument("--store", nargs="+", default=["runs/cem_rl.sqlite"])
     p.add_argument("--out", default="docs/results/cem_rl_returns")
     t = sub.add_parser("throughput")
     t.add_argument("--env", default="Pendulum-v1")
@@ -306,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--repeats", type=int, default=5)
     t.add_argument("--steps-per-block", type=int, default=200)
     t.add_argument("--out", default="")
+    t.add_argument("--wall", action="store_true", help="wall-clock instead of CPU time")
     args = parser.parse_args(argv)
     {"returns": returns, "report": report, "throughput": throughput}[args.command](args)
 
