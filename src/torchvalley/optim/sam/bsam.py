@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from torchvalley.registry import Hyperparameter, revalidate_changed_groups, validate_group
+from torchvalley.sharding import foreach_copy_
 
 __all__ = ["BSAM"]
 
@@ -101,9 +102,6 @@ class BSAM(torch.optim.Optimizer):
         validate_group(self.HYPERPARAMETERS, param_group)
         super().add_param_group(param_group)
 
-    def _params(self) -> list[tuple[dict, Tensor]]:
-        return [(g, p) for g in self.param_groups for p in g["params"] if p.requires_grad]
-
     def _state(self, group: dict, p: Tensor) -> dict[str, Tensor]:
         state = self.state[p]
         if not state:
@@ -124,36 +122,63 @@ class BSAM(torch.optim.Optimizer):
             self.param_groups, self.HYPERPARAMETERS, self._checked_values, self._validate
         )
         closure = torch.enable_grad()(closure)
-        pairs = self._params()
-        backup = [p.detach().clone() for _, p in pairs]
+        groups = [(g, [p for p in g["params"] if p.requires_grad]) for g in self.param_groups]
+        groups = [(g, ps) for g, ps in groups if ps]
+        params = [p for _, ps in groups for p in ps]
+        for group, ps in groups:
+            for p in ps:
+                self._state(group, p)
+        precision = [self.state[p]["precision"] for p in params]
+        backup = [p.detach().clone() for p in params]
         try:
-            for group, p in pairs:  # w~ = w + n / sqrt(N s)
-                # drawn in float32 whatever p's dtype: the same sample in every precision
-                noise = torch.randn(p.shape, generator=self.generator, dtype=torch.float32)
-                precision = self._state(group, p)["precision"]
-                p.add_(noise.to(p.device, p.dtype) * torch.rsqrt(self.num_data * precision))
+            # w~ = w + n / sqrt(N s); n drawn in float32 whatever p's dtype (the same sample in
+            # every precision)
+            noise = [
+                torch.randn(p.shape, generator=self.generator, dtype=torch.float32).to(
+                    p.device, p.dtype
+                )
+                for p in params
+            ]
+            std = torch._foreach_mul(precision, float(self.num_data))
+            torch._foreach_rsqrt_(std)
+            torch._foreach_mul_(noise, std)
+            torch._foreach_add_(params, noise)
+            del noise, std
             loss = closure()
-            noisy = {p: p.grad for _, p in pairs if p.grad is not None}
-            for (group, p), w in zip(pairs, backup, strict=True):  # w + rho g / s, from the mean
-                p.copy_(w)
-                if p in noisy:
-                    p.addcdiv_(noisy[p], self.state[p]["precision"], value=group["rho"])
+            noisy = {p: p.grad for p in params if p.grad is not None}
+            foreach_copy_(params, backup)
+            for group, ps in groups:  # w + rho g / s, from the mean
+                moved = [p for p in ps if p in noisy]
+                if moved:
+                    torch._foreach_addcdiv_(
+                        moved,
+                        [noisy[p] for p in moved],
+                        [self.state[p]["precision"] for p in moved],
+                        value=group["rho"],
+                    )
             self.zero_grad(set_to_none=True)
             closure()
         finally:
-            for (_, p), w in zip(pairs, backup, strict=True):
-                p.copy_(w)
-        for group, p in pairs:
-            if p.grad is None or p not in noisy:
+            foreach_copy_(params, backup)
+        del backup
+        for group, ps in groups:
+            ps = [p for p in ps if p.grad is not None and p in noisy]
+            if not ps:
                 continue
             beta1, beta2 = group["betas"]
             delta = group["weight_decay"]
-            state = self.state[p]
-            s, m = state["precision"], state["momentum"]
-            m.mul_(beta1).add_(p.grad.add(p, alpha=delta), alpha=1 - beta1)  # m
-            p.addcdiv_(m, s, value=-group["lr"])  # w - lr m / s
-            curvature = s.sqrt().mul_(noisy[p].abs()).add_(group["damping"] + delta)
-            s.mul_(beta2).add_(curvature, alpha=1 - beta2)  # s
+            s = [self.state[p]["precision"] for p in ps]
+            m = [self.state[p]["momentum"] for p in ps]
+            torch._foreach_mul_(m, beta1)  # m = beta1 m + (1 - beta1)(g_a + delta w)
+            torch._foreach_add_(m, [p.grad for p in ps], alpha=1 - beta1)
+            if delta != 0:
+                torch._foreach_add_(m, ps, alpha=(1 - beta1) * delta)
+            torch._foreach_addcdiv_(ps, m, s, value=-group["lr"])  # w - lr m / s
+            curvature = torch._foreach_sqrt(s)  # sqrt(s) |g| + gamma + delta
+            torch._foreach_mul_(curvature, torch._foreach_abs([noisy[p] for p in ps]))
+            torch._foreach_add_(curvature, group["damping"] + delta)
+            torch._foreach_mul_(s, beta2)  # s = beta2 s + (1 - beta2) curvature
+            torch._foreach_add_(s, curvature, alpha=1 - beta2)
         return loss
 
     def _validate(self, group: dict[str, Any]) -> None:
