@@ -390,3 +390,19 @@ def test_conformance_on_orthogonal_problem(name) -> None:
     entry = dataclasses.replace(entry, example=example, group_example=group_example)
     counts = run_conformance(entry, make_problem=_orthogonal_problem)
     assert counts["passed"] >= 10
+
+
+def test_stalled_shake_switches_to_newton(monkeypatch) -> None:
+    # A long overdamped-like step on a 3 x 3 (square) weight: the SHAKE update stalls, Newton's
+    # method finds the multiplier (the dense oracle's), no polar fallback; without Newton the
+    # same solve falls back.
+    from torchvalley.dynamics import constrained
+
+    g = torch.Generator().manual_seed(4)
+    x = Stiefel().random(3, 3, generator=g, dtype=F64)
+    y = x + 0.5 * torch.randn(3, 3, generator=g, dtype=F64)
+    w, _, residual, fallbacks = rattle_solve(x[None], y[None], 1e-13, 100)
+    assert fallbacks == 0 and residual <= 1e-13
+    torch.testing.assert_close(w[0], _rattle_oracle(x, y), rtol=0, atol=1e-12)
+    monkeypatch.setattr(constrained, "NEWTON_MAX_SIZE", 0)
+    assert rattle_solve(x[None], y[None], 1e-13, 100)[3] == 1

@@ -78,6 +78,9 @@ CONSTRAINTS = (None, "orthogonal", "norm")
 DYNAMICS = ("underdamped", "overdamped")
 #: residual targets ``max |W^T W - I|`` (``|w^2 + xi^2 - r^2| / r^2``) per dtype
 DEFAULT_TOLERANCE = {torch.float32: 4e-6, torch.float64: 1e-13}
+#: the largest small side ``m`` for which a stalled solve switches to Newton's method (an
+#: ``m**2 x m**2`` linear system per iteration) before the polar fallback
+NEWTON_MAX_SIZE = 16
 _GROUP_KEYS = ("lr", "friction", "temperature", "weight_decay", "constraint", "radius")
 _STATE_KEYS = frozenset({"momentum", "xi", "xi_momentum"})
 _GEOMETRY = Stiefel(flatten=True)  # the tall view of a weight
@@ -140,8 +143,10 @@ def rattle_solve(
     residual measured; should rounding in the ``n x m`` products leave it above ``tolerance``,
     the same update runs on ``W'`` itself. A matrix that has converged stops iterating (masked
     updates), so a matrix's numbers do not depend on the others in its batch. If the iteration
-    stalls or diverges (steps with ``h ||P|| ~ 1``), ``W'`` is the polar factor of ``Y``
-    (closed form; its correction agrees with the multiplier's to ``O(h**3)``).
+    stalls or diverges (steps with ``h ||P|| ~ 1``), Newton's method takes over for
+    ``m <= NEWTON_MAX_SIZE`` (:func:`_newton`); if that fails too, or ``m`` is larger, ``W'`` is
+    the polar factor of ``Y`` (closed form; its correction agrees with the multiplier's to
+    ``O(h**3)``), and the fallback is counted.
 
     Returns:
         ``(W', iterations, residual, fallbacks)``: the most iterations any matrix took, the
@@ -171,6 +176,12 @@ def rattle_solve(
         previous = torch.where(active, r, previous)
     else:
         failed |= active
+    m = x.shape[-1]
+    if bool(failed.any()) and m <= NEWTON_MAX_SIZE:  # long steps: Newton's method instead
+        rows = failed.nonzero().flatten()
+        lam[rows], solved, steps = _newton(a[rows], c[rows], tolerance, max_iterations)
+        failed[rows] = ~solved
+        iterations += steps
     w = torch.baddbmm(y, x, lam)  # W' = Y + X Lambda
     residual = _residuals(w)
     for _ in range(max_iterations):
@@ -192,6 +203,39 @@ def rattle_solve(
         w[failed] = u @ vh
         residual = _residuals(w)
     return w, iterations, float(residual.max()), fallbacks
+
+
+def _newton(
+    a: Tensor, c: Tensor, tolerance: float, max_iterations: int
+) -> tuple[Tensor, Tensor, int]:
+    """Newton's method for ``(A + Lambda)^T (A + Lambda) = C`` from ``Lambda = 0``, for the
+    matrices where the SHAKE update stalls (a step ``h ||P||`` of order 1).
+
+    The Jacobian ``delta -> Z^T delta + delta Z`` (``Z = A + Lambda``) is the ``m**2 x m**2``
+    Kronecker matrix ``Z^T (x) I + I (x) Z^T`` (row-major vec); for a symmetric right-hand side
+    its solution is symmetric whenever it is unique. Returns ``(Lambda, converged, iterations)``.
+    """
+    m = a.shape[-1]
+    eye = torch.eye(m, dtype=a.dtype, device=a.device)
+    lam = torch.zeros_like(a)
+    converged = torch.zeros(a.shape[0], dtype=torch.bool, device=a.device)
+    steps = 0
+    for steps in range(1, max_iterations + 1):  # noqa: B007 (reported)
+        z = a + lam
+        f = torch.baddbmm(-c, z.transpose(-1, -2), z)
+        converged = f.abs().amax(dim=(-2, -1)) <= tolerance / 4
+        if bool(converged.all()):
+            break
+        zt = z.transpose(-1, -2)
+        jacobian = torch.einsum("bij,kl->bikjl", zt, eye) + torch.einsum("ij,bkl->bikjl", eye, zt)
+        jacobian = jacobian.reshape(-1, m * m, m * m)
+        delta, info = torch.linalg.solve_ex(jacobian, f.reshape(-1, m * m))
+        delta = delta.reshape(-1, m, m)
+        delta = (delta + delta.transpose(-1, -2)) / 2
+        ok = (info == 0) & torch.isfinite(delta).all(dim=(-2, -1)) & ~converged
+        lam = torch.where(ok[:, None, None], lam - delta, lam)
+    converged &= torch.isfinite(lam).all(dim=(-2, -1))
+    return lam, converged, steps
 
 
 class ConstrainedLangevin(torch.optim.Optimizer):
