@@ -10,8 +10,9 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.torchvalley-installed
 PYTEST_WORKERS ?= 2
 # Anchors whose metadata asks for torchvision (no CPU wheel for torch 2.13 here; none of them
-# imports it): installed without dependencies; their real ones are in the anchors extra.
-NO_DEPS_ANCHORS := laplace-torch backpack-for-pytorch curvlinops-for-pytorch
+# imports it), and torch-optimizer (the A2Grad reference code, loaded without its __init__, which
+# needs pytorch_ranger): installed without dependencies; their real ones are in the anchors extra.
+NO_DEPS_ANCHORS := laplace-torch backpack-for-pytorch curvlinops-for-pytorch torch-optimizer
 DEMO_OUT ?= reports/demo
 
 .PHONY: help install demo test test-slow bench lint format clean
