@@ -1,4 +1,4 @@
-"""Efficient sharpness-aware variants against SGD and SAM on the label-noise tasks (issue 17).
+"""Efficient sharpness-aware variants against SGD and SAM on the label-noise tasks.
 
 Every run trains one registered optimizer on one task for a fixed number of epochs with the
 same loop: shuffled mini-batches (a per-run generator), constant learning rate, the final

@@ -228,7 +228,7 @@ register_optimizer(
     group_example={"rho": 0.5, "lr": 0.01},
 )
 
-# Efficient sharpness-aware variants (issue 17): fewer passes than SAM, declared per step.
+# Efficient sharpness-aware variants: fewer passes than SAM, declared per step.
 from torchvalley.optim.sam.esam import ESAM  # noqa: E402
 from torchvalley.optim.sam.looksam import LookSAM  # noqa: E402
 from torchvalley.optim.sam.mesa import MESA  # noqa: E402
