@@ -1,5 +1,7 @@
 """Langevin dynamics: the splitting engine (:mod:`.operators`), the samplers (:mod:`.langevin`),
-partitions (:mod:`.partitions`) and parameterizations (:mod:`.parameters`).
+partitions (:mod:`.partitions`) and parameterizations (:mod:`.parameters`); constrained
+Langevin, CoLA (:mod:`.constrained`, with the papers' param groups in :mod:`.constrained_groups`:
+entries ``cola_ud`` and ``cola_od``).
 
 The registry entries ``sgld``, ``baoab``, ``sghmc``, ``sgnht``, ``lala``, ``adlala`` and ``lol``
 (family ``"langevin"``) are registered by :mod:`torchvalley.catalog`.
