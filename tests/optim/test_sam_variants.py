@@ -443,3 +443,29 @@ def test_bsam_refuses_bad_settings_and_no_closure():
             BSAM(_params(), **bad)
     with pytest.raises(RuntimeError, match="closure"):
         BSAM(_params()).step()
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (GSAM, {"alpha": 0.5}),
+        (WSAM, {"gamma": 0.8}),
+        (WSAM, {"gamma": 0.8, "decouple": False}),
+        (FriendlySAM, {"sigma": 1.0}),
+    ],
+)
+def test_manual_first_and_second_step_equal_step(cls, kwargs):
+    # first_step(zero_grad=False) leaves .grad the raw clean gradient (F-SAM swaps its
+    # direction in only for the ascent), and the manual protocol gives step()'s numbers.
+    expected = _train(cls, **kwargs)
+    model = _model()
+    optimizer = cls(model.parameters(), "sgd", rho=RHO, lr=LR, momentum=MOMENTUM, **kwargs)
+    for x, y in _batches():
+        closure = _closure(model, optimizer, x, y)
+        closure()
+        raw = [p.grad.clone() for p in model.parameters()]
+        optimizer.first_step(zero_grad=False)
+        _assert_bitwise([p.grad for p in model.parameters()], raw)
+        closure()
+        optimizer.second_step(zero_grad=True)
+    _assert_bitwise([p.detach() for p in model.parameters()], expected)
