@@ -8,6 +8,7 @@ Three parts (``--part``):
   RQ and RQ-ST at weights/activations 8/8, 4/4, 3/3, 2/2, into a results store (several
   processes may share one store: runs are claimed atomically), then ``quantization.md`` /
   ``.json`` / accuracy-vs-bits plots, plus Welch t-tests against LSQ per bit width.
+* ``table``: the same table, plots and tests from the finished runs already in the store.
 * ``timing``: one training step (forward, backward, Adam) of the quantized models vs the float
   model, rows interleaved round-robin (``benchmarks/_harness.py``), median over rounds.
 * ``memory``: bytes the autograd graph keeps for backward (``saved_tensors_hooks``, storages
@@ -66,19 +67,47 @@ def part_accuracy(args: argparse.Namespace) -> None:
             epochs=args.epochs,
             progress=False,
         )
-    lines = [study.table, "", "Welch t-tests of the final test metric against LSQ:", ""]
-    lines += ["| bits | method | diff (mean) | t | p |", "|---|---|---|---|---|"]
-    cells = study.cells[args.task]
+    _write_welch(args, study.table, study.cells[args.task])
+
+
+def part_table(args: argparse.Namespace) -> None:
+    """The table, plot and tests from the finished runs in the store (nothing is trained)."""
+    from torchvalley.bench.quant_study import _cells, _markdown, _plots
+    from torchvalley.bench.store import Store
+
+    with Store(args.store) as store:
+        cells = _cells(store, [args.task], args.methods, args.bits)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = _markdown(cells, [args.task], args.methods, args.bits, args.optimizer, args.epochs)
+    for path in _plots(cells, [args.task], args.methods, args.bits, out):
+        table += f"\n![{path.stem}]({path.name})\n"
+    (out / "quantization.md").write_text(table)
+    (out / "quantization.json").write_text(json.dumps({"tasks": cells}, indent=2) + "\n")
+    _write_welch(args, table, cells[args.task])
+
+
+def _write_welch(args: argparse.Namespace, table: str, cells: dict) -> None:
+    lines = [table, "", "Welch t-tests of the final test metric (method minus reference):", ""]
+    lines += [
+        "| bits | method | reference | n vs n | diff (mean) | t | p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    pairs = [(m, "float") for m in ("rq", "rq_st", "lsq", "torchao", "round")]
+    pairs += [(m, "lsq") for m in ("rq", "rq_st", "torchao", "round")]
     for bits in args.bits:
-        for method in ("rq", "rq_st", "torchao", "round"):
-            if method not in cells or "lsq" not in cells:
+        for method, reference in pairs:
+            if method not in cells or reference not in cells:
                 continue
-            a, b = cells[method][bits]["values"], cells["lsq"][bits]["values"]
+            a, b = cells[method][bits]["values"], cells[reference][bits]["values"]
             if not a or not b:
                 continue
             t, p = _welch(a, b)
             diff = statistics.mean(a) - statistics.mean(b)
-            lines.append(f"| {bits}/{bits} | {method} | {diff:+.4f} | {t:.2f} | {p:.3g} |")
+            lines.append(
+                f"| {bits}/{bits} | {method} | {reference} | {len(a)} vs {len(b)} | {diff:+.4f} "
+                f"| {t:.2f} | {p:.3g} |"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out, f"welch_{args.task}.md").write_text(text)
@@ -209,7 +238,7 @@ def part_memory(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("accuracy", "timing", "memory"), required=True)
+    parser.add_argument("--part", choices=("accuracy", "table", "timing", "memory"), required=True)
     parser.add_argument("--task", default="mnist1d_cnn")
     parser.add_argument("--methods", nargs="+", choices=QUANT_METHODS, default=list(QUANT_METHODS))
     parser.add_argument("--bits", nargs="+", type=int, default=list(QUANT_BITS))
@@ -222,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.part == "accuracy":
+    if args.part in ("accuracy", "table"):
         if args.out is None:
-            parser.error("--part accuracy needs --out")
-        part_accuracy(args)
+            parser.error(f"--part {args.part} needs --out")
+        (part_accuracy if args.part == "accuracy" else part_table)(args)
     elif args.part == "timing":
         part_timing(args)
     else:

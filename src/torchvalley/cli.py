@@ -1,4 +1,5 @@
-"""The ``torchvalley`` command line: ``list``, ``bench``, ``report``, ``landscape``, ``demo``, ``quant``.
+"""The ``torchvalley`` command line: ``list``, ``bench``, ``report``, ``landscape``, ``demo``,
+``quant``.
 
 Examples::
 
