@@ -63,6 +63,10 @@ DEMO_SPECS: dict[str, tuple[str, ...]] = {
     "adaptive": ("a2grad:lips=1.0,beta=10.0",),
     # ABSA over the SGD row: batch 100 grown up to 8x by the Hessian schedule.
     "adaptive-batch": ("absa:base_optimizer=sgd,lr=0.05,momentum=0.9,max_ratio=8,duration=5",),
+    # NGHF from the closure alone (Gauss-Newton and Fisher products through model hooks), CG
+    # capped at the journal version's 8 iterations (results/second_order.md: 8 suffice); about
+    # 15 passes a step, so the row shows cost as much as loss.
+    "second_order": ("nghf:cg_max_iter=8,ng_cg_max_iter=4",),
 }
 
 #: Epochs of the spirals demo (the task's default is 1000, the paper's 4000).

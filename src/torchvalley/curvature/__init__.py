@@ -2,7 +2,7 @@
 sharpness) and second-order optimizers (damped Newton / CG solvers).
 
 A :class:`CurvatureOperator` is ``v ↦ (C + λI) v`` for the Hessian, the generalised Gauss–Newton
-matrix or the empirical Fisher of a model + loss + data at a point, never formed:
+matrix or the (empirical, true or sampled) Fisher of a model + loss + data at a point, never formed:
 
 * :mod:`~torchvalley.curvature.function`: :class:`ParameterFunction`, the model + loss + data as
   a function of the parameters (batch weighting, BatchNorm modes, seeded dropout masks) and
@@ -10,6 +10,8 @@ matrix or the empirical Fisher of a model + loss + data at a point, never formed
 * :mod:`~torchvalley.curvature.operator`: :class:`CurvatureOperator` (products on
   parameter-shaped tuples and on flat vectors, damping, ``scipy.sparse.linalg.LinearOperator``);
 * :mod:`~torchvalley.curvature.products`: one-off ``Hv``, ``Gv`` and ``Fv``;
+* :mod:`~torchvalley.curvature.cg`: damped, preconditioned conjugate gradient returning the
+  iterate path, with Martens' relative-progress stopping (the solver of Hessian-free methods);
 * :mod:`~torchvalley.curvature.bn_fold`: eval-mode BatchNorm folded into the layer before it
   while a graph is built (a performance device).
 
@@ -25,12 +27,16 @@ Example:
 
 import torch  # noqa: F401 - the doctest's namespace
 
+from torchvalley.curvature.cg import CGResult as CGResult
+from torchvalley.curvature.cg import conjugate_gradient as conjugate_gradient
+from torchvalley.curvature.cg import martens_preconditioner as martens_preconditioner
 from torchvalley.curvature.function import Batch as Batch
 from torchvalley.curvature.function import LossFunction as LossFunction
 from torchvalley.curvature.function import ParameterFunction as ParameterFunction
 from torchvalley.curvature.function import Vector as Vector
 from torchvalley.curvature.function import as_batches as as_batches
 from torchvalley.curvature.operator import CURVATURES as CURVATURES
+from torchvalley.curvature.operator import LIKELIHOODS as LIKELIHOODS
 from torchvalley.curvature.operator import STRATEGIES as STRATEGIES
 from torchvalley.curvature.operator import CurvatureOperator as CurvatureOperator
 from torchvalley.curvature.operator import PerExampleLoss as PerExampleLoss

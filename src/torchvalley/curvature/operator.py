@@ -58,6 +58,28 @@ parameters) that is never formed. The matrices, for the data-set loss
   forward pass of the whole batch, so with ``bn_mode="train"`` each ``g_i`` includes the
   coupling of the examples through the batch statistics.
 
+* **True Fisher**, exact (``"fisher_true"``) or Monte-Carlo (``"fisher_mc"``), of the model's
+  predictive distribution ``p(y | z)`` whose negative log-likelihood is the loss:
+  ``F = (1/N) Σ_i J_iᵀ E_{ỹ~p(·|z_i)}[∇_z ℓ(z_i, ỹ) ∇_z ℓ(z_i, ỹ)ᵀ] J_i``. The likelihood is
+  named by ``likelihood``:
+
+  - ``"categorical"``: ``loss_fn`` is softmax cross-entropy (mean) over class-index targets;
+    ``ỹ ~ softmax(z_i)``; the exact inner expectation is ``diag(p_i) − p_i p_iᵀ``;
+  - ``"gaussian"``: ``loss_fn`` is ``mse_loss`` (mean over the batch and the ``K`` outputs of an
+    example, ``ℓ_i = ‖z_i − y_i‖²/K``); ``ỹ ~ N(z_i, (K/2) I)``, the variance for which ``ℓ`` is
+    the negative log-likelihood up to a constant, so that the expectation is ``(2/K) I``;
+  - a callable ``sample(outputs, generator) -> targets`` (Monte-Carlo only): any other
+    likelihood whose negative log-likelihood is ``loss_fn``.
+
+  For these two losses the exact true Fisher *is* the GGN (Martens 2020), computed here by a
+  different route (the closed-form expectation instead of the loss's output Hessian), which the
+  tests use as a cross-check. ``"fisher_mc"`` draws ``mc_samples`` targets per example once, when
+  the operator is built, from a generator seeded with ``mc_seed``, and is then the empirical
+  Fisher of those sampled targets: a fixed matrix (CG sees one matrix), whose expectation over
+  the draw is the true Fisher (Martens & Grosse, *Optimizing neural networks with
+  Kronecker-factored approximate curvature*, ICML 2015, §5, on why sampled labels are needed:
+  the empirical Fisher of the *training* labels is a different matrix, Kunstner et al. 2019).
+
 GGN and Fisher products run two forward passes per batch (one for ``J v``, one for ``Jᵀ``); in
 ``bn_mode="train"`` every forward pass draws its dropout masks from the same seeded, forked RNG
 (:class:`~torchvalley.curvature.function.ParameterFunction`), so the masks agree between the two
@@ -67,6 +89,7 @@ passes and between products: every strategy multiplies by one fixed matrix.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -78,13 +101,19 @@ from torchvalley.curvature import bn_fold
 from torchvalley.curvature.function import Batch, LossFunction, ParameterFunction, Vector
 from torchvalley.validation import check_choice, check_non_negative
 
-__all__ = ["CURVATURES", "STRATEGIES", "CurvatureOperator", "PerExampleLoss"]
+__all__ = ["CURVATURES", "LIKELIHOODS", "STRATEGIES", "CurvatureOperator", "PerExampleLoss"]
 
 STRATEGIES = ("auto", "double_backward", "double_backward_per_batch", "forward_over_reverse")
 """Hessian-vector-product strategies (see the module docstring)."""
 
-CURVATURES = ("hessian", "gauss_newton", "fisher")
-"""Curvature matrices: Hessian, generalised Gauss–Newton, empirical Fisher."""
+CURVATURES = ("hessian", "gauss_newton", "fisher", "fisher_true", "fisher_mc")
+"""Curvature matrices: Hessian, generalised Gauss–Newton, empirical Fisher, true Fisher (exact,
+Monte-Carlo)."""
+
+LIKELIHOODS = ("categorical", "gaussian")
+"""Predictive distributions of the true Fisher (``likelihood=``; or a sampling callable)."""
+
+Sampler = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _Graph = tuple[tuple[torch.Tensor, ...], list[int]]  # gradients with graphs, their indices
@@ -140,6 +169,20 @@ def _jvp_with_targets(
     return torch.func.jvp(lambda p: fn(p, targets), (primal,), (tangent,))
 
 
+def _check_likelihood(curvature: str, likelihood: Any) -> Any:
+    if curvature not in ("fisher_true", "fisher_mc"):
+        if likelihood is not None:
+            raise ValueError(
+                f"Invalid likelihood: {likelihood!r} is for curvature 'fisher_true' or "
+                f"'fisher_mc', not {curvature!r}"
+            )
+        return None
+    if likelihood in LIKELIHOODS or (curvature == "fisher_mc" and callable(likelihood)):
+        return likelihood
+    allowed = "'categorical', 'gaussian'" + (" or a sampler" if curvature == "fisher_mc" else "")
+    raise ValueError(f"Invalid likelihood: {likelihood!r} ({allowed} for {curvature!r})")
+
+
 def _default_per_example_loss(loss_fn: LossFunction) -> PerExampleLoss:
     def single(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return loss_fn(output.unsqueeze(0), target.unsqueeze(0))
@@ -169,17 +212,25 @@ class CurvatureOperator:
 
     Args:
         function: the model + loss + data (with its ``bn_mode`` and parameter subset).
-        curvature: ``"hessian"``, ``"gauss_newton"`` or ``"fisher"`` (empirical).
+        curvature: ``"hessian"``, ``"gauss_newton"``, ``"fisher"`` (empirical),
+            ``"fisher_true"`` or ``"fisher_mc"`` (true Fisher, exact or sampled).
         strategy: Hessian products only: ``"auto"``, ``"double_backward"``,
             ``"double_backward_per_batch"`` or ``"forward_over_reverse"`` (see the module
             docstring).
-        per_example_loss: Fisher only: ``(outputs, targets) -> (B,)`` per-example losses whose
-            mean is ``loss_fn``; default ``loss_fn`` on each example.
+        per_example_loss: empirical and sampled Fisher: ``(outputs, targets) -> (B,)``
+            per-example losses whose mean is ``loss_fn``; default ``loss_fn`` on each example.
         point: the parameter values (default: the model's current ones).
         damping: ``λ ≥ 0`` added to the diagonal.
+        likelihood: true Fisher only: ``"categorical"``, ``"gaussian"`` or (``"fisher_mc"``) a
+            sampler ``(outputs, generator) -> targets`` (see the module docstring).
+        mc_samples: ``"fisher_mc"``: sampled targets per example.
+        mc_seed: ``"fisher_mc"``: seed of the targets' generator (default: drawn from the global
+            RNG when the operator is built).
 
     Raises:
-        ValueError: for an unknown ``curvature`` or ``strategy``, or a negative ``damping``.
+        ValueError: for an unknown ``curvature``, ``strategy`` or ``likelihood`` (or a missing
+            one for the true Fisher), a bad ``mc_samples`` or ``mc_seed``, or a negative
+            ``damping``.
     """
 
     def __init__(
@@ -191,10 +242,23 @@ class CurvatureOperator:
         per_example_loss: PerExampleLoss | None = None,
         point: Vector | None = None,
         damping: float = 0.0,
+        likelihood: str | Sampler | None = None,
+        mc_samples: int = 1,
+        mc_seed: int | None = None,
     ) -> None:
         check_choice("curvature", curvature, CURVATURES)
         check_choice("strategy", strategy, STRATEGIES)
         self.damping = damping
+        self.likelihood = _check_likelihood(curvature, likelihood)
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+            raise ValueError(f"Invalid mc_samples: {mc_samples!r} (a positive integer)")
+        if mc_seed is not None and (isinstance(mc_seed, bool) or not isinstance(mc_seed, int)):
+            raise ValueError(f"Invalid mc_seed: {mc_seed!r} (an integer or None)")
+        self.mc_samples = mc_samples
+        if curvature == "fisher_mc" and mc_seed is None:
+            mc_seed = int(torch.randint(0, 2**62, ()))
+        self.mc_seed = mc_seed
+        self._sampled: dict[int, torch.Tensor] = {}
         self.function = function
         self.curvature = curvature
         if strategy == "auto":
@@ -229,6 +293,9 @@ class CurvatureOperator:
         per_example_loss: PerExampleLoss | None = None,
         seed: int | None = None,
         damping: float = 0.0,
+        likelihood: str | Sampler | None = None,
+        mc_samples: int = 1,
+        mc_seed: int | None = None,
     ) -> CurvatureOperator:
         """The operator of ``model`` + ``loss_fn`` on ``data`` at the model's parameters.
 
@@ -244,6 +311,7 @@ class CurvatureOperator:
             seed: ``bn_mode="train"``: the seed of the dropout masks (see
                 :class:`~torchvalley.curvature.function.ParameterFunction`).
             damping: ``λ ≥ 0``: products with ``C + λI``.
+            likelihood, mc_samples, mc_seed: for the true Fisher (see the class).
 
         Example:
             >>> model = torch.nn.Linear(3, 1).double()
@@ -261,6 +329,9 @@ class CurvatureOperator:
             strategy=strategy,
             per_example_loss=per_example_loss,
             damping=damping,
+            likelihood=likelihood,
+            mc_samples=mc_samples,
+            mc_seed=mc_seed,
         )
 
     @property
@@ -338,6 +409,10 @@ class CurvatureOperator:
             return self._hvp_forward_over_reverse(vector)
         if self.curvature == "gauss_newton":
             return self._ggn(vector)
+        if self.curvature == "fisher_true":
+            return self._true_fisher(vector)
+        if self.curvature == "fisher_mc":
+            return self._sampled_fisher(vector)
         return self._fisher(vector)
 
     def matmat_flat(self, flats: torch.Tensor) -> torch.Tensor:
@@ -480,5 +555,80 @@ class CurvatureOperator:
             _, jv = torch.func.jvp(losses_fn, (params,), (vector,))
             _, vjp_fn = torch.func.vjp(losses_fn, params)
             total = _accumulate(total, weight / batch[0].shape[0], vjp_fn(jv)[0])
+        assert total is not None
+        return tuple(total)
+
+    # -- true Fisher ----------------------------------------------------------------------------
+
+    def sampled_targets(self, index: int = 0) -> torch.Tensor:
+        """``"fisher_mc"``: the ``(mc_samples, B, ...)`` targets drawn for batch ``index``."""
+        if self.curvature != "fisher_mc":
+            raise ValueError(f"Invalid curvature: {self.curvature!r} draws no targets")
+        if index not in self._sampled:
+            batch = self.function.batches[index]
+            generator = torch.Generator().manual_seed((self.mc_seed + index) % 2**63)
+            with torch.no_grad():
+                outputs = self.function.outputs(self.point, batch).detach()
+                draws = [self._draw(outputs, generator) for _ in range(self.mc_samples)]
+            self._sampled[index] = torch.stack(draws)
+        return self._sampled[index]
+
+    def _draw(self, outputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if callable(self.likelihood):
+            return self.likelihood(outputs, generator)
+        cpu = outputs.cpu()
+        if self.likelihood == "categorical":
+            if cpu.dim() != 2:
+                raise ValueError("Invalid likelihood: 'categorical' needs (B, classes) outputs")
+            probabilities = torch.softmax(cpu.double(), dim=1)
+            draw = torch.multinomial(probabilities, 1, generator=generator)[:, 0]
+        else:  # gaussian: N(z, (K/2) I), K = outputs per example
+            per_example = cpu[0].numel()
+            noise = torch.randn(cpu.shape, generator=generator, dtype=cpu.dtype)
+            draw = cpu + math.sqrt(per_example / 2.0) * noise
+        return draw.to(outputs.device)
+
+    def _output_fisher(self, outputs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``E_ỹ[∇_z ℓ ∇_z ℓᵀ] u`` per example, in closed form."""
+        if self.likelihood == "categorical":
+            p = torch.softmax(outputs, dim=1)
+            return p * u - p * (p * u).sum(dim=1, keepdim=True)  # (diag p − ppᵀ) u
+        return (2.0 / outputs[0].numel()) * u  # (2/K) I
+
+    def _true_fisher(self, vector: Vector) -> Vector:
+        f, params = self.function, self.point
+        total: list[torch.Tensor] | None = None
+        for weight, batch in zip(f.weights, f.batches, strict=True):
+
+            def outputs_fn(p: Vector, b: Batch = batch) -> torch.Tensor:
+                return f.outputs(p, b)
+
+            outputs, jv = torch.func.jvp(outputs_fn, (params,), (vector,))
+            if self.likelihood == "categorical" and outputs.dim() != 2:
+                raise ValueError("Invalid likelihood: 'categorical' needs (B, classes) outputs")
+            fjv = self._output_fisher(outputs.detach(), jv)
+            _, vjp_fn = torch.func.vjp(outputs_fn, params)
+            total = _accumulate(total, weight / batch[0].shape[0], vjp_fn(fjv)[0])
+        assert total is not None
+        return tuple(total)
+
+    def _sampled_fisher(self, vector: Vector) -> Vector:
+        f, params = self.function, self.point
+        total: list[torch.Tensor] | None = None
+        for index, (weight, batch) in enumerate(zip(f.weights, f.batches, strict=True)):
+            per_example = self._per_example(index, batch)
+            draws = self.sampled_targets(index)  # (M, B, ...)
+            targets = draws.reshape(-1, *draws.shape[2:])  # sample-major, (M·B, ...)
+            repeats = self.mc_samples
+
+            def losses_fn(p: Vector, b: Batch = batch, y=targets, loss=per_example, m=repeats):
+                outputs = f.outputs(p, b)  # one forward pass for all M draws
+                tiled = outputs.repeat(m, *([1] * (outputs.dim() - 1)))
+                return loss(tiled, y)
+
+            _, jv = torch.func.jvp(losses_fn, (params,), (vector,))
+            _, vjp_fn = torch.func.vjp(losses_fn, params)
+            scale = weight / (batch[0].shape[0] * repeats)
+            total = _accumulate(total, scale, vjp_fn(jv)[0])
         assert total is not None
         return tuple(total)
