@@ -209,9 +209,16 @@ def report(path: Path) -> str:
     lines = []
     for task in sorted({r["task"] for r in rows}):
         evals = [r for r in rows if r["task"] == task and r["phase"] == "eval"]
-        methods = list(dict.fromkeys(r["method"] for r in evals))
-        by = {m: [r for r in evals if r["method"] == m] for m in methods}
-        if "sgd" not in by:
+
+        # one row per (method, setting): a method may have been run with several settings
+        def label(r):
+            return r["method"] + json.dumps(r["hyper"], sort_keys=True)
+
+        methods = list(dict.fromkeys(label(r) for r in evals))
+        by = {m: [r for r in evals if label(r) == m] for m in methods}
+        by["sgd"] = next((by[m] for m in methods if m.startswith("sgd{")), [])
+        by["sam"] = next((by[m] for m in methods if m.startswith("sam{")), [])
+        if not by["sgd"]:
             continue
         sgd_time = statistics.mean(r["train_time_s"] for r in by["sgd"])
         sgd_steps = statistics.mean(r["steps"] for r in by["sgd"])
@@ -223,21 +230,22 @@ def report(path: Path) -> str:
             "| train time vs SGD |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for method in methods:
-            acc = [100 * r["accuracy"] for r in by[method]]
+        for key in methods:
+            method = by[key][0]["method"]
+            acc = [100 * r["accuracy"] for r in by[key]]
             sgd = [100 * r["accuracy"] for r in by["sgd"]]
             sam = [100 * r["accuracy"] for r in by.get("sam", [])]
             std = statistics.stdev(acc) if len(acc) > 1 else math.nan
-            hyper = by[method][0]["hyper"]
+            hyper = by[key][0]["hyper"]
             knob = METHODS[method][2]
-            setting = f"{knob}={hyper.get(knob)}"
+            setting = f"{knob}={hyper.get(knob, 'default')}"
             if method.startswith("looksam"):
                 setting += f", rho={hyper.get('rho')}, k={hyper.get('k')}"
             p_sgd = _welch(acc, sgd)[1] if method != "sgd" and len(acc) > 1 else math.nan
             p_sam = _welch(acc, sam)[1] if sam and method != "sam" and len(acc) > 1 else math.nan
-            passes = statistics.mean(r["closure_calls"] / r["steps"] for r in by[method])
-            ratio = statistics.mean(r["train_time_s"] for r in by[method]) / sgd_time
-            train_acc = statistics.mean(100 * r["train_accuracy"] for r in by[method])
+            passes = statistics.mean(r["closure_calls"] / r["steps"] for r in by[key])
+            ratio = statistics.mean(r["train_time_s"] for r in by[key]) / sgd_time
+            train_acc = statistics.mean(100 * r["train_accuracy"] for r in by[key])
             lines.append(
                 f"| {method} | {setting} | {statistics.mean(acc):.2f} ± {std:.2f} | "
                 f"{train_acc:.1f} | {statistics.mean(acc) - statistics.mean(sgd):+.2f} | "
