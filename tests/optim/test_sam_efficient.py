@@ -368,11 +368,12 @@ def test_swap_unsafe_reason_names_fsdp_modules():
     assert SAM(model.parameters(), "sgd", lr=0.1, model=model, swap_storage=True)._backup
 
 
-def test_the_runner_gives_esam_its_data_selection_and_counts_the_passes():
+def test_the_runner_gives_esam_its_data_selection_and_counts_the_passes(tmp_path):
     pytest.importorskip("sklearn", reason="digits needs scikit-learn")
     from torchvalley.bench.runner import run_sweep
 
-    (result,) = run_sweep(["digits_mlp"], ["esam:gamma=0.5"], [0], epochs=1, store=None)
+    store = tmp_path / "runs.sqlite"
+    (result,) = run_sweep(["digits_mlp"], ["esam:gamma=0.5"], [0], epochs=1, store=store)
     assert result.status == "finished", result.error
     # per step: clean forward+backward, forward at w + eps, forward+backward on half the batch
     assert result.forward_passes == 3 * result.steps
