@@ -17,8 +17,9 @@ Fisher iterations for NGHF, damping 1 adapted by Levenberg-Marquardt, CG backtra
 and Adam (lr 1e-3) on the same gradient batches. One torch thread.
 
 Usage:
-    nice -n 5 python benchmarks/nghf_study.py --seeds 0 1 2 3 4 --updates 25 \
-        --out /tmp/nghf_study.json
+    nice -n 5 python benchmarks/nghf_study.py --seeds 0 1 2 3 4 --updates 10 \
+        --first-order-updates 200 --out /tmp/nghf_study.json
+    python benchmarks/nghf_study.py --updates 10 --merge /tmp/a.json /tmp/b.json
 """
 
 from __future__ import annotations
@@ -134,7 +135,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--curvature-batch", type=int, default=250)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the report of saved --out files (runs of one task split over processes)",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merged: dict = {"runs": {}}
+        for path in args.merge:
+            for task, methods in json.loads(path.read_text())["runs"].items():
+                for method, runs in methods.items():
+                    merged["runs"].setdefault(task, {}).setdefault(method, {}).update(runs)
+        print(report(merged, args.updates))
+        return
     torch.set_num_threads(1)
     facts = machine_facts()
     results: dict = {"args": vars(args) | {"out": str(args.out)}, "machine": facts, "runs": {}}
