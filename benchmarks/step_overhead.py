@@ -654,6 +654,8 @@ def build_rows(
         rows.append(row)
         if entry.capabilities.second_order:
             row.status, row.note = "skipped", "second-order: needs a real autograd graph"
+        elif entry.capabilities.needs_real_loss:
+            row.status, row.note = "skipped", "needs the real loss (timed in --training-step)"
         else:
             forced = {}
             if foreach is not None and _foreach_applies(entry, variant.hyperparameters):

@@ -90,12 +90,20 @@ def test_every_registered_optimizer_gets_a_row(script: ModuleType, tmp_path: Pat
     assert header[0] == "optimizer"
     assert script.RATIO_COLUMN in header
     assert script.REFERENCE_LABEL in rows
+    # Entries a stand-in closure cannot drive (second-order, or needing the real loss) get a
+    # row marked skipped; every other entry is timed.
+    untimed = {
+        e.name
+        for e in torchvalley.optimizer_entries()
+        if e.capabilities.second_order or e.capabilities.needs_real_loss
+    }
     for name in torchvalley.list_optimizers():
         assert name in rows, name
-        assert rows[name][header.index(script.RATIO_COLUMN)] != "—"
+        timed = rows[name][header.index(script.RATIO_COLUMN)] != "—"
+        assert timed != (name in untimed), name
 
     assert script.OPTIMIZER_RATIO_COLUMN in header
-    for name in torchvalley.list_optimizers():
+    for name in set(torchvalley.list_optimizers()) - untimed:
         assert rows[name][header.index(script.OPTIMIZER_RATIO_COLUMN)] != "—"
 
     data = json.loads(raw.read_text())
@@ -103,6 +111,9 @@ def test_every_registered_optimizer_gets_a_row(script: ModuleType, tmp_path: Pat
     assert 40_000 < data["machine"]["param_count"] < 60_000
     by_label = {row["label"]: row for row in data["rows"]}
     for row in data["rows"]:
+        if row["label"] in untimed:
+            assert row["status"] == "skipped", row
+            continue
         assert row["status"] == "ok", row
         assert len(row["ms_per_step"]) == 2
         assert len(row["closure_ms_per_step"]) == 2
@@ -240,8 +251,8 @@ def test_training_step_mode(script: ModuleType, tmp_path: Path) -> None:
         calls, passes = by_label[name]["closure_calls_per_step"], by_label[name]["passes_per_step"]
         if float(passes).is_integer():
             assert calls == passes
-        else:  # an average (LookSAM: 1 + 1/k): every step takes one or two passes
-            assert 1 <= calls <= 2
+        else:  # an average (LookSAM: 1 + 1/k, DiMS: its Newton iterations) within a pass
+            assert abs(calls - passes) <= 1, (name, calls, passes)
 
 
 def test_training_step_resnet_and_chosen_optimizers(script: ModuleType, tmp_path: Path) -> None:

@@ -582,14 +582,16 @@ from torchvalley.dynamics.dims import DiMS  # noqa: E402
 register_optimizer(
     "dims",
     DiMS,
-    capabilities=Capabilities(needs_closure=True, passes_per_step=2, separable=False),
+    capabilities=Capabilities(
+        needs_closure=True, passes_per_step=2.5, separable=False, needs_real_loss=True
+    ),
     hyperparameters=DiMS.HYPERPARAMETERS,
     summary="DiMS: a particle on the graph of the loss under gravity, friction across level "
     "sets only; settles into the minimum set and keeps moving along it (RATTLE, ~2 passes/step)",
     family="langevin",
     paper="Jacobsen, Jakobsen, Gegenfurtner & Arvanitidis, Don't Stop Me Yet: Sampling Loss "
     "Minima via Dissipative Riemannian Mechanics, arXiv:2605.15459, 2026 (our construction)",
-    example={"lr": 0.01, "gravity": 1.0, "friction": 1.0, "energy": 0.1},
+    example={"lr": 0.01, "gravity": 1.0, "friction": 1.0, "energy": 0.1, "refresh": True},
     group_example={"mass": 2.0},
 )
 

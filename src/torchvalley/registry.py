@@ -68,10 +68,14 @@ class Capabilities:
         accepts_model: the factory takes an optional ``model=`` (the ``nn.Module`` being
             trained) for module-aware behaviour (BatchNorm statistics, normalization-layer
             selection, DDP ``no_sync``); the runner and the conformance suite pass it.
+        needs_real_loss: the step relies on the closure's loss and gradients being those of
+            one function of the parameters (DiMS solves a constraint on the loss's graph); a
+            stand-in closure that returns a constant loss with preset gradients cannot drive
+            it, so the optimizer-side benchmark skips it (its training-step mode times it).
     """
 
     needs_closure: bool = False
-    passes_per_step: int = 1
+    passes_per_step: float = 1
     noisy: bool = False
     manifold_aware: bool = False
     second_order: bool = False
@@ -80,6 +84,7 @@ class Capabilities:
     foreach: bool = False
     separable: bool = True
     accepts_model: bool = False
+    needs_real_loss: bool = False
 
     def flags(self) -> list[str]:
         """Short names of the capabilities that are on (for tables)."""
@@ -91,6 +96,7 @@ class Capabilities:
             "wraps_base": "wrapper",
             "foreach": "foreach",
             "accepts_model": "model",
+            "needs_real_loss": "real loss",
         }
         return [short for field, short in names.items() if getattr(self, field)]
 

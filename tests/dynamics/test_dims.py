@@ -129,8 +129,8 @@ def test_relu_rescaling_orbit_is_explored_at_minimal_loss():
     products, losses, first = [], [], []
     for _ in range(2_000):
         losses.append(float(opt.step(closure).detach()))
-        products.append(float(w[0] * w[1]))
-        first.append(float(w[0]))
+        products.append(float(w[0].detach() * w[1].detach()))
+        first.append(float(w[0].detach()))
     assert max(losses[500:]) <= 1e-6
     assert max(abs(p - 2) for p in products[500:]) <= 1e-3
     assert max(first) - min(first) > 0.3  # it moved along the orbit
@@ -303,3 +303,25 @@ def test_too_large_a_step_fails_newton_clearly():
     with pytest.raises(RuntimeError, match="reduce lr"):
         opt.step(closure)
     assert torch.equal(theta.detach(), start)
+
+
+def test_refresh_follows_a_closure_over_changing_batches():
+    # Two "batches": rings of radius 1 and 1.1. Without refresh the height carried over from
+    # the other batch is off by far more than a step can absorb; with refresh each step starts
+    # from the new batch's loss and gradient, and the energy of each step is consistent.
+    theta = torch.nn.Parameter(torch.tensor([1.05, 0.1], dtype=torch.float64))
+    radii = iter([1.0, 1.1] * 200)
+    opt = DiMS([theta], lr=0.01, gravity=10.0, friction=1.0, energy=0.1, refresh=True)
+    current = [1.0]
+
+    def closure():
+        opt.zero_grad()
+        loss = (theta.pow(2).sum() - current[0] ** 2) ** 2
+        loss.backward()
+        return loss
+
+    for _ in range(200):
+        current[0] = next(radii)
+        opt.step(closure)
+        assert opt.system["height"] == pytest.approx(float(closure().detach()), abs=1e-12)
+    assert 0.95 < float(theta.detach().norm()) < 1.15  # between the two valleys

@@ -65,7 +65,7 @@ __all__ = ["DiMS"]
 Tensors = list[torch.Tensor]
 
 #: Hyperparameters that describe the one joint system (equal in every param group).
-_SYSTEM = ("lr", "gravity", "friction", "energy", "tol", "max_newton", "seed")
+_SYSTEM = ("lr", "gravity", "friction", "energy", "tol", "max_newton", "seed", "refresh")
 
 
 def _dot(xs: Tensors, ys: Tensors) -> torch.Tensor:
@@ -97,6 +97,10 @@ class DiMS(torch.optim.Optimizer):
         tol: Newton tolerance on |z − L(θ)|; ``None``: 16 ulp of max(1, |z|).
         max_newton: Newton iterations before the step gives up (``RuntimeError``).
         seed: seed of the initial velocity's direction.
+        refresh: for a closure over a new mini-batch each step: re-evaluate the loss and the
+            gradient at the current point first (z and ∇L of the new batch; the velocity is made
+            tangent to the new graph, keeping θ̇), one more pass per step. Off (full batch):
+            the state carries over from the previous step's last evaluation.
     """
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
@@ -108,6 +112,9 @@ class DiMS(torch.optim.Optimizer):
         Hyperparameter("tol", "optional_positive", None, "Newton tolerance on z − L(θ)"),
         Hyperparameter("max_newton", "positive_int", 20, "Newton iterations per step, at most"),
         Hyperparameter("seed", "any", 0, "seed of the initial velocity's direction"),
+        Hyperparameter(
+            "refresh", "bool", False, "re-read loss and gradient at each step (mini-batches)"
+        ),
     )
     STATE_KEYS: ClassVar[frozenset[str]] = frozenset({"velocity", "grad"})
 
@@ -122,6 +129,7 @@ class DiMS(torch.optim.Optimizer):
         tol: float | None = None,
         max_newton: int = 20,
         seed: int = 0,
+        refresh: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -132,6 +140,7 @@ class DiMS(torch.optim.Optimizer):
             tol=tol,
             max_newton=max_newton,
             seed=seed,
+            refresh=refresh,
         )
         validate_group(self.HYPERPARAMETERS, defaults)
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -222,6 +231,13 @@ class DiMS(torch.optim.Optimizer):
         if "height" not in self.system:  # first step: the state at the start point
             loss = evaluate()
             self._start(loss, s)
+        elif s["refresh"]:  # a new mini-batch: its loss and gradient at the current point
+            loss = evaluate()
+            params, _ = self._active()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            self._set_grads(params, [g.detach().clone() for g in grads])
+            v = [self.state[p]["velocity"] for p in params]
+            self.system.update(height=float(loss.detach()), vertical_velocity=float(_dot(grads, v)))
         params, masses = self._active()
         v = [self.state[p]["velocity"] for p in params]
         grad = [self.state[p]["grad"] for p in params]
@@ -260,7 +276,8 @@ class DiMS(torch.optim.Optimizer):
             raise RuntimeError(
                 f"DiMS: Newton on the constraint did not converge in {s['max_newton']} "
                 f"iterations (|z − L(θ)| = {abs(residual):.3g}) at step {self.system['step'] + 1}; "
-                "the parameters are restored; reduce lr"
+                "the parameters are restored; reduce lr (or, for a closure over a new "
+                "mini-batch each step, set refresh=True)"
             )
         torch._foreach_add_(v, n, alpha=-lam)  # θ̇ − λn
         w = w + lam - 0.5 * h * g  # ż + λ, then gravity, half kick
