@@ -200,3 +200,13 @@ def test_two_copies_of_one_sweep_share_the_runs(tmp_path: Path) -> None:
         runs = opened.runs()
     assert len(runs) == 12 and {run["status"] for run in runs} == {"finished"}
     assert len({run["run_key"] for run in runs}) == 12
+
+
+def test_a_store_that_is_not_a_path_is_refused_without_creating_a_file(tmp_path, monkeypatch):
+    from torchvalley.bench.store import Store, StoreError
+
+    monkeypatch.chdir(tmp_path)
+    for bad in (None, 3):
+        with pytest.raises(StoreError, match="Invalid results store"):
+            Store(bad)
+    assert list(tmp_path.iterdir()) == []  # no file called "None"

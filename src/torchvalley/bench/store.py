@@ -459,6 +459,10 @@ class Store:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise StoreError(
+                f"Invalid results store: {path!r} (a file name, ':memory:' or a database URL)"
+            )
         self.path = str(path)
         if not self.path.strip():
             raise StoreError("empty results store path; give a file name (or ':memory:')")
