@@ -270,3 +270,14 @@ def test_other_bad_arguments() -> None:
     ):
         with pytest.raises(ValueError, match=name):
             RelaxedQuantizer(4, **kwargs)
+
+
+def test_eval_pass_before_training_does_not_fix_the_grid() -> None:
+    # A harness evaluates the initial model in eval mode (BatchNorm on its initial running
+    # statistics, so activations on another scale); the grid must come from training data.
+    quantizer = RelaxedQuantizer(4)
+    quantizer.eval()(torch.linspace(0, 100, 50))
+    assert not bool(quantizer.initialized)
+    quantizer.train()(torch.linspace(0, 1.5, 50))
+    assert bool(quantizer.initialized)
+    torch.testing.assert_close(quantizer.scale, torch.tensor(0.1))

@@ -77,6 +77,8 @@ class LSQQuantizer(nn.Module):
         """Straight-through fake quantization (train); nearest grid point (eval)."""
         if not bool(self.initialized):
             self.initialize_from(x)
+            if not self.training:  # as RelaxedQuantizer: only a training pass fixes the step
+                self.initialized.fill_(False)
         scale, offset, low, high = self.grid()
         if not self.training:
             return round_to_grid(x, scale, offset, low, high)

@@ -208,7 +208,7 @@ def relaxed_quantize(
 
 
 def annealed_temperature(initial: float, final: float, step: int, anneal_steps: int) -> float:
-    """Exponential annealing ``lam_t = lam_0 (lam_T / lam_0)^min(t / T, 1)``; ``T = 0``: constant."""
+    """Exponential annealing ``lam_t = lam_0 (lam_T / lam_0)^min(t / T, 1)``; T = 0: constant."""
     if anneal_steps <= 0 or final == initial:
         return initial
     fraction = min(step / anneal_steps, 1.0)
@@ -335,6 +335,10 @@ class RelaxedQuantizer(nn.Module):
         if not bool(self.initialized):
             detached = x.detach()
             self.initialize(detached.min().item(), detached.max().item())
+            if not self.training:
+                # An eval pass before training (e.g. a harness's epoch-0 evaluation, BatchNorm on
+                # its initial running statistics) must not fix the grid: training re-initialises.
+                self.initialized.fill_(False)
         scale, offset, low, high = self.grid()
         if not self.training:
             return round_to_grid(x, scale, offset, low, high)
