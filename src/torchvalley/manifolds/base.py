@@ -399,3 +399,23 @@ def _randn(
 
 def _violation_reason(what: str, value: float, bound: float) -> str:
     return f"{what} is {value:.3e}, above the tolerance {bound:.3e}"
+
+
+def checked_point(manifold: Manifold, data: Any, project: bool) -> Tensor:
+    """``data`` (detached) as a point of ``manifold``, projected first when ``project``.
+
+    The membership check of :class:`~torchvalley.ManifoldParameter` and
+    :class:`~torchvalley.manifolds.ManifoldTensor`.
+
+    Raises:
+        ValueError: the point is off the manifold, with the manifold's explanation.
+    """
+    with torch.no_grad():
+        data = torch.as_tensor(data).detach()
+        if project:
+            data = manifold.projx(data)
+        ok, reason = manifold.check_point(data, explain=True)
+        if not ok:
+            hint = "" if project else " (pass project=True to project it onto the manifold)"
+            raise ValueError(f"data is not a point of {manifold!r}: {reason}{hint}")
+    return data

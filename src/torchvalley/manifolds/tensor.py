@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchvalley.manifolds.base import Manifold
+from torchvalley.manifolds.base import Manifold, checked_point
 
 __all__ = ["ManifoldTensor"]
 
@@ -70,14 +70,7 @@ class ManifoldTensor(Tensor):
     ) -> ManifoldTensor:
         if not isinstance(manifold, Manifold):
             raise TypeError(f"manifold must be a Manifold, got {type(manifold).__name__}")
-        with torch.no_grad():
-            data = torch.as_tensor(data).detach()
-            if project:
-                data = manifold.projx(data)
-            ok, reason = manifold.check_point(data, explain=True)
-            if not ok:
-                hint = "" if project else " (pass project=True to project it onto the manifold)"
-                raise ValueError(f"data is not a point of {manifold!r}: {reason}{hint}")
+        data = checked_point(manifold, data, project)
         return cls._trusted(data, manifold, requires_grad)
 
     @classmethod
