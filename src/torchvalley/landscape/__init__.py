@@ -64,6 +64,8 @@ from torchvalley.landscape.spectrum import SpectralDensity as SpectralDensity
 from torchvalley.landscape.spectrum import hessian_eigenvalues as hessian_eigenvalues
 from torchvalley.landscape.spectrum import hessian_trace as hessian_trace
 from torchvalley.landscape.spectrum import spectral_density as spectral_density
+from torchvalley.landscape.surfaces.barriers import PathBarrier as PathBarrier
+from torchvalley.landscape.surfaces.barriers import path_barrier as path_barrier
 from torchvalley.landscape.surfaces.interpolation import InterpolationResult as InterpolationResult
 from torchvalley.landscape.surfaces.interpolation import (
     LayerwiseInterpolationResult as LayerwiseInterpolationResult,
