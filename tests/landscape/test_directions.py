@@ -209,6 +209,13 @@ def test_vmf_concentration_matches_manual_autograd():
     assert result.overall.rbar == pytest.approx(expected.rbar, rel=1e-10)
     assert result.overall.kappa == pytest.approx(expected.kappa, rel=1e-8)
     torch.testing.assert_close(result.gradient_norms, torch.linalg.vector_norm(flat, dim=1))
+    # gradient stochasticity: the unbiased trace of the batch-gradient covariance
+    centred = flat - flat.mean(dim=0)
+    assert result.gradient_variance == pytest.approx(
+        float((centred**2).sum()) / (len(batches) - 1), rel=1e-10
+    )
+    assert result.gradient_variance == pytest.approx(float(torch.cov(flat.T).trace()), rel=1e-10)
+    assert result.mean_gradient_norm == pytest.approx(float(flat.mean(dim=0).norm()), rel=1e-12)
     assert list(result.layers) == names
     for name in names:
         layer = torch.stack([g[name].reshape(-1) for g in grads])

@@ -51,6 +51,7 @@ from torchvalley.landscape.gradient_statistics.directions import (
 from torchvalley.landscape.gradient_statistics.directions import (
     vmf_mean_resultant_length as vmf_mean_resultant_length,
 )
+from torchvalley.landscape.gradient_statistics.fdr import FDRCurvature as FDRCurvature
 from torchvalley.landscape.gradient_statistics.fdr import FDREstimate as FDREstimate
 from torchvalley.landscape.gradient_statistics.fdr import FDRMonitor as FDRMonitor
 from torchvalley.landscape.gradient_statistics.fdr import FDRScheduler as FDRScheduler

@@ -546,7 +546,7 @@ def vmf_fit(
 
 @dataclasses.dataclass(frozen=True)
 class VMFConcentration:
-    """vMF concentration of minibatch gradient directions, global and per layer.
+    r"""vMF concentration of minibatch gradient directions, global and per layer.
 
     Attributes:
         overall: the fit of the flattened, globally normalised gradients.
@@ -557,11 +557,19 @@ class VMFConcentration:
             with a single scalar parameter are not fitted (no direction on a 0-sphere).
         gradient_norms: the global gradient norm of each batch, ``(n,)`` float64 (the *norm*
             stochasticity Lee et al. contrast with the directional one).
+        gradient_variance: the *gradient* stochasticity, :math:`\frac{1}{n-1}\sum_i
+            \|g_i - \bar g\|^2` with :math:`\bar g` the mean of the batch gradients: for
+            batches drawn independently, an unbiased estimate of
+            :math:`\mathbb{E}\|g_B - \nabla L\|^2 = \mathrm{tr}\,\mathrm{Cov}(g_B)`
+            (``nan`` for n = 1).
+        mean_gradient_norm: :math:`\|\bar g\|`.
     """
 
     overall: VMFFit
     layers: dict[str, VMFFit]
     gradient_norms: torch.Tensor = dataclasses.field(repr=False)
+    gradient_variance: float = math.nan
+    mean_gradient_norm: float = math.nan
 
 
 def vmf_concentration(
@@ -583,7 +591,9 @@ def vmf_concentration(
     the model's current parameters (``torch.func``; the model is not modified) is normalised,
     globally and per layer, and the unit vectors are summed in float64 on the fly (memory: two
     parameter-sized float64 vectors, whatever the number of batches). Each sum is fitted as in
-    :func:`vmf_fit`, with its uniform null.
+    :func:`vmf_fit`, with its uniform null. The raw gradients are summed too (a third such
+    vector) for the gradient stochasticity :math:`\mathrm{tr}\,\mathrm{Cov}(g_B)` that Lee et
+    al. correlate with the directional uniformity.
 
     Args:
         model: the network (unchanged: parameters, buffers, train/eval flag).
@@ -616,6 +626,7 @@ def vmf_concentration(
     total = [torch.zeros(p.shape, dtype=_F64, device=p.device) for p in params]
     layer_sums = [torch.zeros(p.shape, dtype=_F64, device=p.device) for p in params]
     layer_counts = dict.fromkeys(layer_names, 0)
+    raw_sum = [torch.zeros(p.shape, dtype=_F64, device=p.device) for p in params]
     norms = []
     for batch in fn.batches:
         grads = torch.func.grad(lambda p, b=batch: fn.batch_loss(p, b))(params)
@@ -625,8 +636,9 @@ def vmf_concentration(
         if not math.isfinite(norm) or norm == 0.0:
             raise ValueError("Invalid batches: a batch gradient is zero or not finite")
         norms.append(norm)
-        for t, g in zip(total, grads, strict=True):
+        for t, r, g in zip(total, raw_sum, grads, strict=True):
             t.add_(g, alpha=1.0 / norm)
+            r.add_(g)
         for layer in layer_names:
             idx = members[layer]
             layer_norm = math.sqrt(float(sum(squares[i] for i in idx)))
@@ -647,6 +659,14 @@ def vmf_concentration(
         if flat.numel() < 2:
             continue
         layers[layer] = _fit_from_resultant(flat, layer_counts[layer], **options)
+    # Σ‖g_i − ḡ‖² = Σ‖g_i‖² − n‖ḡ‖² (float64; ‖ḡ‖ from the summed gradients)
+    mean_norm = math.sqrt(float(sum(torch.sum(r * r) for r in raw_sum))) / n
+    spread = sum(x * x for x in norms) - n * mean_norm * mean_norm
+    variance = max(spread, 0.0) / (n - 1) if n > 1 else math.nan
     return VMFConcentration(
-        overall=overall, layers=layers, gradient_norms=torch.tensor(norms, dtype=_F64)
+        overall=overall,
+        layers=layers,
+        gradient_norms=torch.tensor(norms, dtype=_F64),
+        gradient_variance=variance,
+        mean_gradient_norm=mean_norm,
     )

@@ -66,6 +66,25 @@ g_B^\top H g_B\rangle` (research brief §6.1). With groups of different
 Hessian-vector product (:meth:`~torchvalley.curvature.function.ParameterFunction.hvp`); the
 deviation of the ratio from 1 measures the anharmonicity (Yaida §4).
 
+**The Hessian's magnitude from fluctuations** (Yaida's second use of the relations). Dividing
+FDR2 by FDR1 (same :math:`\eta, \mu, \delta` for every parameter) cancels the coefficient:
+
+.. math::
+
+    h_v \equiv \frac{\langle b^\top H\, b\rangle}{\langle \|b\|^2\rangle}
+        = \frac{\langle \|\nabla F\|^2\rangle}{\langle \theta\cdot\nabla F\rangle}
+        + O(\eta\,\nabla^3 F),
+
+the curvature of :math:`F` along the SGD velocity (a weighted mean of the Hessian's
+eigenvalues, with weights :math:`\langle (u_i\cdot b)^2\rangle`; for :math:`\mu = 0` near a
+minimum, :math:`\approx \mathrm{tr}(HC)/\mathrm{tr}(C)` with C the minibatch-gradient
+covariance), measured from two *gradient* observables, without a Hessian product; the
+variant :math:`\langle\|\nabla F\|^2\rangle/(c\langle\|b\|^2\rangle)` uses FDR2 with the
+measured velocity instead of FDR1. :meth:`FDRMonitor.curvature_estimate` returns both with the
+direct :math:`\langle b^\top H b\rangle/\langle\|b\|^2\rangle` (one Hessian-vector
+product per sample); their ratio is the FDR2 ratio, whose deviation from 1 is the
+anharmonicity. All three are exact for a quadratic :math:`F` at stationarity.
+
 **Measurement.** :class:`FDRMonitor` records, after every ``optimizer.step()`` (a step
 post-hook), per parameter group, :math:`O_L = \theta_t\cdot G_t` and
 :math:`O_R = c\,\|b_{t+1}\|^2`, reading ``p.grad`` and ``optimizer.state[p]["momentum_buffer"]``
@@ -94,6 +113,7 @@ from torchvalley.curvature.function import ParameterFunction
 from torchvalley.validation import check_choice, check_int_at_least
 
 __all__ = [
+    "FDRCurvature",
     "FDREstimate",
     "FDRMonitor",
     "FDRScheduler",
@@ -391,6 +411,8 @@ class FDRMonitor:
         self.steps = 0
         self._series: list[_Series] = []
         self._fdr2: tuple[list[float], list[float]] = ([], [])
+        # per FDR2 sample: (θ·∇F, Σ_g c_g ||b_g||², Σ_g c_g b_g·(Hb)_g), for curvature_estimate
+        self._fdr2_extra: tuple[list[float], list[float], list[float]] = ([], [], [])
         self._handle = None
         if attach:
             self._handle = optimizer.register_step_post_hook(self._hook)
@@ -501,6 +523,7 @@ class FDRMonitor:
             for series in self._series:
                 series.reset()
             self._fdr2 = ([], [])
+            self._fdr2_extra = ([], [], [])
         else:
             self._series_for(group).reset()
 
@@ -511,7 +534,9 @@ class FDRMonitor:
     # -- FDR2 ------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def observe_fdr2(self, function: ParameterFunction) -> tuple[float, float]:
+    def observe_fdr2(
+        self, function: ParameterFunction, *, hessian: bool = True
+    ) -> tuple[float, float]:
         r"""Measure both sides of FDR2 at the current state and record them.
 
         With :math:`\nabla F = \nabla L + \lambda\theta` (``function``'s loss plus each group's
@@ -526,10 +551,15 @@ class FDRMonitor:
         Cost: one gradient and one Hessian-vector product of ``function`` over its data (use the
         full training set, or a large subset: a subset of N samples inflates the left side by
         about tr(C)/N). Call it every k steps; :meth:`fdr2_estimate` averages the samples.
+        Each sample also records :math:`\theta\cdot\nabla F` and :math:`\sum_g c_g\|b_g\|^2`
+        (free: the same gradient) for :meth:`curvature_estimate`.
 
         Args:
             function: a :class:`~torchvalley.curvature.function.ParameterFunction` of the
                 optimized model; every optimized parameter must be among its parameters.
+            hessian: compute the Hessian-vector product (default). ``False`` skips it (one
+                gradient per sample): ``right`` is then ``nan``, and only the fluctuation
+                estimates of :meth:`curvature_estimate` are available.
 
         Returns:
             ``(left, right)`` of this sample.
@@ -557,22 +587,31 @@ class FDRMonitor:
                 entries.append((i, group, pre[1]))
         with torch.enable_grad():
             gradient = function.gradient(point)
-            product = function.hvp(tuple(direction), point)
+            product = function.hvp(tuple(direction), point) if hessian else None
         first = self.optimizer.param_groups[0]
         w0 = _fdr2_weight(first)
-        left = right = 0.0
+        left = right = virial = kinetic = curvature = 0.0
         for i, group, step in entries:
             wd = float(group["weight_decay"])
             mu = float(group["momentum"])
             lr = float(group["lr"])
+            c = fdr1_coefficient(lr, mu, group["dampening"])
             grad_f = gradient[i] + wd * point[i]
-            hu = product[i] + wd * direction[i]
             left += _fdr2_weight(group) / w0 * float(torch.sum(grad_f * grad_f, dtype=_F64))
-            right += (
-                (1.0 + mu) / (2.0 * (1.0 - mu)) * lr / w0 * float(torch.sum(step * hu, dtype=_F64))
-            )
+            virial += float(torch.sum(point[i] * grad_f, dtype=_F64))
+            kinetic += c * float(torch.sum(step * step, dtype=_F64))
+            if product is not None:
+                hu = product[i] + wd * direction[i]  # (H + λI) η b
+                b_hu = float(torch.sum(step * hu, dtype=_F64))
+                right += (1.0 + mu) / (2.0 * (1.0 - mu)) * lr / w0 * b_hu
+                curvature += c / lr * b_hu
+        if product is None:
+            right = curvature = math.nan
         self._fdr2[0].append(left)
         self._fdr2[1].append(right)
+        self._fdr2_extra[0].append(virial)
+        self._fdr2_extra[1].append(kinetic)
+        self._fdr2_extra[2].append(curvature)
         return left, right
 
     def fdr2_estimate(
@@ -583,6 +622,51 @@ class FDRMonitor:
         rhs = torch.tensor(self._fdr2[1][start:], dtype=_F64)
         return batch_means_ratio(lhs, rhs, n_batches=n_batches, confidence=confidence)
 
+    def curvature_estimate(
+        self, *, start: int = 0, n_batches: int = 20, confidence: float = 0.95
+    ) -> FDRCurvature:
+        r"""The Hessian's magnitude along the SGD velocity, from fluctuations (Yaida §4).
+
+        Over the :meth:`observe_fdr2` samples from ``start`` (module docstring,
+        "The Hessian's magnitude from fluctuations"):
+
+        * ``fluctuation``: :math:`\langle\|\nabla F\|^2\rangle / \langle\theta\cdot\nabla
+          F\rangle` (FDR2 / FDR1; gradients only),
+        * ``kinetic``: :math:`\langle\|\nabla F\|^2\rangle / (c\,\langle\|b\|^2\rangle)`
+          (FDR2 with the measured velocity; gradients only),
+        * ``direct``: :math:`\langle b^\top H b\rangle / \langle\|b\|^2\rangle` (Hessian-vector
+          products; ``None`` if a sample was taken with ``hessian=False``),
+
+        each a ratio of time averages with its batch-means interval. :math:`H` includes the
+        groups' weight decay (:math:`\nabla^2 L + \lambda I`).
+
+        Raises:
+            ValueError: if the groups differ in ``lr``, ``momentum`` or (with momentum)
+                ``dampening`` (the coefficients of FDR1 and FDR2 then do not cancel).
+        """
+        settings = {
+            (float(g["lr"]), float(g["momentum"]), _fdr2_weight(g))
+            for g in self.optimizer.param_groups
+        }
+        if len(settings) > 1:
+            raise ValueError(
+                "Invalid optimizer: curvature_estimate needs the same lr, momentum and "
+                "dampening in every parameter group"
+            )
+        options = dict(n_batches=n_batches, confidence=confidence)
+        left = torch.tensor(self._fdr2[0][start:], dtype=_F64)
+        virial, kinetic, curvature = (
+            torch.tensor(series[start:], dtype=_F64) for series in self._fdr2_extra
+        )
+        direct = None
+        if curvature.numel() and bool(torch.isfinite(curvature).all()):
+            direct = batch_means_ratio(curvature, kinetic, **options)
+        return FDRCurvature(
+            fluctuation=batch_means_ratio(left, virial, **options),
+            kinetic=batch_means_ratio(left, kinetic, **options),
+            direct=direct,
+        )
+
     # -- state ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -592,6 +676,7 @@ class FDRMonitor:
             "steps": self.steps,
             "series": [self._series_for(i).state_dict() for i in range(n)],
             "fdr2": (list(self._fdr2[0]), list(self._fdr2[1])),
+            "fdr2_extra": tuple(list(series) for series in self._fdr2_extra),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -603,6 +688,39 @@ class FDRMonitor:
             device = self._device(groups[i]) if i < len(groups) else torch.device("cpu")
             self._series_for(i).load_state_dict(series_state, device)
         self._fdr2 = (list(state["fdr2"][0]), list(state["fdr2"][1]))
+        n = len(self._fdr2[0])
+        extra = state.get("fdr2_extra", ([math.nan] * n,) * 3)  # states saved before it existed
+        virial, kinetic, curvature = (list(series) for series in extra)
+        self._fdr2_extra = (virial, kinetic, curvature)
+
+
+@dataclasses.dataclass(frozen=True)
+class FDRCurvature:
+    r"""Curvature along the SGD velocity, :math:`\langle b^\top Hb\rangle/\langle\|b\|^2\rangle`.
+
+    From :meth:`FDRMonitor.curvature_estimate`; each field is an :class:`FDREstimate` whose
+    ``ratio`` is the curvature (not 1 at equilibrium) with its batch-means interval.
+
+    Attributes:
+        fluctuation: :math:`\langle\|\nabla F\|^2\rangle/\langle\theta\cdot\nabla F\rangle`
+            (FDR2 / FDR1, gradients only).
+        kinetic: :math:`\langle\|\nabla F\|^2\rangle/(c\langle\|b\|^2\rangle)` (FDR2 and the
+            measured velocity, gradients only).
+        direct: :math:`\langle b^\top Hb\rangle/\langle\|b\|^2\rangle` from Hessian-vector
+            products, or ``None``.
+    """
+
+    fluctuation: FDREstimate
+    kinetic: FDREstimate
+    direct: FDREstimate | None
+
+    @property
+    def anharmonicity(self) -> float:
+        """``kinetic.ratio / direct.ratio - 1`` (the FDR2 ratio minus 1; ``nan`` without
+        ``direct``): 0 for a quadratic loss, the relative size of the higher-order terms."""
+        if self.direct is None:
+            return math.nan
+        return self.kinetic.ratio / self.direct.ratio - 1.0
 
 
 def _fdr2_weight(group: dict[str, Any]) -> float:
