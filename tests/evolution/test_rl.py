@@ -104,3 +104,28 @@ def test_td3_runner_and_store_logging(tmp_path) -> None:
         summary = plot_returns(store, "MountainCarContinuous-v0", str(tmp_path / "r.png"))
     assert (tmp_path / "r.png").stat().st_size > 0
     assert summary["td3"][3] == 1
+
+
+def test_td3_runner_resumes_exactly_mid_episode() -> None:
+    def runner(seed: int = 0) -> TD3Runner:
+        return TD3Runner(
+            "Pendulum-v1", start_steps=20, eval_every=40, eval_episodes=1,
+            env_kwargs={"max_episode_steps": 30}, seed=seed, **TINY,
+        )  # fmt: skip
+
+    straight = runner()
+    straight.run(80)
+    first = runner()
+    first.run(40)  # mid-episode (30-step episodes), after the gradient phase began
+    assert first.obs is not None and first.td3.gradient_steps > 0
+    resumed = runner(seed=9)
+    resumed.load_state_dict(first.state_dict())
+    resumed.run(80)
+    for p, q in zip(straight.td3.actor.parameters(), resumed.td3.actor.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for p, q in zip(straight.td3.critic.parameters(), resumed.td3.critic.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert straight.episode_returns == resumed.episode_returns
+    assert [h.return_mean for h in straight.history] == [h.return_mean for h in resumed.history]
+    with pytest.raises(ValueError, match="not a TD3Runner state_dict"):
+        resumed.load_state_dict(build().state_dict())

@@ -482,6 +482,52 @@ class TD3Runner(_Runner):
             self.td3.train_step(self.buffer)
         return self.td3.gradient_steps
 
+    def state_dict(self) -> dict[str, Any]:
+        """Resumable at any environment step: TD3, buffer, generators, counters, history and,
+        mid-episode, the training environment itself (a pickled copy: its physical state and
+        its own RNG, so the episode continues exactly) with the current observation."""
+        import pickle
+
+        mid_episode = self.obs is not None
+        return {
+            "td3": self.td3.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "episode_generator": self.episode_generator.get_state(),
+            "eval_generator": self.eval_generator.get_state(),
+            "steps": self.steps,
+            "history": [asdict(h) for h in self.history],
+            "wall_time_s": self.wall_time_s,
+            "episode_returns": list(self.episode_returns),
+            "episode_return": self._episode_return,
+            "obs": None if not mid_episode else self.obs.clone(),
+            "env": pickle.dumps(self.env) if mid_episode else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load :meth:`state_dict`'s output (``ValueError`` for another runner's state)."""
+        import pickle
+
+        missing = {"td3", "buffer", "steps", "env", "obs"} - set(state)
+        if missing:
+            raise ValueError(
+                f"Invalid state: not a TD3Runner state_dict (it lacks {sorted(missing)})"
+            )
+        self.td3.load_state_dict(state["td3"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.episode_generator.set_state(state["episode_generator"])
+        self.eval_generator.set_state(state["eval_generator"])
+        self.steps = int(state["steps"])
+        self.history = [EvalRecord(**h) for h in state["history"]]
+        self.wall_time_s = float(state["wall_time_s"])
+        self.episode_returns = [float(r) for r in state["episode_returns"]]
+        self._episode_return = float(state["episode_return"])
+        if state["obs"] is None:
+            self.obs = None
+        else:
+            self.env.close()
+            self.env = pickle.loads(state["env"])  # our own state (trusted, like torch.load)
+            self.obs = state["obs"].clone()
+
 
 # -- results store and plots ------------------------------------------------------------------
 
