@@ -5,9 +5,10 @@ Three parts (``--part``):
 * ``accuracy``: the harness's quantization suite
   (:func:`torchvalley.bench.quant_study.run_quant_study`, what ``torchvalley quant`` runs):
   float, post-training rounding, LSQ-style straight-through QAT, torch.ao fake-quantize QAT,
-  RQ and RQ-ST at weights/activations 8/8, 4/4, 3/3, 2/2, into a results store (several
-  processes may share one store: runs are claimed atomically), then ``quantization.md`` /
-  ``.json`` / accuracy-vs-bits plots, plus Welch t-tests against LSQ per bit width.
+  brevitas QAT (where brevitas is installed), RQ and RQ-ST at weights/activations 8/8, 4/4,
+  3/3, 2/2, into a results store (several processes may share one store: runs are claimed
+  atomically), then ``quantization.md`` / ``.json`` / accuracy-vs-bits plots, plus Welch
+  t-tests against float, LSQ and brevitas per bit width.
 * ``table``: the same table, plots and tests from the finished runs already in the store.
 * ``timing``: one training step (forward, backward, Adam) of the quantized models vs the float
   model, rows interleaved round-robin (``benchmarks/_harness.py``), median over rounds.
@@ -93,8 +94,9 @@ def _write_welch(args: argparse.Namespace, table: str, cells: dict) -> None:
         "| bits | method | reference | n vs n | diff (mean) | t | p |",
         "|---|---|---|---|---|---|---|",
     ]
-    pairs = [(m, "float") for m in ("rq", "rq_st", "lsq", "torchao", "round")]
-    pairs += [(m, "lsq") for m in ("rq", "rq_st", "torchao", "round")]
+    pairs = [(m, "float") for m in ("rq", "rq_st", "lsq", "torchao", "brevitas", "round")]
+    pairs += [(m, "lsq") for m in ("rq", "rq_st", "torchao", "brevitas", "round")]
+    pairs += [(m, "brevitas") for m in ("rq", "rq_st")]
     for bits in args.bits:
         for method, reference in pairs:
             if method not in cells or reference not in cells:

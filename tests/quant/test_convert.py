@@ -135,7 +135,9 @@ def test_quantized_forward_equals_manual_computation() -> None:
         assert torch.equal(model(inputs), x)
 
 
-@pytest.mark.parametrize("method", METHODS)
+# brevitas's activation scales average statistics for their first training forwards and a loaded
+# state ends that phase, so its round trip is tested after it (tests/quant/test_brevitas.py).
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "brevitas"])
 def test_model_state_dict_round_trip(method: str) -> None:
     source = quantize_model(_mlp(), 3, method=method)
     inputs = torch.randn(32, 6)

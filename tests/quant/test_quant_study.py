@@ -147,3 +147,42 @@ def test_cli_quant_bad_input(tmp_path, capsys) -> None:
     assert "at most 8" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--method", "dorefa"])
+
+
+def test_study_runs_brevitas_and_skips_it_with_the_reason_when_missing(
+    tmp_path, monkeypatch
+) -> None:
+    from torchvalley.quant import brevitas_qat
+
+    pytest.importorskip("brevitas", reason="brevitas (optional) is not installed")
+    with Store(str(tmp_path / "q.db")) as store:
+        study = run_quant_study(
+            [TINY],
+            "adam:lr=0.001",
+            [0],
+            tmp_path / "out",
+            store=store,
+            methods=["brevitas"],
+            bits=[2],
+            epochs=1,
+            progress=False,
+        )
+    assert [r.status for r in study.results] == ["finished"]
+    assert study.cells[TINY]["brevitas"][2]["n"] == 1
+    monkeypatch.setattr(brevitas_qat, "brevitas_skip_reason", lambda: "brevitas is not installed")
+    with Store(str(tmp_path / "q2.db")) as store:
+        study = run_quant_study(
+            [TINY],
+            "adam:lr=0.001",
+            [0],
+            tmp_path / "out2",
+            store=store,
+            methods=["float", "brevitas"],
+            bits=[2],
+            epochs=1,
+            progress=False,
+        )
+    assert {r.task for r in study.results} == {TINY}
+    assert "Skipped: `brevitas`: brevitas is not installed" in study.table
+    saved = json.loads((tmp_path / "out2" / "quantization.json").read_text())
+    assert saved["skipped"] == {"brevitas": "brevitas is not installed"}

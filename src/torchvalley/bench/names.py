@@ -27,7 +27,15 @@ DEFAULT_SUITES: tuple[str, ...] = ("mnist1d", "spirals")
 
 #: What ``torchvalley quant --method`` offers: the float model and the methods of
 #: :data:`torchvalley.quant.METHODS` (a test checks they agree).
-QUANT_METHODS: tuple[str, ...] = ("float", "round", "lsq", "torchao", "rq", "rq_st")
+QUANT_METHODS: tuple[str, ...] = (
+    "float",
+    "round",
+    "lsq",
+    "torchao",
+    "brevitas",
+    "rq",
+    "rq_st",
+)
 
 #: The bit widths (weights = activations) ``torchvalley quant`` sweeps by default.
 QUANT_BITS: tuple[int, ...] = (8, 4, 3, 2)

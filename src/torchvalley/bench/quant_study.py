@@ -154,7 +154,8 @@ def run_quant_study(
         out: folder for ``quantization.md``, ``quantization.json`` and the plots.
         store: an open :class:`~torchvalley.bench.store.Store`.
         methods: from :data:`~torchvalley.bench.names.QUANT_METHODS` (``"float"``: no
-            quantization, shown in every bits column).
+            quantization, shown in every bits column; ``"brevitas"`` is skipped, with the
+            reason in the report, where brevitas is not installed).
         bits: bit widths, the same for weights and activations.
         epochs, progress, num_threads: as in :func:`~torchvalley.bench.runner.run_sweep`.
         run_sweep: the sweep function (tests pass a recording one).
@@ -166,6 +167,14 @@ def run_quant_study(
     for method in methods:
         if method not in QUANT_METHODS:
             raise ValueError(f"unknown method {method!r} (one of {', '.join(QUANT_METHODS)})")
+    skipped = {}
+    if "brevitas" in methods:
+        from torchvalley.quant.brevitas_qat import brevitas_skip_reason
+
+        reason = brevitas_skip_reason()
+        if reason is not None:  # an optional dependency: the study runs without it, and says so
+            skipped["brevitas"] = reason
+            methods = [method for method in methods if method != "brevitas"]
     bits = [check_bits(int(b)) for b in bits]
     if "torchao" in methods and max(bits) > 8:
         raise ValueError("method 'torchao' supports at most 8 bits")
@@ -190,12 +199,18 @@ def run_quant_study(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = _markdown(cells, tasks, methods, bits, spec, epochs)
+    for method, reason in skipped.items():
+        table += f"\nSkipped: `{method}`: {reason}.\n"
     plot_paths = _plots(cells, tasks, methods, bits, out)
     for path in plot_paths:
         table += f"\n![{path.stem}]({path.name})\n"
     (out / "quantization.md").write_text(table)
     (out / "quantization.json").write_text(
-        json.dumps({"tasks": cells, "spec": str(getattr(spec, "label", spec))}, indent=2) + "\n"
+        json.dumps(
+            {"tasks": cells, "spec": str(getattr(spec, "label", spec)), "skipped": skipped},
+            indent=2,
+        )
+        + "\n"
     )
     return QuantStudy(table=table, cells=cells, results=results, plot_paths=plot_paths)
 

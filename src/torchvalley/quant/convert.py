@@ -38,8 +38,9 @@ __all__ = [
 ]
 
 #: Quantization methods: relaxed quantization, its straight-through variant, LSQ-style QAT,
-#: post-training rounding, torch.ao fake-quantize QAT.
-METHODS = ("rq", "rq_st", "lsq", "round", "torchao")
+#: post-training rounding, torch.ao fake-quantize QAT, brevitas QAT (a layer swap, see
+#: :mod:`~torchvalley.quant.brevitas_qat`; needs brevitas).
+METHODS = ("rq", "rq_st", "lsq", "round", "torchao", "brevitas")
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -58,6 +59,11 @@ def make_quantizer(
         return RoundingQuantizer(bits, signed=signed, track="current" if weight else "running")
     if method == "torchao":
         return TorchAOQuantizer(bits, signed=weight, weight=weight)
+    if method == "brevitas":
+        raise ValueError(
+            "Invalid method for make_quantizer: 'brevitas' swaps whole layers (brevitas QuantLinear"
+            " / QuantConv / QuantReLU); use quantize_model(..., method='brevitas')"
+        )
     raise ValueError(f"Invalid method: {method!r} (one of {', '.join(METHODS)})")
 
 
@@ -143,14 +149,18 @@ def quantize_model(
             bits_of_the_activation_after)`` (``None``: that activation stays float).
         skip: ``(name, layer) -> bool``: layers to leave untouched.
         **quantizer_options: passed to :class:`~torchvalley.quant.relaxed.RelaxedQuantizer`
-            (``temperature``, ``local_cells``, ...; RQ methods only).
+            (``temperature``, ``local_cells``, ...; RQ methods only); ``"brevitas"`` takes
+            ``collect_stats_steps`` (see :func:`~torchvalley.quant.brevitas_qat.brevitas_convert`).
 
     Returns:
-        ``model``, converted. Activation grids initialise on the first forward pass.
+        ``model``, converted. Activation grids initialise on the first forward pass. With
+        ``method="brevitas"`` the layers become brevitas layers and the activations are
+        quantized at the ``nn.ReLU`` after each layer (brevitas ``QuantReLU``).
 
     Raises:
         ValueError: bad bits, an unknown method or layer name, options for a non-RQ method, or
             a weight range the grid cannot represent.
+        ImportError: ``method="brevitas"`` without brevitas installed.
     """
     check_bits(bits)
     activation_bits = (
@@ -176,6 +186,18 @@ def quantize_model(
         raise ValueError(f"Invalid layer_bits: no quantizable layer named {sorted(unknown)}")
     if not layers:
         raise ValueError("Invalid model: it has no Linear / Conv layer to quantize")
+    if method == "brevitas":
+        return _quantize_brevitas(
+            model,
+            layers,
+            bits,
+            activation_bits,
+            first_layer_bits,
+            last_layer_bits,
+            input_bits,
+            layer_bits,
+            quantizer_options,
+        )
     previous_activation = input_bits
     for index, (name, layer) in enumerate(layers):
         is_first, is_last = index == 0, index == len(layers) - 1
@@ -201,6 +223,45 @@ def quantize_model(
         _set_module(model, name, QuantizedLayer(layer, weight_quantizer, input_quantizer))
         previous_activation = after_bits
     return model
+
+
+def _layer_plan(
+    layers, bits, activation_bits, first_layer_bits, last_layer_bits, layer_bits
+) -> list[tuple[str, nn.Module, int | None, int | None]]:
+    """``(name, layer, weight_bits, bits_of_the_activation_after)`` under the bits policy."""
+    plan = []
+    for index, (name, layer) in enumerate(layers):
+        weight_bits, after_bits = bits, activation_bits
+        if index == 0:
+            weight_bits = first_layer_bits
+        if index == len(layers) - 1:
+            weight_bits, after_bits = last_layer_bits, None
+        if name in layer_bits:
+            weight_bits, after_bits = _bits_pair(layer_bits[name], name)
+        plan.append((name, layer, weight_bits, after_bits))
+    return plan
+
+
+def _quantize_brevitas(
+    model,
+    layers,
+    bits,
+    activation_bits,
+    first_layer_bits,
+    last_layer_bits,
+    input_bits,
+    layer_bits,
+    options,
+) -> nn.Module:
+    from torchvalley.quant.brevitas_qat import brevitas_convert
+
+    unknown = set(options) - {"collect_stats_steps"}
+    if unknown:
+        raise ValueError(
+            f"Invalid options for method 'brevitas': {sorted(unknown)} (only collect_stats_steps)"
+        )
+    plan = _layer_plan(layers, bits, activation_bits, first_layer_bits, last_layer_bits, layer_bits)
+    return brevitas_convert(model, plan, input_bits=input_bits, **options)
 
 
 def _initialize_weight_quantizer(quantizer: nn.Module, weight: torch.Tensor) -> None:
@@ -295,6 +356,13 @@ def _grid_of(
 
 def export_quantized(model: nn.Module) -> nn.Module:
     """A copy of a converted model with integer weights, in eval mode (see the module doc)."""
+    from torchvalley.quant.brevitas_qat import is_brevitas_module
+
+    if any(is_brevitas_module(module) for module in model.modules()):
+        raise ValueError(
+            "cannot export a brevitas model with export_quantized (it exports the rq, rq_st, lsq "
+            "and round methods); use brevitas's own export (e.g. brevitas.export.export_onnx_qcdq)"
+        )
     exported = copy.deepcopy(model).eval()
     for name, layer in quantized_layers(exported):
         replacement = ExportedLayer(
