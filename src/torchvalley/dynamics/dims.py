@@ -48,6 +48,19 @@ or the loss is not finite, instead of returning garbage.
 Samples are the parameters along the trajectory after a settling phase (collect them with
 :class:`~torchvalley.dynamics.posterior.SampleCollector`); several particles from different
 starts explore several valleys.
+
+Data parallel. All-reduced gradients are not enough: the constraint is on the loss *value* (the
+height z and the Newton residual), so a rank with only its shard's loss rides a different
+surface, takes a different number of Newton iterations and drifts off the others (and under DDP
+a rank that calls the closure once more than another hangs in its backward). With
+``process_group`` set, every closure call averages the loss and the gradients over the group
+(two all-reduces: the float64 loss, then the gradients flattened per dtype), so every rank
+integrates the same full-batch system: the same iterations, bit-identical parameters, and, for
+equal shards of a mean loss, the single-process full-batch trajectory up to summation order. The
+initial velocity comes from the seeded generator (the same on every rank), and no other random
+number is drawn. Use it with a plain model (the cheaper path) or with a DDP-wrapped one (DDP's
+hooks have averaged the gradients already; averaging equal values again changes nothing). No
+Hessian-vector product is used, so there is nothing else to reduce.
 """
 
 from __future__ import annotations
@@ -101,6 +114,10 @@ class DiMS(torch.optim.Optimizer):
             gradient at the current point first (z and ∇L of the new batch; the velocity is made
             tangent to the new graph, keeping θ̇), one more pass per step. Off (full batch):
             the state carries over from the previous step's last evaluation.
+        process_group: data parallel: average the closure's loss and gradients over this
+            ``torch.distributed`` process group (``"world"``: the default group) after every
+            call, so that all ranks integrate the same system (module docstring). ``None``
+            (default): no communication, e.g. independent particles on different ranks.
     """
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
@@ -130,6 +147,8 @@ class DiMS(torch.optim.Optimizer):
         max_newton: int = 20,
         seed: int = 0,
         refresh: bool = False,
+        *,
+        process_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -145,7 +164,17 @@ class DiMS(torch.optim.Optimizer):
         validate_group(self.HYPERPARAMETERS, defaults)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"Invalid seed: {seed!r} (an int)")
+        group_type = getattr(torch.distributed, "ProcessGroup", ())
+        if process_group is not None and not (
+            (isinstance(process_group, str) and process_group == "world")
+            or isinstance(process_group, group_type)
+        ):
+            raise ValueError(
+                f"Invalid process_group: {process_group!r} (None, 'world' or a "
+                "torch.distributed.ProcessGroup)"
+            )
         super().__init__(params, defaults)
+        self.process_group = process_group
         #: The joint state: height z, vertical velocity ż, steps, last Newton iterations and
         #: residual. Kept here (not per parameter) and in ``state_dict()["dims"]``.
         self.system: dict[str, Any] = {"step": 0}
@@ -226,6 +255,8 @@ class DiMS(torch.optim.Optimizer):
                 raise ValueError(
                     f"Invalid loss: the closure must return a scalar tensor, got {loss!r}"
                 )
+            if self.process_group is not None:
+                loss = self._all_reduce(loss)
             return loss
 
         if "height" not in self.system:  # first step: the state at the start point
@@ -328,6 +359,35 @@ class DiMS(torch.optim.Optimizer):
             self.state[p]["velocity"] = vi
             self.state[p]["grad"] = gi
         self.system.update(height=float(loss.detach()), vertical_velocity=float(_dot(grad, v)))
+
+    def _all_reduce(self, loss: torch.Tensor) -> torch.Tensor:
+        """The group's mean loss (returned, detached) and mean gradients (in place in ``.grad``):
+        sum, then divide by the world size (every backend has SUM), one buffer per dtype."""
+        dist = torch.distributed
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(
+                "DiMS: process_group is set but torch.distributed is not initialized; call "
+                "init_process_group first (or leave process_group=None)"
+            )
+        group = None if self.process_group == "world" else self.process_group
+        size = dist.get_world_size(group)
+        value = loss.detach().reshape(1).to(torch.float64)
+        dist.all_reduce(value, group=group)
+        grads = [
+            p.grad for group_ in self.param_groups for p in group_["params"] if p.grad is not None
+        ]
+        by_dtype: dict[tuple[torch.dtype, torch.device], Tensors] = {}
+        for grad in grads:
+            by_dtype.setdefault((grad.dtype, grad.device), []).append(grad)
+        for same in by_dtype.values():
+            flat = torch.cat([grad.reshape(-1) for grad in same])
+            dist.all_reduce(flat, group=group)
+            flat.div_(size)
+            offset = 0
+            for grad in same:
+                grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+                offset += grad.numel()
+        return (value / size).reshape(()).to(loss.dtype)
 
     def _set_grads(self, params: Tensors, grads: Tensors) -> None:
         for p, gi in zip(params, grads, strict=True):
