@@ -8,6 +8,8 @@ Importing this package registers every built-in task:
 * :mod:`~torchvalley.bench.tasks.quadratic`: ``quadratic`` (known Hessian, exact excess loss);
 * :mod:`~torchvalley.bench.tasks.poincare_tree`: ``poincare_tree`` (hyperbolic embedding);
 * :mod:`~torchvalley.bench.tasks.transfer`: ``mnist1d_transfer`` (fine-tune a pretrained CNN);
+* :mod:`~torchvalley.bench.tasks.kg_hierarchy`: ``kg_hierarchy``, ``kg_hierarchy_lorentz``
+  (hyperbolic link prediction on a tree's knowledge graph; their own ``@validation`` splits);
 * :mod:`~torchvalley.bench.tasks.label_noise`: ``<mnist1d|digits>_<mlp|cnn>_noise<20|40|60>``
   (symmetric noise on the training labels), ``mnist1d_mlp_wide``.
 
@@ -29,6 +31,7 @@ from torchvalley.bench.task import (
 )
 from torchvalley.bench.tasks import (
     digits,
+    kg_hierarchy,
     label_noise,
     mnist1d,
     poincare_tree,
@@ -42,6 +45,7 @@ __all__ = [
     "TaskData",
     "digits",
     "get_task",
+    "kg_hierarchy",
     "label_noise",
     "list_tasks",
     "mnist1d",
