@@ -114,13 +114,14 @@ def test_every_seed_paper_has_one_row_with_a_verdict() -> None:
     assert not missing, f"seed papers without a row in docs/claims.md: {missing}"
     doubled = [t for t in titles if sum(t in paper for paper in papers) > 1]
     assert not doubled, f"seed papers with more than one row: {doubled}"
-    for row in rows + _rows("Further methods from papers"):
+    for row in rows + _rows("Further methods from papers") + _rows("Landscape tools from papers"):
         assert _verdict(row), f"row without a verdict: {row[:80]}"
 
 
 def test_verdict_counts_match_the_rows() -> None:
     counts = {row.split("|")[1].strip(): row for row in _rows("Verdict counts")}
-    for column, heading in ((2, "Seed papers"), (3, "Further methods from papers")):
+    headings = ("Seed papers", "Further methods from papers", "Landscape tools from papers")
+    for column, heading in enumerate(headings, start=2):
         verdicts = Counter(_verdict(row) for row in _rows(heading))
         for verdict in VERDICTS:
             stated = int(counts[verdict].split("|")[column])
