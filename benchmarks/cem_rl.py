@@ -7,6 +7,10 @@
     python benchmarks/cem_rl.py report --store runs/cem_rl.sqlite --out docs/results/cem_rl
     # throughput: env steps/s (population batched vs one by one, TD3) and gradient steps/s
     python benchmarks/cem_rl.py throughput
+    # the anchor: Stable-Baselines3's TD3 at our TD3Runner's settings (method "sb3_td3"), and
+    # the throughput of our TD3Runner against it (end to end and the training step alone)
+    python benchmarks/cem_rl.py returns --env Pendulum-v1 --methods td3 sb3_td3 ...
+    python benchmarks/cem_rl.py anchor-throughput
 
 All runs use ``torch.set_num_threads(1)``. The settings below are scaled down from the paper's
 (networks 64-64 instead of 400-300, start_steps 1000 instead of 10,000, actor updates per
@@ -33,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import TimedRow, machine_facts, machine_lines, measure_round_robin
 from torchvalley.bench.machine import load_average
 
-METHODS = ("cem_rl", "cem", "td3")
+METHODS = ("cem_rl", "cem", "td3", "sb3_td3")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -55,6 +59,7 @@ def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "cem_rl": {**common},
             "cem": {**common, "gradient_members": 0},
             "td3": {**common},
+            "sb3_td3": {**common},
         }
     nets = {"actor_hidden": (64, 64), "critic_hidden": (64, 64)}
     common = {
@@ -69,6 +74,7 @@ def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "cem_rl": {**common, "population_size": 10, "actor_steps": args.actor_steps},
         "cem": {**common, "population_size": 10, "gradient_members": 0},
         "td3": {**common},
+        "sb3_td3": {**common},
     }
 
 
@@ -88,7 +94,8 @@ def returns(args: argparse.Namespace) -> None:
                 options = configs[method]
                 identity = {**_label_options(options), "total_steps": args.steps}
                 start_cpu = time.process_time()
-                runner = (TD3Runner if method == "td3" else CEMRL)(args.env, seed=seed, **options)
+                kind = {"td3": TD3Runner, "sb3_td3": SB3TD3Runner}.get(method, CEMRL)
+                runner = kind(args.env, seed=seed, **options)
                 history = runner.run(args.steps)
                 cpu = time.process_time() - start_cpu
                 run_id = log_history(
@@ -108,6 +115,90 @@ def returns(args: argparse.Namespace) -> None:
                     f"cpu={cpu:.0f}s",
                     flush=True,
                 )
+
+
+def SB3TD3Runner(env_id: str, **options: Any) -> Any:
+    """Stable-Baselines3's TD3 (the anchor) behind our runner's interface and evaluation.
+
+    It takes :class:`TD3Runner`'s keywords and maps them onto SB3's: the same hidden sizes
+    (``actor_hidden`` must equal ``critic_hidden``: SB3 has one ``net_arch``), learning rate
+    (one for actor and critic), batch size, γ, τ, target-policy noise and clip (both in SB3's
+    [-1, 1]-scaled action space, i.e. fractions of the half-range, as ours), policy delay 2,
+    one gradient iteration per environment step after ``start_steps`` uniform random actions
+    (``learning_starts``), exploration N(0, (0.1 · half-range)²) (``NormalActionNoise`` in the
+    scaled space). Evaluation is *ours* (:meth:`_Runner.evaluate_policy`, the same episode-seed
+    generator seeded ``seed + 3``): SB3's deterministic actor on ``eval_episodes`` separate
+    episodes every ``eval_every`` environment steps. Known differences that remain: SB3's
+    hidden units are ReLU in actor and critic (ours: tanh in the actor, leaky ReLU in the
+    critic, as CEM-RL's reference code), SB3 adds the exploration noise to its random warm-up
+    actions too and starts training one step later (after ``learning_starts``, ours at it),
+    and its exploration / minibatch RNGs are numpy's and torch's global ones.
+    """
+    import numpy as np
+    from stable_baselines3 import TD3 as SB3TD3
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    from torchvalley.evolution.rl import _Runner, make_env
+
+    class _SB3Runner(_Runner):
+        def __init__(
+            self,
+            env_id: str,
+            *,
+            start_steps: int = 10_000,
+            exploration_noise: float = 0.1,
+            buffer_size: int = 1_000_000,
+            eval_every: int = 5000,
+            eval_episodes: int = 10,
+            env_kwargs: dict[str, Any] | None = None,
+            seed: int = 0,
+            actor_hidden: tuple[int, ...] = (400, 300),
+            critic_hidden: tuple[int, ...] = (400, 300),
+            discount: float = 0.99,
+            tau: float = 0.005,
+            policy_noise: float = 0.2,
+            noise_clip: float = 0.5,
+            policy_freq: int = 2,
+            batch_size: int = 100,
+            actor_lr: float = 1e-3,
+            critic_lr: float = 1e-3,
+        ) -> None:
+            if tuple(actor_hidden) != tuple(critic_hidden) or actor_lr != critic_lr:
+                raise ValueError("SB3's TD3 has one net_arch and one learning rate")
+            _, act_dim, _, _ = self._setup_envs(env_id, env_kwargs, eval_every, eval_episodes)
+            noise = NormalActionNoise(np.zeros(act_dim), exploration_noise * np.ones(act_dim))
+            self.eval_generator = torch.Generator().manual_seed(int(seed) + 3)
+            self.model = SB3TD3(
+                "MlpPolicy", make_env(env_id, **self.env_kwargs), learning_rate=actor_lr,
+                buffer_size=buffer_size, learning_starts=start_steps, batch_size=batch_size,
+                tau=tau, gamma=discount, train_freq=1, gradient_steps=1,
+                action_noise=noise,
+                policy_delay=policy_freq, target_policy_noise=policy_noise,
+                target_noise_clip=noise_clip, policy_kwargs={"net_arch": list(actor_hidden)},
+                seed=seed, device="cpu", verbose=0,
+            )  # fmt: skip
+            self.policy_freq = policy_freq
+            model = self.model
+
+            def act(obs: torch.Tensor) -> torch.Tensor:
+                return torch.as_tensor(model.predict(obs.numpy(), deterministic=True)[0])
+
+            self._act = act
+
+        def policy(self) -> Any:
+            return self._act
+
+        def _gradient_steps(self) -> int:
+            n = self.model._n_updates  # critic updates; actor every policy_freq-th
+            return n + n // self.policy_freq
+
+        def _advance(self) -> int:
+            chunk = self.eval_every - self.steps % self.eval_every
+            self.model.learn(chunk, reset_num_timesteps=False)
+            self.steps = self.model.num_timesteps
+            return self._gradient_steps()
+
+    return _SB3Runner(env_id, **options)
 
 
 def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -176,7 +267,8 @@ def _report_store(store: Any, out: Path, payload: dict[str, Any]) -> list[str]:
         lines.append("")
         lines.append("| comparison | Welch t | p |")
         lines.append("|---|---|---|")
-        for a, b in (("cem_rl", "td3"), ("cem_rl", "cem"), ("cem", "td3")):
+        pairs = (("td3", "sb3_td3"), ("cem_rl", "td3"), ("cem_rl", "cem"), ("cem", "td3"))
+        for a, b in pairs:
             if a in finals and b in finals and len(finals[a]) > 1 and len(finals[b]) > 1:
                 t, p = _welch(finals[a], finals[b])
                 lines.append(f"| {a} vs {b} | {t:.2f} | {p:.3f} |")
@@ -292,6 +384,95 @@ def throughput(args: argparse.Namespace) -> None:
         Path(args.out).with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def anchor_throughput(args: argparse.Namespace) -> None:
+    """Our TD3Runner against SB3's TD3 at the same settings: end to end (one environment step
+    plus one TD3 iteration, past the warm-up) and the training iteration alone."""
+    from torchvalley.evolution.rl import TD3Runner
+
+    torch.set_num_threads(1)
+    clock = time.perf_counter if args.wall else time.thread_time
+    load_start = load_average()
+    hidden = tuple(args.hidden)
+    options = {
+        "start_steps": 200, "eval_every": 10**9, "eval_episodes": 1,
+        "actor_hidden": hidden, "critic_hidden": hidden,
+    }  # fmt: skip
+    ours = TD3Runner(args.env, seed=0, **options)
+    theirs = SB3TD3Runner(args.env, seed=0, **options)
+    for _ in range(300):  # past the warm-up: the buffer holds data, training is on
+        ours._advance()
+    theirs.model.learn(300, reset_num_timesteps=False)
+    buffer = ours.buffer
+
+    def ours_loop(n: int) -> float:
+        start = clock()
+        for _ in range(n):
+            ours._advance()
+        return clock() - start
+
+    def theirs_loop(n: int) -> float:
+        start = clock()
+        theirs.model.learn(n, reset_num_timesteps=False)
+        return clock() - start
+
+    def ours_train(n: int) -> float:
+        start = clock()
+        for _ in range(n):
+            ours.td3.train_step(buffer)
+        return clock() - start
+
+    def theirs_train(n: int) -> float:
+        start = clock()
+        theirs.model.train(gradient_steps=n, batch_size=theirs.model.batch_size)
+        return clock() - start
+
+    rows = [
+        FunctionRow(name="ours: TD3Runner, env step + TD3 iteration", function=ours_loop),
+        FunctionRow(name="SB3: TD3.learn, env step + TD3 iteration", function=theirs_loop),
+        FunctionRow(name="ours: TD3.train_step", function=ours_train),
+        FunctionRow(name="SB3: TD3.train(gradient_steps=n)", function=theirs_train),
+    ]
+    measure_round_robin(rows, warmup=1, repeats=args.repeats, steps=args.steps_per_block)
+    facts = machine_facts(load_start)
+    lines = [
+        f"Our TD3 vs Stable-Baselines3 TD3 on {args.env}, actor/critic "
+        f"{'-'.join(map(str, hidden))}, batch 100, 1 thread, "
+        f"{'wall-clock' if args.wall else 'CPU time of the thread'} (median of "
+        f"{args.repeats} interleaved rounds of {args.steps_per_block} steps):",
+        "",
+        *machine_lines(facts),
+        "",
+        "| row | median per step | env steps/s | TD3 iterations/s | optimizer steps/s |",
+        "|---|---|---|---|---|",
+    ]
+    payload: dict[str, Any] = {"machine": facts, "hidden": list(hidden), "rows": {}}
+    for row in rows:
+        if not row.times_ms:
+            lines.append(f"| {row.name} | failed: {row.status} | | | |")
+            continue
+        ms = statistics.median(row.times_ms)
+        per_s = 1e3 / ms
+        env = f"{per_s:.0f}" if "env step" in row.name else "-"
+        # one TD3 iteration = a critic step + (every 2nd) an actor step: 1.5 optimizer steps
+        lines.append(f"| {row.name} | {ms:.3f} ms | {env} | {per_s:.0f} | {1.5 * per_s:.0f} |")
+        payload["rows"][row.name] = {"ms_per_step": ms, "iterations_per_s": per_s}
+    ratios = [
+        ("end to end", rows[0], rows[1]),
+        ("training iteration", rows[2], rows[3]),
+    ]
+    lines.append("")
+    for label, a, b in ratios:
+        if a.times_ms and b.times_ms:
+            ratio = statistics.median(b.times_ms) / statistics.median(a.times_ms)
+            lines.append(f"- {label}: SB3 time / our time = {ratio:.2f}")
+            payload[f"ratio_{label}"] = ratio
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -316,8 +497,17 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps-per-block", type=int, default=200)
     t.add_argument("--out", default="")
     t.add_argument("--wall", action="store_true", help="wall-clock instead of CPU time")
+    a = sub.add_parser("anchor-throughput")
+    a.add_argument("--env", default="Pendulum-v1")
+    a.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
+    a.add_argument("--repeats", type=int, default=5)
+    a.add_argument("--steps-per-block", type=int, default=100)
+    a.add_argument("--out", default="")
+    a.add_argument("--wall", action="store_true", help="wall-clock instead of CPU time")
     args = parser.parse_args(argv)
-    {"returns": returns, "report": report, "throughput": throughput}[args.command](args)
+    commands = {"returns": returns, "report": report, "throughput": throughput}
+    commands["anchor-throughput"] = anchor_throughput
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

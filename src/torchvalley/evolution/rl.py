@@ -485,7 +485,9 @@ class TD3Runner(_Runner):
     def state_dict(self) -> dict[str, Any]:
         """Resumable at any environment step: TD3, buffer, generators, counters, history and,
         mid-episode, the training environment itself (a pickled copy: its physical state and
-        its own RNG, so the episode continues exactly) with the current observation."""
+        its own RNG, so the episode continues exactly) with the current observation. MuJoCo
+        envs pickle as their constructor arguments only; their simulation state (``mj_getState``)
+        and RNG travel separately (``env_state``), so they too resume bit for bit."""
         import pickle
 
         mid_episode = self.obs is not None
@@ -501,6 +503,7 @@ class TD3Runner(_Runner):
             "episode_return": self._episode_return,
             "obs": None if not mid_episode else self.obs.clone(),
             "env": pickle.dumps(self.env) if mid_episode else None,
+            "env_state": _env_state(self.env) if mid_episode else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -526,7 +529,44 @@ class TD3Runner(_Runner):
         else:
             self.env.close()
             self.env = pickle.loads(state["env"])  # our own state (trusted, like torch.load)
+            if state.get("env_state") is not None:
+                _load_env_state(self.env, state["env_state"])
             self.obs = state["obs"].clone()
+
+
+def _env_state(env: Any) -> dict[str, Any]:
+    """What pickling an env can lose: gymnasium's MuJoCo envs pickle as their constructor
+    arguments (``EzPickle``), so a pickled copy restarts from a fresh simulation. This keeps
+    the base env's RNG and, for MuJoCo, the full integration state (``mj_getState`` with
+    ``mjSTATE_INTEGRATION``: time, qpos, qvel, act, warm start, controls), with which the
+    episode continues bit for bit (the wrappers' own state, e.g. ``TimeLimit``'s step count,
+    survives the pickle)."""
+    import pickle
+
+    unwrapped = env.unwrapped
+    state: dict[str, Any] = {"np_random": pickle.dumps(unwrapped.np_random)}
+    model, data = getattr(unwrapped, "model", None), getattr(unwrapped, "data", None)
+    if type(model).__module__.startswith("mujoco") and data is not None:
+        import mujoco
+        import numpy as np
+
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(model, spec))
+        mujoco.mj_getState(model, data, physics, spec)
+        state["mujoco"] = physics
+    return state
+
+
+def _load_env_state(env: Any, state: dict[str, Any]) -> None:
+    import pickle
+
+    unwrapped = env.unwrapped
+    unwrapped.np_random = pickle.loads(state["np_random"])
+    if "mujoco" in state:
+        import mujoco
+
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        mujoco.mj_setState(unwrapped.model, unwrapped.data, state["mujoco"], spec)
 
 
 # -- results store and plots ------------------------------------------------------------------
