@@ -14,6 +14,11 @@ Tolerance 1e-9 (the issue asks 1e-6). Deliberate differences, each pinned by a t
   ``egrad2rgrad`` unscaled; ours scales the metric by s² (same geodesics, same exp).
 * SPD ``projx``: geoopt takes |eigenvalues|, ours clamps them to [λ_max/κ_max, ∞) (equal on SPD
   points, which is what is compared).
+* UpperHalf / BoundedDomain: ours stops a long retraction step half way to the boundary (geoopt's
+  projx(Z + U) clamps a step that crossed it onto a matrix about 23 away in the metric; equal for
+  the short steps compared here), and ours transports with the differential of an isometry
+  (geoopt: the identity, not an isometry); both pinned in
+  ``tests/manifolds/test_spd_bures_boundary.py``.
 """
 
 from __future__ import annotations

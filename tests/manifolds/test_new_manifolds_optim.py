@@ -1,4 +1,5 @@
-"""Issue 21: every new manifold under every Riemannian optimizer, Riemannian SAM and products.
+"""Issue 21: every new manifold under every Riemannian optimizer, Riemannian SAM, FG-SGD
+(ManifoldParameters in an FG-SGD group) and products.
 
 Oracle: membership (``check_point`` at the default tolerance of the dtype) after the steps, and
 descent of the loss from a random start: 30 small steps of a first-order method on a smooth loss
@@ -31,6 +32,7 @@ from torchvalley.manifolds import (
     UpperHalf,
 )
 from torchvalley.optim import SAM, RiemannianAdagrad, RiemannianAdam, RiemannianSGD
+from torchvalley.optim.fgsgd import FGSGD
 
 _SPAN = torch.tensor([[1.0, 0, 0, 2, 0], [0, 1, 1, 0, 0]]).T
 
@@ -60,6 +62,17 @@ MANIFOLDS = [
         ),
         (4, 21),
     ),
+    (
+        "product-scaled-stereo",
+        Product(
+            (Scaled(Sphere(), 2.0), 3),
+            (Stereographic(1.0, exact=True), 2),
+            (Stereographic(0.0), 2),
+        ),
+        (4, 7),
+    ),
+    # complex factors: a product of the two Siegel spaces (2×2 each, flattened).
+    ("product-siegel", Product((UpperHalf(), (2, 2)), (BoundedDomain(), (2, 2))), (3, 8)),
 ]
 
 OPTIMIZERS = [
@@ -68,11 +81,19 @@ OPTIMIZERS = [
     ("ramsgrad", lambda p: RiemannianAdam(p, lr=1e-2, amsgrad=True)),
     ("radagrad", lambda p: RiemannianAdagrad(p, lr=5e-2)),
     ("riemannian-sam", lambda p: SAM(p, "rsgd", rho=0.02, ascent="riemannian", lr=1e-2)),
+    # FG-SGD steps a ManifoldParameter on its own manifold with the step bounded per point.
+    ("fgsgd", lambda p: FGSGD(p, lr=1e-2, momentum=0.9)),
 ]
 
 
+def _complex(manifold) -> bool:
+    return isinstance(manifold, (UpperHalf, BoundedDomain)) or (
+        isinstance(manifold, Product) and isinstance(manifold.factors[0][0], UpperHalf)
+    )
+
+
 def _loss(manifold, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if not manifold.has_logmap and not isinstance(manifold, (UpperHalf, BoundedDomain)):
+    if not manifold.has_logmap and not _complex(manifold):
         return (x - target).square().sum()
     wiggle = torch.sin(3 * (x.real if x.is_complex() else x)).sum()
     return manifold.dist(x, target).square().sum() + 0.1 * wiggle
@@ -105,7 +126,7 @@ def _run(manifold, shape, make, dtype=torch.float64, steps=30):
 @pytest.mark.parametrize(("oname", "make"), OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
 @pytest.mark.parametrize(("name", "manifold", "shape"), MANIFOLDS, ids=[m[0] for m in MANIFOLDS])
 def test_steps_stay_on_the_manifold_and_descend(name, manifold, shape, oname, make):
-    if oname == "riemannian-sam" and isinstance(manifold, (UpperHalf, BoundedDomain)):
+    if oname == "riemannian-sam" and _complex(manifold):
         # SAM refuses complex parameters (its ascent norm is defined on real coordinates).
         with pytest.raises(ValueError, match="complex"):
             _run(manifold, shape, make)
@@ -183,3 +204,44 @@ def test_stabilize_counts_steps_per_parameter():
     calls.clear()
     opt.stabilize()
     assert calls == {2: 1, 3: 1}
+
+
+@pytest.mark.parametrize("name", ["spd", "birkhoff", "stereographic", "siegel", "subsphere"])
+def test_fgsgd_refuses_other_manifolds_as_constraint_strings(name):
+    """docs/fgsgd.md: the new manifolds enter FG-SGD as ManifoldParameters, not as constraints."""
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    with pytest.raises(ValueError, match="Invalid constraint"):
+        FGSGD([w], lr=0.1, constraint=name)
+
+
+def test_fgsgd_trains_zero_mean_unit_norm_filters_as_a_manifold_parameter():
+    """A bank of 5 filters of length 6, each unit-norm with zero mean (the sphere ∩ the
+    complement of span(1)), in an FG-SGD group next to a plain bias. Oracle: the constraints
+    written out (row norms 1, row sums 0), the bias gets torch.optim.SGD's step, and a linear
+    loss ⟨C, W⟩ decreases towards its closed-form minimum −Σ‖P cᵢ‖ (P the centring projector)."""
+    g = torch.Generator().manual_seed(0)
+    m = SphereSubspaceIntersection(torch.ones(6, dtype=torch.float64), complement=True)
+    w = ManifoldParameter(m.random(5, 6, generator=g, dtype=torch.float64), m)
+    b = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))
+    c = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    opt = FGSGD([w, b], lr=0.2, momentum=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        ((c * w).sum() + b.sum()).backward()
+        opt.step()
+    wd = w.detach()
+    torch.testing.assert_close(wd.norm(dim=1), torch.ones(5, dtype=torch.float64))
+    torch.testing.assert_close(
+        wd.sum(dim=1), torch.zeros(5, dtype=torch.float64), atol=1e-12, rtol=0
+    )
+    assert "radius" not in opt.state[w]
+    centred = c - c.mean(dim=1, keepdim=True)
+    optimum = -float(centred.norm(dim=1).sum())
+    assert abs(float((c * wd).sum()) - optimum) < 1e-6
+    # the bias: SGD with momentum 0.5 on a constant gradient 1
+    ref = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))
+    sgd = torch.optim.SGD([ref], lr=0.2, momentum=0.5)
+    for _ in range(200):
+        ref.grad = torch.ones(5, dtype=torch.float64)
+        sgd.step()
+    torch.testing.assert_close(b.detach(), ref.detach(), rtol=0, atol=1e-12)
