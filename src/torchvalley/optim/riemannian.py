@@ -39,7 +39,13 @@ default). Both re-project a point that has drifted only slightly (violation < 0.
 manifold's cheap ``reproject`` (for Stiefel one Newton–Schulz step ``X(3I − XᵀX)/2``, two matrix
 products, which squares the violation) and use ``projx`` otherwise.
 :meth:`RiemannianOptimizer.stabilize` runs ``projx`` on demand and
-:meth:`RiemannianOptimizer.max_violation` reports the current violation.
+:meth:`RiemannianOptimizer.max_violation` reports the current violation. The period of
+``stabilize=k`` counts each parameter's own manifold steps (``state["manifold_steps"]``): a
+parameter that got no gradient did not move, cannot have drifted, and is not re-projected.
+Deliberate difference from geoopt, whose RSGD re-projects every parameter of the group on every
+k-th *group* step and whose RAdam re-projects the whole group whenever one parameter's count
+reaches a multiple of k (both touching parameters that did not move); ``optimizer.stabilize()``
+is the whole-group re-projection (``tests/manifolds/test_new_manifolds_optim.py``).
 
 **Float64 policy for hyperbolic parameters.** Hyperbolic geometry loses accuracy quickly in
 low precision: a float32 Poincaré point is kept at norm ≤ 1 − 4e-3 (distances from the origin
