@@ -72,3 +72,31 @@ def test_unknown_names_raise():
         uq.load_uq_data("cifar", 0)
     with pytest.raises(ValueError, match="Invalid method"):
         uq.fit_predict("swag", uq.load_uq_data("gap1d", 0), 0, {})
+
+
+def test_dims_samples_the_regularised_potential():
+    # DiMS descends the full-batch potential mean loss + (wd/2)|θ|² from the MAP (weight decay
+    # 1e-3): with a strong prior (wd = 1) the samples' squared norm must fall well below the
+    # start's, while on the data loss alone it does not (measured after 200 steps: 42.5 against
+    # 49.8). Deterministic (seeded), so the 5% margins only absorb platform rounding.
+    data = uq.load_uq_data("gap1d", 0)
+    start = sum(
+        float(p.detach().pow(2).sum())
+        for p in uq.train_map(data, 0, weight_decay=1e-3, epochs=1).parameters()
+    )
+
+    def norm(weight_decay: float) -> float:
+        _, samples = uq._dims_chain(
+            data,
+            0,
+            uq.DIMS_ENERGY,
+            steps=200,
+            burn_in=100,
+            thin=50,
+            epochs=1,
+            weight_decay=weight_decay,
+        )
+        return sum(float(v.pow(2).sum()) for v in samples[-1].values())
+
+    assert norm(1.0) < 0.95 * start < 0.95 * norm(0.0)
+    assert {"weight_decay": 1e-3} in uq.GRIDS["dims"]  # the SG-MCMC chains' prior strength
