@@ -78,7 +78,7 @@ __all__ = [
 #: Relation names, in index order.
 RELATIONS = ("parent_of", "child_of", "ancestor_of", "descendant_of", "sibling_of")
 #: Entities (tree nodes) of the tasks' graph.
-TASK_ENTITIES = 300
+TASK_ENTITIES = 200
 #: Branching range of the tasks' tree.
 TASK_BRANCHING = (2, 4)
 #: Fraction of the inferable unordered pairs held out for valid, and again for test.
@@ -90,7 +90,7 @@ TASK_DIM = 8
 #: Batch size of the tasks.
 TASK_BATCH_SIZE = 128
 #: Default epochs of the tasks.
-TASK_EPOCHS = 12
+TASK_EPOCHS = 10
 
 
 def _seed(purpose: str, seed: int) -> int:
@@ -450,8 +450,10 @@ for _name, _geometry, _builder in (
             metric_name="mrr",
             metric_fn=filtered_mrr,
             higher_is_better=True,
-            # measured: see docs/results/reproductions.md (Riemannian SAM section)
-            target=0.5,
+            # measured (10 epochs, tuned, 5 seeds; docs/results/reproductions.md): RAdam test
+            # MRR 0.33 (ball) / 0.44 (hyperboloid); ranking tails by their frequency in the
+            # relation's training facts scores 0.28, a model stuck on the biases about 0.30
+            target=0.4,
             batch_size=TASK_BATCH_SIZE,
             default_epochs=TASK_EPOCHS,
             default_data_seed=0,
