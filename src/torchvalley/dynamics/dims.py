@@ -59,8 +59,9 @@ integrates the same full-batch system: the same iterations, bit-identical parame
 equal shards of a mean loss, the single-process full-batch trajectory up to summation order. The
 initial velocity comes from the seeded generator (the same on every rank), and no other random
 number is drawn. Use it with a plain model (the cheaper path) or with a DDP-wrapped one (DDP's
-hooks have averaged the gradients already; averaging equal values again changes nothing). No
-Hessian-vector product is used, so there is nothing else to reduce.
+hooks have averaged the gradients already; averaging equal values again changes them at most
+by rounding, the same on every rank; with 2 ranks not at all). No Hessian-vector product is
+used, so there is nothing else to reduce.
 """
 
 from __future__ import annotations
