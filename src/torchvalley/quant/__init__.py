@@ -6,6 +6,8 @@ compared with, as quantizer modules and a model transform.
 * :mod:`~torchvalley.quant.lsq`: LSQ-style straight-through QAT, post-training rounding,
   torch.ao fake-quantize;
 * :mod:`~torchvalley.quant.convert`: :func:`quantize_model` and :func:`export_quantized`.
+* :mod:`~torchvalley.quant.brevitas_qat`: ``method="brevitas"``, brevitas's quantized layers
+  (QuantLinear / QuantConv / QuantReLU with learned scales) as a QAT anchor (optional).
 
 Example:
     >>> import torch
