@@ -43,7 +43,7 @@ CASES = (
     ("SPD Bures–Wasserstein (16×4×4)", SymmetricPositiveDefinite("bures-wasserstein"), (16, 4, 4)),
     ("Stereographic κ=−1 (100×5)", Stereographic(-1.0), (100, 5)),
     ("Stereographic κ=+1 exact (100×5)", Stereographic(1.0, exact=True), (100, 5)),
-    ("Stereographic κ=+1 first-order (100×5)", Stereographic(1.0), (100, 5)),
+    ("Stereographic κ=+1 first-order (100×5)", Stereographic(1.0, exact=False), (100, 5)),
     ("Stereographic κ=0 (100×5)", Stereographic(0.0), (100, 5)),
     ("Birkhoff (16×4×4)", BirkhoffPolytope(), (16, 4, 4)),
     ("UpperHalf (8×3×3)", UpperHalf(), (8, 3, 3)),
