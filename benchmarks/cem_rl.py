@@ -208,6 +208,17 @@ def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
+def _welch_interval(a: list[float], b: list[float]) -> tuple[float, float]:
+    """95 % confidence interval of mean(a) - mean(b), Welch-Satterthwaite degrees of freedom."""
+    from scipy import stats
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.975, df)) * (va + vb) ** 0.5
+    diff = statistics.mean(a) - statistics.mean(b)
+    return diff - half, diff + half
+
+
 def report(args: argparse.Namespace) -> None:
     from torchvalley.bench.store import Store
 
@@ -275,6 +286,63 @@ def _report_store(store: Any, out: Path, payload: dict[str, Any]) -> list[str]:
         lines.append("")
         payload[task] = finals
     return lines
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Return of every (method, seed) at given environment-step checkpoints, merged over
+    several results stores (the first store holding a (method, seed) wins; a later store's
+    value for the same run is checked to be identical: the runs are deterministic, so a
+    10k-step run passes through the 6k-step run of the same settings). Mean ± std over seeds
+    and Welch t-tests for the pairs of methods."""
+    from torchvalley.bench.store import Store
+
+    values: dict[tuple[int, str], dict[int, float]] = {}
+    checks: list[str] = []
+    for path in args.store:
+        with Store(path) as store:
+            for run in store.runs(task=args.env, status="finished"):
+                at = {row["steps"]: row["test_metric"] for row in store.epochs(run["id"])}
+                for step in args.at_steps:
+                    if step not in at:
+                        continue
+                    seen = values.setdefault((step, run["optimizer"]), {})
+                    seed = int(run["seed"])
+                    if seed in seen:
+                        same = seen[seed] == at[step]
+                        checks.append(f"{run['optimizer']} seed {seed} at {step}: {same}")
+                    else:
+                        seen[seed] = at[step]
+    lines = []
+    for step in args.at_steps:
+        lines += [
+            f"#### {args.env}, return at {step} environment steps",
+            "",
+            "| method | seeds | return (mean ± std) |",
+            "|---|---|---|",
+        ]
+        finals = {m: list(values.get((step, m), {}).values()) for m in METHODS}
+        for method, v in finals.items():
+            if v:
+                std = statistics.stdev(v) if len(v) > 1 else 0.0
+                lines.append(f"| {method} | {len(v)} | {statistics.mean(v):.1f} ± {std:.1f} |")
+        lines += [
+            "",
+            "| comparison | difference of means [95 % CI] | Welch t | p |",
+            "|---|---|---|---|",
+        ]
+        for a, b in (("td3", "sb3_td3"), ("cem_rl", "td3"), ("cem_rl", "sb3_td3"),
+                     ("cem_rl", "cem"), ("cem", "td3")):  # fmt: skip
+            if len(finals[a]) > 1 and len(finals[b]) > 1:
+                t, p = _welch(finals[a], finals[b])
+                low, high = _welch_interval(finals[a], finals[b])
+                diff = statistics.mean(finals[a]) - statistics.mean(finals[b])
+                lines.append(
+                    f"| {a} vs {b} | {diff:.1f} [{low:.1f}, {high:.1f}] | {t:.2f} | {p:.3g} |"
+                )
+        lines.append("")
+    if checks:
+        lines.append("Same run in two stores, identical value: " + "; ".join(checks))
+    print("\n".join(lines))
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -497,6 +565,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps-per-block", type=int, default=200)
     t.add_argument("--out", default="")
     t.add_argument("--wall", action="store_true", help="wall-clock instead of CPU time")
+    c = sub.add_parser("compare")
+    c.add_argument("--store", nargs="+", required=True)
+    c.add_argument("--env", default="Pendulum-v1")
+    c.add_argument("--at-steps", type=int, nargs="+", default=[6000, 10000])
     a = sub.add_parser("anchor-throughput")
     a.add_argument("--env", default="Pendulum-v1")
     a.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
@@ -507,6 +579,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     commands = {"returns": returns, "report": report, "throughput": throughput}
     commands["anchor-throughput"] = anchor_throughput
+    commands["compare"] = compare
     commands[args.command](args)
 
 
