@@ -515,6 +515,32 @@ def _command_quant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_uq(args: argparse.Namespace) -> int:
+    import statistics
+
+    from torchvalley.bench import uq
+
+    out = _writable_folder(args.out, "UQ report")
+    seeds = list(range(args.seeds))
+    methods = list(dict.fromkeys(args.method))
+    log = (lambda _: None) if args.no_progress else (lambda line: print(line, file=sys.stderr))
+    for task in dict.fromkeys(args.task):
+        results = uq.run_benchmark([task], methods, seeds, scale=args.scale, log=log)[task]
+        (Path(out) / f"{task}.json").write_text(json.dumps({"results": results}, indent=1))
+        keys = list(next(iter(results.values()))["runs"][0])
+        print(f"{task}\n| method | config | " + " | ".join(keys) + " |")
+        for method, entry in results.items():
+            cells = []
+            for key in keys:
+                values = [run[key] for run in entry["runs"]]
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{statistics.mean(values):.4f} ± {spread:.4f}")
+            config = ", ".join(f"{k}={v:g}" for k, v in (entry["config"] or {}).items())
+            print(f"| {method} | {config} | " + " | ".join(cells) + " |")
+    print(f"UQ results written to {out}/ (<task>.json)", file=sys.stderr)
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchvalley",
@@ -720,6 +746,28 @@ def _build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--store", default="results/quantization.db", help="sqlite results store")
     quant.add_argument("--out", default="reports/quantization", help="report folder")
     quant.set_defaults(handler=_command_quant)
+
+    from torchvalley.bench.uq import METHODS as UQ_METHODS
+    from torchvalley.bench.uq import TASKS as UQ_TASKS
+
+    uq_parser = commands.add_parser(
+        "uq",
+        help="uncertainty-quantification benchmark: MAP, ensembles, MC dropout, Laplace, "
+        "SG-MCMC and DiMS, tuned on validation, NLL/accuracy/ECE/Brier/OOD AUROC over seeds",
+    )
+    uq_parser.add_argument(
+        "--task", action="append", choices=UQ_TASKS, required=True, help="task (repeatable)"
+    )
+    uq_parser.add_argument(
+        "--method", nargs="+", choices=UQ_METHODS, default=list(UQ_METHODS), help="methods"
+    )
+    uq_parser.add_argument("--seeds", type=_positive_int, default=5, help="seeds 0..n-1")
+    uq_parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiplies epochs and chain lengths"
+    )
+    uq_parser.add_argument("--out", default="reports/uq", help="report folder")
+    uq_parser.add_argument("--no-progress", action="store_true", help="no per-run log lines")
+    uq_parser.set_defaults(handler=_command_uq)
     return parser
 
 

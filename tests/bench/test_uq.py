@@ -100,3 +100,20 @@ def test_dims_samples_the_regularised_potential():
 
     assert norm(1.0) < 0.95 * start < 0.95 * norm(0.0)
     assert {"weight_decay": 1e-3} in uq.GRIDS["dims"]  # the SG-MCMC chains' prior strength
+
+
+def test_cli_runs_the_uq_benchmark(tmp_path, capsys):
+    from torchvalley.cli import main
+
+    arguments = ["uq", "--task", "gap1d", "--method", "map", "--seeds", "2", "--scale", "0.02"]
+    status = main([*arguments, "--out", str(tmp_path), "--no-progress"])
+    assert status == 0
+    import json
+
+    stored = json.loads((tmp_path / "gap1d.json").read_text())["results"]
+    assert list(stored) == ["map"] and len(stored["map"]["runs"]) == 2
+    assert stored["map"]["config"] in uq.GRIDS["map"]
+    assert "| map |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["uq", "--task", "cifar"])
+    assert exit_info.value.code == 2
