@@ -7,6 +7,7 @@ process. Both are answered here, without importing ``torch.distributed`` for pla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,7 +55,5 @@ def local_shard(tensor: torch.Tensor) -> tuple[torch.Tensor, int, int] | None:
             f"a DTensor with placements {tensor.placements} is not one flat range of its "
             "parameter; only dim-0 sharding (FSDP2's fully_shard) is supported"
         )
-    row = 1
-    for size in shape[1:]:
-        row *= size
+    row = math.prod(shape[1:])
     return tensor.to_local(), int(offset[0]) * row if shape else 0, tensor.numel()

@@ -135,13 +135,14 @@ class _Siegel(Manifold):
         return self.projx(z + self._boundary_factor(z, step) * step)
 
     def _boundary_factor(self, z: Tensor, u: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The step fraction that stays half way to the boundary (each model's own)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no boundary factor")
 
     transp_is_isometry = True
 
     def transp(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
         """The differential of an isometry mapping x to y (module docstring)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no transport")
 
     def _pair(self, a: Tensor, b: Tensor, keepdim: bool) -> Tensor:
         """Re tr(a b̄ᵀ...) helper: Re Σ aᵢⱼ b̄ⱼᵢ over the matrix dims."""
