@@ -16,6 +16,9 @@ All runs use ``torch.set_num_threads(1)``. The settings below are scaled down fr
 (networks 64-64 instead of 400-300, start_steps 1000 instead of 10,000, actor updates per
 member capped) so that the whole set fits a small CPU budget; ``--paper`` restores the paper's
 settings (for long MuJoCo runs, e.g. ``--env HalfCheetah-v5 --steps 1000000 --paper``).
+``--hidden 400 300`` gives the paper's networks with the other scaled-down settings, and
+``--start-steps`` / ``--td3-start-steps`` set the warm-up (the Swimmer-v5 runs of
+docs/results/cem_rl.md: ``--hidden 400 300 --start-steps 5000 --td3-start-steps 10000``).
 """
 
 from __future__ import annotations
@@ -61,20 +64,24 @@ def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "td3": {**common},
             "sb3_td3": {**common},
         }
-    nets = {"actor_hidden": (64, 64), "critic_hidden": (64, 64)}
+    hidden = tuple(args.hidden)
+    nets = {"actor_hidden": hidden, "critic_hidden": hidden}
     common = {
         "eval_every": args.eval_every,
         "eval_episodes": args.eval_episodes,
-        "start_steps": 1000,
+        "start_steps": args.start_steps,
         **nets,
     }
     if args.max_episode_steps:
         common["env_kwargs"] = {"max_episode_steps": args.max_episode_steps}
+    td3 = dict(common)
+    if args.td3_start_steps is not None:
+        td3["start_steps"] = args.td3_start_steps
     return {
         "cem_rl": {**common, "population_size": 10, "actor_steps": args.actor_steps},
         "cem": {**common, "population_size": 10, "gradient_members": 0},
-        "td3": {**common},
-        "sb3_td3": {**common},
+        "td3": td3,
+        "sb3_td3": dict(td3),
     }
 
 
@@ -554,6 +561,12 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--eval-episodes", type=int, default=5)
     r.add_argument("--actor-steps", type=int, default=500)
     r.add_argument("--max-episode-steps", type=int, default=0)
+    r.add_argument("--hidden", type=int, nargs="+", default=[64, 64],
+                   help="actor and critic hidden sizes (paper: 400 300)")  # fmt: skip
+    r.add_argument("--start-steps", type=int, default=1000,
+                   help="steps before the first gradient step / phase (paper: 10000)")  # fmt: skip
+    r.add_argument("--td3-start-steps", type=int, default=None,
+                   help="TD3's (and SB3's) start_steps, if not --start-steps")  # fmt: skip
     r.add_argument("--paper", action="store_true", help="the paper's settings (long runs)")
     p = sub.add_parser("report")
     p.add_argument("--store", nargs="+", default=["runs/cem_rl.sqlite"])
