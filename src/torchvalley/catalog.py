@@ -248,6 +248,34 @@ register_optimizer(
     example={"base_optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "rho": 0.05, "k": 5},
     group_example={"rho": 0.5, "lr": 0.01},
 )
+from torchvalley.optim.sam.window import WindowSAM  # noqa: E402
+
+register_optimizer(
+    "window_sam",
+    WindowSAM,
+    # 1 + f passes per step on average for a window of fraction f (the default f = 1 is SAM:
+    # 2); the harness counts the passes actually run.
+    capabilities=_SAM,
+    hyperparameters=WindowSAM.HYPERPARAMETERS,
+    summary="Window SAM: SAM steps in the first or last fraction of training, base steps elsewhere",
+    family="sharpness-aware",
+    paper=(
+        "Zhou, Wang, Mao, Li, Yan, Sharpness-Aware Minimization Efficiently Selects Flatter "
+        "Minima Late in Training, ICLR 2025; Baek, Kolter, Raghunathan, Why is SAM Robust to "
+        "Label Noise?, ICLR 2024"
+    ),
+    # an early window over a 3-step run: SAM steps, then base steps, within the suite's steps.
+    example={
+        "base_optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "rho": 0.05,
+        "fraction": 1.0,
+        "window": "early",
+        "total_steps": 3,
+    },
+    group_example={"rho": 0.5, "lr": 0.01},
+)
 register_optimizer(
     "esam",
     ESAM,

@@ -36,7 +36,8 @@ Kim et al., *Fisher SAM*, ICML 2022; Jacobsen & Arvanitidis, *Monge SAM*, 2025; 
 Efficient variants on the same wrapper (any ascent, any base): :class:`LookSAM` (a SAM step
 every ``k`` steps, 1 + 1/k passes), :class:`ESAM` (stochastic weight perturbation and
 sharpness-sensitive data selection) and :class:`MESA` (no second pass: a KL term against an
-EMA of the weights).
+EMA of the weights). :class:`WindowSAM` takes SAM steps only in the first or last
+``fraction`` of ``total_steps`` (1 + fraction passes per step on average).
 
 Variants that change what the two gradients become (:mod:`~torchvalley.optim.sam.variants`, same
 wrapper): :class:`GSAM` (surrogate gap), :class:`WSAM` (weighted sharpness), :class:`FriendlySAM`
@@ -70,6 +71,7 @@ from torchvalley.optim.sam.mesa import MESA as MESA
 from torchvalley.optim.sam.variants import GSAM as GSAM
 from torchvalley.optim.sam.variants import WSAM as WSAM
 from torchvalley.optim.sam.variants import FriendlySAM as FriendlySAM
+from torchvalley.optim.sam.window import WindowSAM as WindowSAM
 
 __all__ = [
     "ASCENT_RULES",
@@ -81,5 +83,6 @@ __all__ = [
     "WSAM",
     "FriendlySAM",
     "LookSAM",
+    "WindowSAM",
     "normalization_parameters",
 ]
