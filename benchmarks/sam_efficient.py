@@ -51,9 +51,18 @@ METHODS: dict[str, tuple[str, dict[str, Any], str, tuple[float, ...]]] = {
     "looksam_k2": ("looksam", {**COMMON, "k": 2}, "alpha", (0.3, 0.7, 1.0)),
     "esam": ("esam", {**COMMON, "beta": 0.5, "gamma": 0.5}, "rho", (0.05, 0.1, 0.2)),
     "mesa": ("mesa", {**{k: v for k, v in COMMON.items()}}, "lam", (0.4, 0.8, 1.6)),
+    # SAM steps only in the first or last quarter of the run (1.25 passes per step); tunes
+    # which end, and the radius (2x SAM's) of the early window. total_steps comes from the
+    # run (train). A dict grid point sets several settings; "rho_times" scales SAM's rho.
+    "window_sam": (
+        "window_sam",
+        {**COMMON, "fraction": 0.25},
+        "window",
+        ({"window": "early"}, {"window": "late"}, {"window": "early", "rho_times": 2}),
+    ),
 }
 #: methods whose radius follows the tuned SAM radius (LookSAM tunes alpha at SAM's rho)
-FOLLOWS_SAM_RHO = ("looksam", "looksam_k2")
+FOLLOWS_SAM_RHO = ("looksam", "looksam_k2", "window_sam")
 TUNE_SEED = 1000
 
 
@@ -101,7 +110,10 @@ def train(run: Run, epochs: int, holdout: bool) -> Run:
     model = task.model(run.seed)
     name = METHODS[run.method][0]
     torch.manual_seed(run.seed)
-    optimizer = torchvalley.create_optimizer(name, model.parameters(), model=model, **run.hyper)
+    hyper = dict(run.hyper)
+    if name == "window_sam":  # the run's step count sets where the window lies
+        hyper["total_steps"] = epochs * math.ceil(x.shape[0] / task.batch_size)
+    optimizer = torchvalley.create_optimizer(name, model.parameters(), model=model, **hyper)
     generator = torch.Generator().manual_seed(run.seed + 17)
     batch = task.batch_size
     calls = 0
@@ -186,15 +198,28 @@ def sweep(task: str, methods: list[str], seeds: list[int], epochs: int, tune: bo
             _, fixed, knob, grid = METHODS[method]
             if method in FOLLOWS_SAM_RHO and "sam" in chosen:
                 fixed = {**fixed, "rho": chosen["sam"]["rho"]}
-            for value in grid:
-                run = Run(task, method, TUNE_SEED, {**fixed, knob: value}, "tune")
-                scores[method][value] = _run_or_load(run, epochs, out, done)["accuracy"]
-            best = max(grid, key=lambda v: (scores[method][v], -grid.index(v)))
-            chosen[method] = {**fixed, knob: best}
+            for index, value in enumerate(grid):
+                run = Run(task, method, TUNE_SEED, _setting(fixed, knob, value), "tune")
+                scores[method][index] = _run_or_load(run, epochs, out, done)["accuracy"]
+            best = max(range(len(grid)), key=lambda i: (scores[method][i], -i))
+            chosen[method] = _setting(fixed, knob, grid[best])
         print("chosen:", json.dumps(chosen), flush=True)
     for seed in seeds:  # round-robin: every method once per seed
         for method in methods:
             _run_or_load(Run(task, method, seed, chosen[method], "eval"), epochs, out, done)
+
+
+def _setting(fixed: dict[str, Any], knob: str, value: Any) -> dict[str, Any]:
+    """The hyperparameters of one grid point: ``{knob: value}``, or a dict of settings
+    (``rho_times`` scales the fixed ``rho``)."""
+    if not isinstance(value, dict):
+        return {**fixed, knob: value}
+    value = dict(value)
+    times = value.pop("rho_times", None)
+    setting = {**fixed, **value}
+    if times is not None:
+        setting["rho"] = times * fixed["rho"]
+    return setting
 
 
 def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -241,6 +266,8 @@ def report(path: Path) -> str:
             setting = f"{knob}={hyper.get(knob, 'default')}"
             if method.startswith("looksam"):
                 setting += f", rho={hyper.get('rho')}, k={hyper.get('k')}"
+            if method == "window_sam":
+                setting += f", f={hyper.get('fraction')}, rho={hyper.get('rho')}"
             p_sgd = _welch(acc, sgd)[1] if method != "sgd" and len(acc) > 1 else math.nan
             p_sam = _welch(acc, sam)[1] if sam and method != "sam" and len(acc) > 1 else math.nan
             passes = statistics.mean(r["closure_calls"] / r["steps"] for r in by[key])
