@@ -223,3 +223,28 @@ def test_layers_import_downwards_only():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "strategy", ["double_backward", "double_backward_per_batch", "forward_over_reverse"]
+)
+def test_gradient_flat_is_the_loss_gradient(strategy):
+    """``gradient_flat`` (read from the products' gradient graphs where they are kept) equals
+    autograd's gradient of the batch-size weighted loss, before and after a product."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)
+    ).double()
+    batches = [
+        (torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)),
+        (torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)),
+    ]
+    data = batches if strategy != "double_backward" else [batches[0]]
+    op = CurvatureOperator.of(model, torch.nn.functional.mse_loss, data, strategy=strategy)
+    total = sum(len(b[0]) for b in data)
+    loss = sum(len(b[0]) / total * torch.nn.functional.mse_loss(model(b[0]), b[1]) for b in data)
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, model.parameters())])
+    torch.testing.assert_close(op.gradient_flat(), expected, rtol=1e-12, atol=1e-12)
+    op.matvec_flat(torch.ones(op.dimension, dtype=torch.float64))
+    torch.testing.assert_close(op.gradient_flat(), expected, rtol=1e-12, atol=1e-12)
+    assert op.products == 1  # the gradient is not counted as a product

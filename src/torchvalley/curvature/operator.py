@@ -415,6 +415,24 @@ class CurvatureOperator:
             return self._sampled_fisher(vector)
         return self._fisher(vector)
 
+    def gradient_flat(self) -> torch.Tensor:
+        """The loss gradient ``∇L(θ)`` at the operator's point, flat (not counted as a product).
+
+        With the ``"double_backward"`` strategy it is read from the gradient graphs the
+        products use (built here if no product has built them yet): no extra pass. Otherwise it
+        costs one forward and backward pass per batch.
+        """
+        if self.strategy == "double_backward":
+            graphs = list(self._graphs())
+            # a gradient that does not depend on θ has no graph kept: recompute in that case
+            if all(len(keep) == len(self.point) for _, (_, keep) in graphs):
+                total: list[torch.Tensor] | None = None
+                for weight, (grads, _) in graphs:
+                    total = _accumulate(total, weight, [g.detach() for g in grads])
+                assert total is not None
+                return self.flatten(total)
+        return self.flatten(self.function.gradient(self.point))
+
     def matmat_flat(self, flats: torch.Tensor) -> torch.Tensor:
         """``(C + λI)`` times ``n`` flat vectors stacked as rows of ``flats`` (shape ``(n, P)``).
 

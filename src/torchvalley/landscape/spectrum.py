@@ -96,6 +96,7 @@ __all__ = [
 ]
 
 METHODS = ("lanczos", "power")
+STARTS = ("gradient", "random")
 MODES = ("algebraic", "magnitude")
 
 _F64 = torch.float64
@@ -275,6 +276,30 @@ def _gaussian(op: CurvatureOperator, generator: torch.Generator) -> torch.Tensor
     return sample.to(op.device)
 
 
+def _unit_gradient(op: CurvatureOperator) -> torch.Tensor | None:
+    """``∇L/‖∇L‖`` at the operator's point, or ``None`` where the gradient is 0 or not finite."""
+    gradient = op.gradient_flat().to(dtype=op.dtype, device=op.device)
+    norm = torch.linalg.vector_norm(gradient)
+    if not bool(torch.isfinite(norm)) or float(norm) == 0.0:
+        return None
+    return gradient / norm
+
+
+def _start(
+    op: CurvatureOperator, generator: torch.Generator, unit_gradient: torch.Tensor | None
+) -> torch.Tensor:
+    """The first Krylov vector: ``ĝ + r̂`` (unit loss gradient plus a unit Gaussian draw) for
+    ``start="gradient"``, the Gaussian ``r`` alone for ``"random"`` or a zero gradient.
+    The gradient of a network's loss lies mostly in the span of the Hessian's top eigenvectors
+    (Gur-Ari, Roberts & Dyer, *Gradient descent happens in a tiny subspace*, 2018), so the
+    Krylov space holds them after fewer products; the random half keeps every eigenvector's
+    weight in the start vector away from 0, as a random start does."""
+    sample = _gaussian(op, generator)
+    if unit_gradient is None:
+        return sample
+    return unit_gradient + sample / torch.linalg.vector_norm(sample)
+
+
 def _rademacher(op: CurvatureOperator, generator: torch.Generator) -> torch.Tensor:
     bits = torch.randint(0, 2, (op.dimension,), generator=generator)
     return (bits.to(op.dtype) * 2 - 1).to(op.device)
@@ -293,6 +318,7 @@ def hessian_eigenvalues(
     max_iter: int = 100,
     tol: float | None = None,
     return_vectors: bool = False,
+    start: str = "gradient",
     generator: torch.Generator | None = None,
     seed: int | None = None,
 ) -> HessianEigenResult:
@@ -320,6 +346,12 @@ def hessian_eigenvalues(
             (PyHessian's rule, which does not bound the error: slow convergence looks
             converged).
         return_vectors: also return the unit eigenvectors.
+        start: the start vector. ``"gradient"`` (default): the unit loss gradient at the point
+            plus a unit Gaussian vector (read from the gradient graph the products use, so no
+            extra pass for one batch; a plain Gaussian where the gradient is 0), which reaches
+            a given accuracy with fewer products on networks; ``"random"``: a Gaussian vector
+            (PyHessian's choice). Every power-iteration vector (one per eigenvalue) starts the
+            same way.
         generator: CPU ``torch.Generator`` for the start vectors.
         seed: seed of a new generator (instead of ``generator``); with neither, a seed is drawn
             from the global RNG.
@@ -328,8 +360,9 @@ def hessian_eigenvalues(
         A :class:`HessianEigenResult`.
 
     Raises:
-        ValueError: for an invalid ``k`` (not in ``1..P``), ``method``, ``mode``, ``max_iter``
-            or ``tol`` (and, in the model form, ``bn_mode``, ``strategy`` or ``curvature``).
+        ValueError: for an invalid ``k`` (not in ``1..P``), ``method``, ``mode``, ``max_iter``,
+            ``tol`` or ``start`` (and, in the model form, ``bn_mode``, ``strategy`` or
+            ``curvature``).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(),
@@ -344,31 +377,35 @@ def hessian_eigenvalues(
     """
     check_choice("method", method, METHODS)
     check_choice("mode", mode, MODES)
+    check_choice("start", start, STARTS)
     check_positive_int("k", k)
     check_positive_int("max_iter", max_iter)
     if tol is None:
         tol = DEFAULT_TOL[method]
     if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0):
         raise ValueError(f"Invalid tol: {tol!r} (a number ≥ 0)")
-    op, start = operator, operator.products
+    op, first = operator, operator.products
     rng = _make_generator(generator, seed)
     if k > op.dimension:
         raise ValueError(f"Invalid k: {k} (more than the {op.dimension} parameters)")
+    if method == "lanczos" and max_iter < k:
+        raise ValueError(f"Invalid max_iter: {max_iter} (Lanczos needs at least k = {k})")
+    unit_gradient = _unit_gradient(op) if start == "gradient" else None
     if method == "lanczos":
-        if max_iter < k:
-            raise ValueError(f"Invalid max_iter: {max_iter} (Lanczos needs at least k = {k})")
         values, vectors, residuals, converged = _lanczos_top(
-            op, k, mode, max_iter, tol, rng, return_vectors
+            op, k, mode, max_iter, tol, rng, return_vectors, unit_gradient
         )
     else:
-        values, vectors, residuals, converged = _power_top(op, k, mode, max_iter, tol, rng)
+        values, vectors, residuals, converged = _power_top(
+            op, k, mode, max_iter, tol, rng, unit_gradient
+        )
     eigenvectors = tuple(op.unflatten(v) for v in vectors) if return_vectors else None
     return HessianEigenResult(
         eigenvalues=torch.tensor(values, dtype=_F64),
         eigenvectors=eigenvectors,
         residuals=torch.tensor(residuals, dtype=_F64),
         converged=tuple(converged),
-        hvp_count=op.products - start,
+        hvp_count=op.products - first,
         method=method,
         mode=mode,
     )
@@ -382,6 +419,7 @@ def _lanczos_top(
     tol: float,
     rng: torch.Generator,
     return_vectors: bool,
+    unit_gradient: torch.Tensor | None,
 ) -> tuple[list[float], list[torch.Tensor], list[float], list[bool]]:
     floor = 100 * torch.finfo(op.dtype).eps  # relative accuracy the arithmetic allows
 
@@ -410,7 +448,7 @@ def _lanczos_top(
 
     state = krylov.lanczos(
         op.matvec_flat,
-        _gaussian(op, rng),
+        _start(op, rng, unit_gradient),
         min(max_iter, op.dimension),
         restart=lambda: _gaussian(op, rng),
         stop=stop,
@@ -426,7 +464,13 @@ def _lanczos_top(
 
 
 def _power_top(
-    op: CurvatureOperator, k: int, mode: str, max_iter: int, tol: float, rng: torch.Generator
+    op: CurvatureOperator,
+    k: int,
+    mode: str,
+    max_iter: int,
+    tol: float,
+    rng: torch.Generator,
+    unit_gradient: torch.Tensor | None,
 ) -> tuple[list[float], list[torch.Tensor], list[float], list[bool]]:
     values: list[float] = []
     vectors: list[torch.Tensor] = []
@@ -436,14 +480,14 @@ def _power_top(
     for _ in range(k):
         basis = torch.stack(vectors) if vectors else None
         value, vector, residual, ok = krylov.power_iteration(
-            op.matvec_flat, _gaussian(op, rng), basis, shift, max_iter, tol
+            op.matvec_flat, _start(op, rng, unit_gradient), basis, shift, max_iter, tol
         )
         if mode == "algebraic" and shift == 0.0 and value < 0.0:
             # The dominant eigenvalue of the rest is negative: every remaining eigenvalue is
             # ≥ value, so H − value·I is PSD there and its top eigenvector is the algebraic top.
             shift = value
             value, vector, residual, ok = krylov.power_iteration(
-                op.matvec_flat, _gaussian(op, rng), basis, shift, max_iter, tol
+                op.matvec_flat, _start(op, rng, unit_gradient), basis, shift, max_iter, tol
             )
         values.append(value)
         vectors.append(vector)
