@@ -60,8 +60,13 @@ def _qr_retraction(x: Tensor, u: Tensor) -> Tensor:
     matrices (two products, a p×p Cholesky and a triangular solve).
     """
     m = x + u
-    r = torch.linalg.cholesky_ex(m.transpose(-1, -2) @ m)[0].transpose(-1, -2)
+    r = torch.linalg.cholesky_ex(_mm(m.mT, m), upper=True)[0]
     return torch.linalg.solve_triangular(r, m, upper=True, left=False)
+
+
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b``, by ``torch.mm`` for matrices (less dispatch than ``matmul`` on small ones)."""
+    return torch.mm(a, b) if a.dim() == 2 and b.dim() == 2 else a @ b
 
 
 def _polar(m: Tensor) -> Tensor:
@@ -174,9 +179,13 @@ class Stiefel(Manifold):
     def proju(self, x: Tensor, u: Tensor) -> Tensor:
         """U − X sym(XᵀU)."""
         xm, um = self._tall(x), self._tall(u)
-        a = xm.transpose(-1, -2) @ um
+        a = _mm(xm.mT, um)
         # U − X (A + Aᵀ)/2 with the 1/2 folded into the fused product
-        return self._untall(_addmm(um, xm, a + a.transpose(-1, -2), -0.5), u.shape)
+        return self._untall(_addmm(um, xm, a + a.mT, -0.5), u.shape)
+
+    def adaptive_inner(self, x: Tensor, u: Tensor) -> Tensor:
+        """‖U‖²_F per point (the embedded metric), as the base class, in one reduction."""
+        return (u * u).sum(dim=self._point_dims(u), keepdim=True)
 
     @_in_float32
     def retr(self, x: Tensor, u: Tensor) -> Tensor:

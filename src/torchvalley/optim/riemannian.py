@@ -423,8 +423,8 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         if self._moment_key is None:
             return None
         moment = state.get(self._moment_key)
-        if moment is None:
-            return None
+        if moment is None or moment.dtype == x.dtype:
+            return moment
         return moment.to(x.dtype)
 
     def _control_drift(
@@ -434,6 +434,8 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         tol = group["drift_tol"]
         steps = state.get("manifold_steps", 0) + 1
         state["manifold_steps"] = steps
+        if period is None and tol is None:
+            return
         project = period is not None and steps % period == 0
         violation = None
         if not project and tol is not None:
