@@ -211,3 +211,27 @@ def test_registry_entry_builds_and_runs():
     assert isinstance(optimizer, WindowSAM) and optimizer.model is model
     _run(model, optimizer, _batches(4))
     assert "WindowSAM(fraction=0.25" in repr(optimizer)
+
+
+def test_base_steps_with_a_grad_scaler_match_the_base_optimizer_with_that_scaler():
+    reference, model = _model(), _model()
+    plain = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9)
+    windowed = WindowSAM(
+        model.parameters(), "sgd", rho=0.1, fraction=0.0, total_steps=STEPS, lr=0.05, momentum=0.9
+    )
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**8) for _ in range(2)]
+    for x, y in _batches():
+        plain.zero_grad()
+        scalers[0].scale(F.cross_entropy(reference(x), y)).backward()
+        scalers[0].step(plain)
+        scalers[0].update()
+
+        def closure(x=x, y=y):
+            windowed.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            scalers[1].scale(loss).backward()
+            return loss
+
+        windowed.step(closure, grad_scaler=scalers[1])
+    _assert_same(reference, model)
+    assert scalers[0].get_scale() == scalers[1].get_scale()
