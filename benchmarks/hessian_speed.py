@@ -56,15 +56,23 @@ agree to a relative 1e-3 (medians over the rounds; the exit status is 1 otherwis
 the default ``N = 40``: from random start vectors, 20 iterations leave errors of ~1e-3 on this
 model. The table also shows each row's relative difference from the Lanczos value.
 
-Measurement (both modes): one untimed warm-up run per row, then ``--repeats`` rounds, each timing
-every row once (``time.perf_counter``, garbage collector off) in an order rotated every round, so
-load drift on a shared machine affects all rows alike.
+**Start vectors** (``--mode starts``): no timing; the Hessian-vector products the default
+``hessian_eigenvalues`` makes to reach its ``tol=1e-3`` from its default start (``ĝ + r̂``, the
+unit loss gradient plus a unit Gaussian vector) and from a Gaussian start (``start="random"``),
+seeds ``0..--repeats−1``, on the equal-accuracy CNN (full and quarter width, at initialisation
+and after 30 SGD steps) and the MNIST-1D tasks' MLP and CNN on 1000 examples (0, 40 and 300
+SGD steps), with each run's error against the float64 reference.
+
+Measurement (accuracy and iterations modes): one untimed warm-up run per row, then
+``--repeats`` rounds, each timing every row once (``time.perf_counter``, garbage collector off)
+in an order rotated every round, so load drift on a shared machine affects all rows alike.
 
 Usage::
 
     python benchmarks/hessian_speed.py [--mode accuracy] [--batch 32] [--size 16]
         [--train-steps 0] [--accuracy 1e-3] [--repeats 5] [--threads 1]
         [--seed 0] [--quick] [--out FILE.md] [--json FILE]
+    python benchmarks/hessian_speed.py --mode starts [--repeats 6]
     python benchmarks/hessian_speed.py --mode iterations [--batch 1000] [--iterations 40]
         [--repeats 7] [--task {mnist1d_cnn,mnist1d_mlp}] [--quick]
 
@@ -594,9 +602,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
         "--mode",
-        choices=("accuracy", "iterations"),
+        choices=("accuracy", "iterations", "starts"),
         default="accuracy",
-        help="equal accuracy (CNN, default) or equal iterations (MNIST-1D task)",
+        help="equal accuracy (CNN, default), equal iterations (MNIST-1D task), or the start "
+        "vectors' product counts on several workloads",
     )
     parser.add_argument("--batch", type=int, help="examples (default 32; iterations: 1000)")
     parser.add_argument("--size", type=int, default=16, help="accuracy: image side")
@@ -635,6 +644,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
+        if args.mode == "starts":
+            return _run_starts(args)
         return _run_accuracy(args) if args.mode == "accuracy" else _run(args)
     finally:
         torch.set_num_threads(threads_before)
@@ -687,6 +698,94 @@ def _run(args: argparse.Namespace) -> int:
     report = render_markdown(facts, results)
     payload = {"facts": facts, "results": results, "ok": ok}
     write_outputs(report, payload, args.out, args.json)
+    return 0 if ok else 1
+
+
+def _trained(model: nn.Module, loss_fn: Any, data: Any, steps: int) -> nn.Module:
+    """``steps`` SGD steps (lr 0.05, momentum 0.9, batches of 100 cycling through ``data``)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    inputs, targets = data
+    model.train()
+    for step in range(steps):
+        start = (step * 100) % len(inputs)
+        optimizer.zero_grad()
+        loss_fn(model(inputs[start : start + 100]), targets[start : start + 100]).backward()
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def start_workloads(quick: bool) -> list[tuple[str, Callable[[], tuple[nn.Module, Any, Any]]]]:
+    """The workloads of ``--mode starts``: the equal-accuracy CNN (full and quarter width) and
+    the MNIST-1D tasks' models on 1000 examples, at initialisation and after SGD steps."""
+    rows: list[tuple[str, Callable[[], tuple[nn.Module, Any, Any]]]] = []
+    for steps in (0, 30):
+        rows.append((f"2-D CNN 466k, {steps} steps", lambda t=steps: cnn_workload(32, 16, 0, t)))
+        rows.append(
+            (f"2-D CNN 30k, {steps} steps", lambda t=steps: cnn_workload(16, 8, 0, t, 0.25))
+        )
+    if quick:
+        return rows[1:2]
+    for task in ("mnist1d_mlp", "mnist1d_cnn"):
+        for steps in (0, 40, 300):
+            rows.append(
+                (f"{task} (batch 1000), {steps} steps", lambda n=task, t=steps: _task(n, t))
+            )
+    return rows
+
+
+def _task(name: str, steps: int) -> tuple[nn.Module, Any, Any]:
+    model, loss_fn, data = workload(1000, 0, name)
+    return _trained(model, loss_fn, data, steps), loss_fn, data
+
+
+def _run_starts(args: argparse.Namespace) -> int:
+    """Products to reach ``tol`` (the default 1e-3) from the default gradient start and from a
+    Gaussian start, seeds 0..repeats-1, and the largest error against a float64 reference."""
+    load_start = load_average()
+    lines = [
+        "| workload | parameters | λ_max (float64) | gradient start: products (median, min–max) "
+        "| max error | Gaussian start: products (median, min–max) | max error |",
+        "|---|--:|--:|---|--:|---|--:|",
+    ]
+    results = []
+    ok = True
+    for name, build in start_workloads(args.quick):
+        model, loss_fn, data = build()
+        reference = reference_lambda(model, loss_fn, data)
+        row: dict[str, Any] = {"workload": name, "reference": reference}
+        cells = []
+        for start in ("gradient", "random"):
+            runs = [
+                hessian_eigenvalues(model, loss_fn, data, seed=seed, start=start)
+                for seed in range(args.repeats)
+            ]
+            counts = sorted(r.hvp_count for r in runs)
+            error = max(abs(float(r.eigenvalues[0]) / reference - 1) for r in runs)
+            ok &= error <= args.accuracy
+            row[start] = {"products": counts, "max_error": error}
+            cells += [
+                f"{statistics.median(counts):g} ({counts[0]}–{counts[-1]})",
+                f"{error:.1e}",
+            ]
+        results.append(row)
+        parameters = sum(p.numel() for p in model.parameters())
+        lines.append(f"| {name} | {parameters:,} | {reference:.6g} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    facts = {**_machine_facts(load_start, None), "seeds": args.repeats}
+    report = "\n".join(
+        [
+            "# λ_max: products from the gradient start and from a Gaussian start",
+            "",
+            f"- date: {facts.get('date')}; torch {torch.__version__}; seeds 0–{args.repeats - 1}; "
+            "tol 1e-3 (the default); errors against float64 Lanczos to 1e-10",
+            "",
+            *lines,
+            "",
+        ]
+    )
+    write_outputs(report, {"facts": facts, "results": results, "ok": ok}, args.out, args.json)
+    print(report)
     return 0 if ok else 1
 
 
