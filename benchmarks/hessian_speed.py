@@ -771,7 +771,6 @@ def _run_starts(args: argparse.Namespace) -> int:
         results.append(row)
         parameters = sum(p.numel() for p in model.parameters())
         lines.append(f"| {name} | {parameters:,} | {reference:.6g} | " + " | ".join(cells) + " |")
-        print(lines[-1], flush=True)
     facts = {**_machine_facts(load_start, None), "seeds": args.repeats}
     report = "\n".join(
         [
@@ -785,7 +784,6 @@ def _run_starts(args: argparse.Namespace) -> int:
         ]
     )
     write_outputs(report, {"facts": facts, "results": results, "ok": ok}, args.out, args.json)
-    print(report)
     return 0 if ok else 1
 
 

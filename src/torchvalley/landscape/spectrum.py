@@ -32,9 +32,12 @@ samples and quadrature nodes are float64 CPU tensors. The Krylov kernels are in
     ``min(r_i, r_i²/δ_i)`` for eigenvalues (``δ_i`` the distance to the nearest other Ritz value;
     Kato–Temple), ``r_i`` when eigenvectors are returned. Ritz values converge about twice as
     fast as residuals, so this stops at about half the products of a residual test, and far
-    fewer than power iteration at the same accuracy (a 0.47M-parameter CNN at initialisation:
-    a median of 12 products against 21 for PyHessian tuned with hindsight to error ≤ 1e-3, see
-    ``benchmarks/hessian_speed.py``). The two-step, ``2k + 4`` guard is there because ``δ_i``
+    fewer than power iteration at the same accuracy. The start vector is ``ĝ + r̂`` by default
+    (the unit loss gradient, which lies mostly in the top eigenvectors' span, plus a unit
+    Gaussian vector; ``start="random"`` for the Gaussian alone): a 0.47M-parameter CNN at
+    initialisation needs 6 products against 12 from a Gaussian start and 21 for PyHessian tuned
+    with hindsight to error ≤ 1e-3 (``benchmarks/hessian_speed.py``, ``--mode starts`` for ten
+    workloads). The two-step, ``2k + 4`` guard is there because ``δ_i``
     comes from the Ritz values, which an eigenvalue not yet found fools (synthetic spectra with
     λ_max 10–15 % above a cluster: one test at one step stopped on the cluster in up to 8 of 90
     runs, the guarded test in none; with a 3–5 % gap both can, as any Krylov method can miss an
