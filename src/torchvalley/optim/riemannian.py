@@ -82,6 +82,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 
 from torchvalley.manifolds import Manifold, manifold_of
 from torchvalley.manifolds.base import default_tolerance
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.optim.torch_baselines import COMMON_FLAGS, SGD_HYPERPARAMETERS
 from torchvalley.registry import Hyperparameter, revalidate_changed_groups, validate_group
 
@@ -279,6 +280,8 @@ class RiemannianOptimizer(torch.optim.Optimizer):
     _moment_key: str | None = None
     #: whether the manifold step keeps a step count (lazy mode keeps one per point).
     _uses_step: bool = False
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         validate_group(self.HYPERPARAMETERS, defaults)

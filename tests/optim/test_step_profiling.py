@@ -1,0 +1,86 @@
+"""The step wrapper of the Riemannian optimizers (``torchvalley.optim._profiling``): the same
+hooks as ``torch.optim``'s, and the ``Optimizer.step#<Class>.step`` profiler label while a
+profiler runs (the oracle: ``torch.optim.SGD`` under the same hooks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
+from torchvalley import ManifoldParameter
+from torchvalley.manifolds import Stiefel
+from torchvalley.optim import RiemannianAdam, RiemannianSGD
+
+
+def _stiefel_param():
+    generator = torch.Generator().manual_seed(0)
+    p = ManifoldParameter(Stiefel().random(6, 3, generator=generator), Stiefel())
+    p.grad = torch.randn(6, 3, generator=generator)
+    return p
+
+
+@pytest.mark.parametrize("cls", [RiemannianAdam, RiemannianSGD])
+def test_the_profiler_sees_the_step_label(cls):
+    p = _stiefel_param()
+    optimizer = cls([p], lr=0.01)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        optimizer.step()
+    names = {event.name for event in profile.events()}
+    assert f"Optimizer.step#{cls.__name__}.step" in names
+
+
+def _record_hooks(optimizer, calls):
+    def pre(opt, args, kwargs):
+        calls.append(("pre", type(opt).__name__, args, dict(kwargs)))
+
+    def post(opt, args, kwargs):
+        calls.append(("post", type(opt).__name__, args, dict(kwargs)))
+
+    return [optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)]
+
+
+def test_step_hooks_run_as_torch_optims_do():
+    """Per-optimizer and global pre/post hooks, in torch's order, with the same arguments."""
+    p = _stiefel_param()
+    ours = RiemannianAdam([p], lr=0.01)
+    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    logs = {}
+    for name, optimizer in (("ours", ours), ("torch", reference)):
+        calls = []
+        handles = _record_hooks(optimizer, calls)
+        handles.append(
+            register_optimizer_step_pre_hook(lambda o, a, k, log=calls: log.append(("gpre",)))
+        )
+        handles.append(
+            register_optimizer_step_post_hook(lambda o, a, k, log=calls: log.append(("gpost",)))
+        )
+        try:
+            optimizer.step()
+        finally:
+            for handle in handles:
+                handle.remove()
+        logs[name] = [call[0] for call in calls]
+    assert logs["ours"] == logs["torch"] == ["gpre", "pre", "post", "gpost"]
+
+
+def test_a_pre_hook_can_replace_the_arguments_and_a_bad_return_is_refused():
+    p = _stiefel_param()
+    optimizer = RiemannianAdam([p], lr=0.01)
+    seen = []
+
+    def closure():
+        seen.append(1)
+        return torch.tensor(1.0)
+
+    handle = optimizer.register_step_pre_hook(lambda opt, args, kwargs: ((opt, closure), {}))
+    loss = optimizer.step()
+    handle.remove()
+    assert seen == [1] and float(loss) == 1.0
+    handle = optimizer.register_step_pre_hook(lambda opt, args, kwargs: "bad")
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        optimizer.step()
+    handle.remove()
