@@ -176,8 +176,15 @@ class Stiefel(Manifold):
         gram = xm.transpose(-1, -2) @ xm
         return self._untall(_addmm(1.5 * xm, xm, gram, -0.5), x.shape)
 
+    def _plain_tall(self, x: Tensor) -> bool:
+        """A single tall matrix, not flattened: the matrix view is the tensor itself."""
+        return x.dim() == 2 and not self.flatten and x.shape[0] >= x.shape[1]
+
     def proju(self, x: Tensor, u: Tensor) -> Tensor:
         """U − X sym(XᵀU)."""
+        if self._plain_tall(x):  # the common case, without the view bookkeeping
+            a = torch.mm(x.mT, u)
+            return torch.addmm(u, x, a + a.mT, alpha=-0.5)
         xm, um = self._tall(x), self._tall(u)
         a = _mm(xm.mT, um)
         # U − X (A + Aᵀ)/2 with the 1/2 folded into the fused product
@@ -187,9 +194,14 @@ class Stiefel(Manifold):
         """‖U‖²_F per point (the embedded metric), as the base class, in one reduction."""
         return (u * u).sum(dim=self._point_dims(u), keepdim=True)
 
-    @_in_float32
     def retr(self, x: Tensor, u: Tensor) -> Tensor:
         """The selected retraction (``cayley``, ``qr`` or ``polar``)."""
+        if self.retraction == "qr" and x.dtype not in LOW_PRECISION and self._plain_tall(x):
+            return _qr_retraction(x, u)  # the default, without the view bookkeeping
+        return self._retr(x, u)
+
+    @_in_float32
+    def _retr(self, x: Tensor, u: Tensor) -> Tensor:
         xm, um = self._tall(x), self._tall(u)
         if self.retraction == "qr":
             y = _qr_retraction(xm, um)
