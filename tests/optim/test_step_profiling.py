@@ -84,3 +84,24 @@ def test_a_pre_hook_can_replace_the_arguments_and_a_bad_return_is_refused():
     with pytest.raises(RuntimeError, match="must return None or a tuple"):
         optimizer.step()
     handle.remove()
+
+
+@pytest.mark.parametrize("name", ["sam", "baoab", "sgld", "a2grad", "cola_ud", "mesa", "bsam"])
+def test_every_family_keeps_the_label_and_the_hooks(name):
+    import torchvalley
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torchvalley.create_optimizer(name, model.parameters(), model=model)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = model(torch.ones(4, 3)).square().mean()
+        loss.backward()
+        return loss
+
+    calls = []
+    _record_hooks(optimizer, calls)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        optimizer.step(closure)
+    assert [call[0] for call in calls] == ["pre", "post"]
+    assert any(event.name.startswith("Optimizer.step#") for event in profile.events())

@@ -67,6 +67,7 @@ from torchvalley.dynamics import operators as ops
 from torchvalley.dynamics.langevin import _real, parse_scheme
 from torchvalley.manifolds.stiefel import Stiefel
 from torchvalley.noise import CounterNoise
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.registry import Hyperparameter, validate_group
 
 __all__ = [
@@ -291,6 +292,9 @@ class ConstrainedLangevin(torch.optim.Optimizer):
         >>> opt.diagnostics()[0]["residual"] < 1e-5
         True
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
         Hyperparameter("lr", "positive", 0.1, "step size h"),

@@ -72,6 +72,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.registry import Hyperparameter, validate_group
 
 __all__ = ["DiMS"]
@@ -120,6 +121,9 @@ class DiMS(torch.optim.Optimizer):
             call, so that all ranks integrate the same system (module docstring). ``None``
             (default): no communication, e.g. independent particles on different ranks.
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
         Hyperparameter("lr", "positive", 0.01, "time step h"),

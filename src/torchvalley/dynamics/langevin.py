@@ -67,6 +67,7 @@ from torchvalley.dynamics.parameters import (
 )
 from torchvalley.dynamics.partitions import partition_by_layer as partition_by_layer
 from torchvalley.noise import CounterNoise
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.registry import Hyperparameter, validate_group
 
 DYNAMICS = ("langevin", "overdamped", "adaptive", "sghmc", "sgld")
@@ -173,6 +174,9 @@ class LangevinSplitting(torch.optim.Optimizer):
         >>> sorted(opt.diagnostics()[0])
         ['kinetic_temperature']
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     _chunked: ClassVar[bool] = True  # False: one foreach pass per operator (the reference)
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (

@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.optim.riemannian import check_state_dict
 from torchvalley.registry import Hyperparameter, revalidate_changed_groups, validate_group
 
@@ -74,6 +75,9 @@ class A2Grad(torch.optim.Optimizer):
         maximize: maximize the objective.
         foreach: multi-tensor path (``None``: on; the two paths agree to rounding).
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
         Hyperparameter("lr", "non_negative", 1.0, "multiplier of the step 1/(γ_k + β h_k)"),

@@ -50,6 +50,7 @@ from torchvalley.manifolds.weight_groups import (
     initial_radius,
     renormalize_weights,
 )
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.optim.riemannian import check_membership, check_state_dict, rsgd_update
 from torchvalley.registry import Hyperparameter, revalidate_changed_groups, validate_group
 from torchvalley.validation import (
@@ -226,6 +227,9 @@ class FGSGD(torch.optim.Optimizer):
         >>> torch.allclose(model[0].weight.norm(dim=1, keepdim=True), r)
         True
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = FGSGD_HYPERPARAMETERS
 

@@ -55,6 +55,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.optim.multirate_partitions import (
     RATES,
     _unwrap,
@@ -102,6 +103,9 @@ class Multirate(torch.optim.Optimizer):
     Raises:
         ValueError: bad settings, overlapping groups, an empty fast or slow part.
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
         Hyperparameter("base_optimizer", "optimizer", "sgd", "registry name or optimizer class"),

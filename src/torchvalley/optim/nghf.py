@@ -63,6 +63,7 @@ from torch import nn
 from torchvalley.curvature.cg import conjugate_gradient, martens_preconditioner
 from torchvalley.curvature.function import ParameterFunction
 from torchvalley.curvature.operator import CurvatureOperator
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.registry import Hyperparameter, revalidate_changed_groups, validate_group
 
 __all__ = ["MODES", "NGHF"]
@@ -126,6 +127,9 @@ class NGHF(torch.optim.Optimizer):
         ...     return loss
         >>> loss = opt.step(closure, curvature_batch=(x[:16], y[:16]))
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
         Hyperparameter("mode", "choice", "nghf", "nghf, hf or ng", choices=MODES),

@@ -65,6 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from torchvalley.attacks import fgsm
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.registry import (
     Hyperparameter,
     get_optimizer_entry,
@@ -234,6 +235,9 @@ class AdaptiveBatchSize(torch.optim.Optimizer):
         model: the module (FGSM examples and the eigenvalue; the harness passes it).
         **base_hyperparameters: the base optimizer's settings (``lr``, ``momentum``, ...).
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
         Hyperparameter("base_optimizer", "optimizer", "sgd", "registry name or optimizer class"),

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.registry import Hyperparameter, revalidate_changed_groups, validate_group
 from torchvalley.sharding import foreach_copy_
 
@@ -51,6 +52,9 @@ class BSAM(torch.optim.Optimizer):
         s_init: initial precision.
         seed: seed of the noise generator.
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
         Hyperparameter("lr", "non_negative", 0.5, "step size"),

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from torchvalley.manifolds.parameter import manifold_of
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.optim.sam import systems
 from torchvalley.optim.sam.ascent import ASCENT_RULES, Part, Riemannian
 from torchvalley.registry import (
@@ -106,6 +107,9 @@ class SAM(torch.optim.Optimizer):
         ValueError: for a bad or misspelt setting (the message lists SAM's settings and the
             base's, with the closest match), or complex parameters.
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     #: Every setting, declared once (the registry entries and the checks use it).
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (

@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.registry import (
     Hyperparameter,
     get_optimizer_entry,
@@ -98,6 +99,9 @@ class MESA(torch.optim.Optimizer):
         start_step: steps before the term is switched on (``None``: from the first step).
         **base_hyperparameters: passed to the base optimizer.
     """
+
+    #: torch.optim's step hooks, with the profiler label only while a profiler runs
+    profile_hook_step = staticmethod(profile_hook_step)
 
     HYPERPARAMETERS: ClassVar[tuple[Hyperparameter, ...]] = (
         Hyperparameter("base_optimizer", "optimizer", "sgd", "registry name or optimizer class"),
