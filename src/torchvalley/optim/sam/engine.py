@@ -293,6 +293,20 @@ class SAM(torch.optim.Optimizer):
         return True
 
     @torch.no_grad()
+    def _base_step(self, grad_scaler: Any = None, *, unscale: bool = True) -> None:
+        """Clip, then the base optimizer's step; with a ``grad_scaler``: ``unscale_`` first
+        (unless the gradients are unscaled already), ``scaler.step`` and ``scaler.update``.
+        Counts as an optimizer step for LR schedulers attached to the wrapper."""
+        if grad_scaler is not None and unscale:
+            grad_scaler.unscale_(self.base_optimizer)
+        self._clip()
+        if grad_scaler is None:
+            self.base_optimizer.step()
+        else:
+            grad_scaler.step(self.base_optimizer)
+            grad_scaler.update()
+        self._opt_called = True  # type: ignore[attr-defined]
+
     def second_step(self, zero_grad: bool = False, *, grad_scaler: Any = None) -> None:
         """Restore ``w`` exactly (every perturbed parameter, with or without a second gradient,
         and the BatchNorm buffers of the clean pass) and step the base optimizer with the
@@ -317,19 +331,12 @@ class SAM(torch.optim.Optimizer):
         self._phase = "stepped"
         self.restore(pull_back=True)
         self._before_base_step()
-        if grad_scaler is None:
-            self._clip()
-            self.base_optimizer.step()
-        elif self.first_pass_overflowed:
+        if grad_scaler is not None and self.first_pass_overflowed:
             systems.skip_scaled_step(grad_scaler)  # no second-pass gradient to find it in
+            self._opt_called = True  # type: ignore[attr-defined]
         else:
-            grad_scaler.unscale_(self.base_optimizer)
-            self._clip()
-            grad_scaler.step(self.base_optimizer)
-            grad_scaler.update()
+            self._base_step(grad_scaler)
         self.first_pass_overflowed = False
-        # Count as an optimizer step for LR schedulers attached to the wrapper (manual use).
-        self._opt_called = True  # type: ignore[attr-defined]
         if zero_grad:
             self.zero_grad(set_to_none=True)
 

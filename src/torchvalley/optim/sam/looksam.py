@@ -151,13 +151,7 @@ class LookSAM(SAM):
                 torch._foreach_add_(grads, g_v, alpha=float(factor))  # g + a|g|/|g_v| g_v
             else:
                 torch._foreach_add_(grads, torch._foreach_mul(g_v, factor))
-        self._clip()
-        if grad_scaler is None:
-            self.base_optimizer.step()
-        else:
-            grad_scaler.step(self.base_optimizer)
-            grad_scaler.update()
-        self._opt_called = True  # type: ignore[attr-defined]
+        self._base_step(grad_scaler, unscale=False)  # unscaled above
 
     # -- state ------------------------------------------------------------------------------------
 

@@ -298,10 +298,8 @@ def step_micro_batches(sam: SAM, closures: Sequence[Callable[[], Any]]) -> list[
             torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.AVG)
     for p, buffer in accumulated.items():
         p.grad = buffer.to(p.dtype)
-    sam._clip()
-    sam.base_optimizer.step()
+    sam._base_step()
     sam._phase = "stepped"
-    sam._opt_called = True  # type: ignore[attr-defined]
     return losses
 
 

@@ -113,15 +113,7 @@ class WindowSAM(SAM):
         else:
             with torch.enable_grad():
                 loss = closure()
-            if grad_scaler is not None:
-                grad_scaler.unscale_(self.base_optimizer)
-            self._clip()
-            if grad_scaler is None:
-                self.base_optimizer.step()
-            else:
-                grad_scaler.step(self.base_optimizer)
-                grad_scaler.update()
-            self._opt_called = True  # type: ignore[attr-defined]
+            self._base_step(grad_scaler)
         self.window_steps += 1
         return loss
 
