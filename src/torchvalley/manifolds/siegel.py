@@ -49,6 +49,7 @@ Riemannian metric (not geoopt's Finsler variants) is offered.
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -134,15 +135,15 @@ class _Siegel(Manifold):
         z, step = sym(_complex(x)), sym(_complex(u))
         return self.projx(z + self._boundary_factor(z, step) * step)
 
+    @abc.abstractmethod
     def _boundary_factor(self, z: Tensor, u: Tensor) -> Tensor:
         """The step fraction that stays half way to the boundary (each model's own)."""
-        raise NotImplementedError(f"{type(self).__name__} defines no boundary factor")
 
     transp_is_isometry = True
 
+    @abc.abstractmethod
     def transp(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
         """The differential of an isometry mapping x to y (module docstring)."""
-        raise NotImplementedError(f"{type(self).__name__} defines no transport")
 
     def _pair(self, a: Tensor, b: Tensor, keepdim: bool) -> Tensor:
         """Re tr(a b̄ᵀ...) helper: Re Σ aᵢⱼ b̄ⱼᵢ over the matrix dims."""

@@ -190,10 +190,6 @@ class Stiefel(Manifold):
         # U − X (A + Aᵀ)/2 with the 1/2 folded into the fused product
         return self._untall(_addmm(um, xm, a + a.mT, -0.5), u.shape)
 
-    def adaptive_inner(self, x: Tensor, u: Tensor) -> Tensor:
-        """‖U‖²_F per point (the embedded metric), as the base class, in one reduction."""
-        return (u * u).sum(dim=self._point_dims(u), keepdim=True)
-
     def retr(self, x: Tensor, u: Tensor) -> Tensor:
         """The selected retraction (``cayley``, ``qr`` or ``polar``)."""
         if self.retraction == "qr" and x.dtype not in LOW_PRECISION and self._plain_tall(x):
