@@ -62,7 +62,7 @@ from torch import nn
 
 from torchvalley.curvature.cg import conjugate_gradient, martens_preconditioner
 from torchvalley.curvature.function import ParameterFunction
-from torchvalley.curvature.operator import CurvatureOperator
+from torchvalley.curvature.operator import CurvatureOperator, _load_forward_ad
 from torchvalley.optim._profiling import profile_hook_step
 from torchvalley.registry import Hyperparameter, revalidate_changed_groups, validate_group
 
@@ -578,6 +578,7 @@ class _Curvature:
 
         _, self._vjp = torch.func.vjp(outputs_fn, self._point)
         self._outputs_fn = outputs_fn
+        _load_forward_ad()  # the products below use torch.func.jvp directly
         self._z, self._dz = z, dz
         size = z.shape[0]
 
