@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
@@ -169,13 +170,29 @@ def revalidate_changed_groups(
     -> values; the optimizer keeps this dict), so an unchanged group costs a tuple, not a full
     validation.
     """
-    names = [h.name for h in hyperparameters]
+    names = _names(hyperparameters)
     for group in groups:
-        values = tuple(group.get(name) for name in names)
+        get = group.get
         last = checked.get(id(group))
-        if last is None or any(a is not b for a, b in zip(last, values, strict=True)):
+        # map/all in C: this runs at every step of every optimizer class
+        if last is None or not all(map(operator.is_, last, map(get, names))):
             check(group)
-            checked[id(group)] = tuple(group.get(name) for name in names)
+            checked[id(group)] = tuple(map(get, names))
+
+
+#: id(hyperparameters tuple) -> (the tuple, its names); the tuples are class attributes.
+_NAMES: dict[int, tuple[Iterable[Hyperparameter], tuple[str, ...]]] = {}
+
+
+def _names(hyperparameters: Iterable[Hyperparameter]) -> tuple[str, ...]:
+    """The names of ``hyperparameters``, cached for a tuple (the classes' ``HYPERPARAMETERS``)."""
+    if not isinstance(hyperparameters, tuple):
+        return tuple(h.name for h in hyperparameters)
+    cached = _NAMES.get(id(hyperparameters))
+    if cached is None or cached[0] is not hyperparameters:
+        cached = (hyperparameters, tuple(h.name for h in hyperparameters))
+        _NAMES[id(hyperparameters)] = cached
+    return cached[1]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,3 +105,53 @@ def test_every_family_keeps_the_label_and_the_hooks(name):
         optimizer.step(closure)
     assert [call[0] for call in calls] == ["pre", "post"]
     assert any(event.name.startswith("Optimizer.step#") for event in profile.events())
+
+
+@pytest.mark.parametrize("outer", [True, False])
+def test_the_step_runs_without_grad_and_restores_the_mode_on_every_exit(outer):
+    """``no_grad_step`` (the hot step's replacement for ``@torch.no_grad()``): grad is off
+    inside the step (the closure turns it on for itself), and the caller's mode is back after a
+    normal return and after an exception."""
+    p = _stiefel_param()
+    optimizer = RiemannianAdam([p], lr=0.01)
+    seen = []
+
+    def closure():
+        seen.append(torch.is_grad_enabled())
+        return torch.zeros(())
+
+    def failing():
+        raise RuntimeError("closure failed")
+
+    pre_modes = []
+    optimizer.register_step_pre_hook(lambda *a: pre_modes.append(torch.is_grad_enabled()))
+    with torch.set_grad_enabled(outer):
+        optimizer.step(closure)
+        assert torch.is_grad_enabled() is outer
+        with pytest.raises(RuntimeError, match="closure failed"):
+            optimizer.step(failing)
+        assert torch.is_grad_enabled() is outer
+    assert seen == [True]  # the closure evaluates with grad, as in torch.optim
+    assert pre_modes == [outer, outer]  # hooks run outside the no-grad scope, as torch's do
+    assert not p.requires_grad or p.grad_fn is None  # the update was not recorded
+
+
+@pytest.mark.parametrize("kind", ["global_pre", "global_post", "pre", "post"])
+def test_a_single_hook_of_any_kind_still_runs(kind):
+    """The wrapper skips the hook chains only when there are no hooks at all."""
+    p = _stiefel_param()
+    optimizer = RiemannianSGD([p], lr=0.01)
+    calls = []
+    register = {
+        "global_pre": register_optimizer_step_pre_hook,
+        "global_post": register_optimizer_step_post_hook,
+        "pre": optimizer.register_step_pre_hook,
+        "post": optimizer.register_step_post_hook,
+    }[kind]
+    handle = register(lambda *a: calls.append(kind))
+    try:
+        optimizer.step()
+    finally:
+        handle.remove()
+    optimizer.step()
+    assert calls == [kind]

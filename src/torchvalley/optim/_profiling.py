@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-__all__ = ["profile_hook_step"]
+__all__ = ["no_grad_step", "profile_hook_step"]
 
 
 def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,6 +41,15 @@ def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _hooked_step(self: Any, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    if not (
+        _global_optimizer_pre_hooks
+        or self._optimizer_step_pre_hooks
+        or self._optimizer_step_post_hooks
+        or _global_optimizer_post_hooks
+    ):  # no hooks (the usual case): skip building the chains
+        out = func(*args, **kwargs)
+        self._optimizer_step_code()
+        return out
     # As torch.optim.Optimizer.profile_hook_step: pre-hooks may replace (args, kwargs).
     for pre_hook in chain(
         _global_optimizer_pre_hooks.values(), self._optimizer_step_pre_hooks.values()
@@ -61,3 +70,20 @@ def _hooked_step(self: Any, func: Callable[..., Any], args: Any, kwargs: Any) ->
     ):
         post_hook(self, args, kwargs)
     return out
+
+
+def no_grad_step(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``@torch.no_grad()`` for a hot ``step``: the same grad mode switch and restore on every
+    exit path, without building a context-manager object per call (about 2 µs of a step that is
+    many small ops)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            torch._C._set_grad_enabled(previous)
+
+    return wrapper

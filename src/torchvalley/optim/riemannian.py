@@ -82,7 +82,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 
 from torchvalley.manifolds import Manifold, manifold_of
 from torchvalley.manifolds.base import default_tolerance
-from torchvalley.optim._profiling import profile_hook_step
+from torchvalley.optim._profiling import no_grad_step, profile_hook_step
 from torchvalley.optim.torch_baselines import COMMON_FLAGS, SGD_HYPERPARAMETERS
 from torchvalley.registry import Hyperparameter, revalidate_changed_groups, validate_group
 
@@ -171,6 +171,9 @@ def rsgd_update(
     # buf lives in T_x M: move it to T_{x⁺} M
     return new_x, None if buf is None else manifold.transp(x, new_x, buf)
 
+
+#: The step counts' increment (a tensor: adding a Python 1 wraps it in a tensor on every step).
+_ONE = torch.ones((), dtype=torch.float32)
 
 #: Violations below this count as "near the manifold" for the cheap re-projection.
 _NEAR = 0.1
@@ -327,7 +330,7 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         self._check_group(group)
 
     # ------------------------------------------------------------------ the step
-    @torch.no_grad()
+    @no_grad_step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step (``closure`` re-evaluates the loss, as in ``torch.optim``)."""
         # Groups changed since the last step (schedulers, users) are checked before anything moves.
@@ -357,13 +360,15 @@ class RiemannianOptimizer(torch.optim.Optimizer):
             check_membership(p, manifold, "at this step (it was written outside the optimizer)")
         state = self.state[p]
         upcast = (
-            group["hyperbolic_float64"]
+            manifold.low_precision_sensitive
+            and group["hyperbolic_float64"]
             and p.dtype != torch.float64
             and p.is_floating_point()
-            and manifold.low_precision_sensitive
         )
         x = p.detach()
-        grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
+        grad = p.grad
+        if grad.is_sparse:
+            grad = grad.to_dense()
         if upcast:
             x, grad = x.to(torch.float64), grad.to(torch.float64)
         batch_dims = _point_batch_dims(manifold, p) if group["lazy"] else 0
@@ -765,7 +770,7 @@ class RiemannianAdam(RiemannianOptimizer):
         decoupled = group["decoupled_weight_decay"]
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-        state["step"] += 1
+        state["step"].add_(_ONE)  # t ← t + 1 (a tensor 1: no scalar wrapping on the hot path)
         step = _step_value(state["step"], x)
         g = -grad if group["maximize"] else grad
         if wd != 0 and not decoupled:
@@ -782,7 +787,8 @@ class RiemannianAdam(RiemannianOptimizer):
         else:
             if exp_avg_sq.dtype != increment.dtype:
                 exp_avg_sq = exp_avg_sq.to(increment.dtype)
-            exp_avg_sq = exp_avg_sq.mul(beta2).add_(increment, alpha=1 - beta2)
+            # v ← β₂v + (1 − β₂)‖r‖² (lerp: one kernel, no scalar wrapping)
+            exp_avg_sq = exp_avg_sq.lerp(increment, 1 - beta2)
         _store(state, "exp_avg_sq", exp_avg_sq, dtype)
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (
@@ -796,9 +802,9 @@ class RiemannianAdam(RiemannianOptimizer):
                 else torch.maximum(previous.to(exp_avg_sq.dtype), exp_avg_sq)
             )
             _store(state, "max_exp_avg_sq", maximum, dtype)
-            denom = (maximum.sqrt() / bias_correction2_sqrt).add_(eps)
+            denom = maximum.sqrt().div_(bias_correction2_sqrt).add_(eps)
         else:
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+            denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
         direction = (exp_avg / denom).mul_(-lr / bias_correction1)
         if wd != 0 and decoupled:
             direction = direction.add_(manifold.egrad2rgrad(x, x), alpha=-lr * wd)
@@ -883,7 +889,7 @@ class RiemannianAdagrad(RiemannianOptimizer):
     def _manifold_step(self, group, state, manifold, x, grad, dtype):
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-        state["step"] += 1
+        state["step"].add_(_ONE)
         step = _step_value(state["step"], x)
         g = -grad if group["maximize"] else grad
         if group["weight_decay"] != 0:
